@@ -1,0 +1,134 @@
+//! The proxy's side of a client's password exchange.
+
+use super::secret::{Secret, ServerCredential};
+use crate::config::AuthType;
+use crate::wire::{Conn, WireError};
+use pgcutover_protocol::build;
+use pgcutover_protocol::frontend::{self, parse_password, parse_sasl_initial_response};
+use pgcutover_protocol::md5::verify_md5_response;
+use pgcutover_protocol::scram::{ScramError, ScramSecret, ScramServer, SCRAM_SHA_256};
+
+/// Why a client was not let in.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthFailure {
+    /// Wrong password (or wrong SCRAM proof).
+    #[error("password authentication failed for user \"{0}\"")]
+    WrongPassword(String),
+    /// The stored secret cannot serve the configured method.
+    #[error("{message}")]
+    Unusable {
+        /// What is wrong.
+        message: String,
+        /// What to do.
+        hint: String,
+    },
+    /// The client broke the exchange.
+    #[error("authentication protocol violation: {0}")]
+    Protocol(String),
+    /// The connection failed mid-exchange.
+    #[error("{0}")]
+    Wire(#[from] WireError),
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).expect("the OS random source is available");
+    b
+}
+
+/// Runs the exchange `auth_type` calls for against `secret`; on success returns what
+/// the proxy can log into the server with. AuthenticationOk is not sent here: the
+/// session sends it once the server login has succeeded too.
+pub async fn authenticate_client(
+    conn: &mut Conn,
+    user: &str,
+    auth_type: AuthType,
+    secret: &Secret,
+) -> Result<ServerCredential, AuthFailure> {
+    match (auth_type, secret) {
+        (AuthType::Trust, s) => Ok(s.server_credential()),
+        (_, Secret::Scram(verifier)) => {
+            let keys = scram_exchange(conn, user, verifier.clone()).await?;
+            Ok(ServerCredential::ScramKeys(keys))
+        }
+        (AuthType::ScramSha256, Secret::Plain(password)) => {
+            // A verifier made up for this one exchange: the client proves it knows the
+            // password, and the proxy logs into the server with the password itself.
+            let verifier = ScramSecret::from_password(password, &random::<16>(), 4096);
+            scram_exchange(conn, user, verifier).await?;
+            Ok(ServerCredential::Password(password.clone()))
+        }
+        (AuthType::ScramSha256, Secret::Md5(_)) => Err(AuthFailure::Unusable {
+            message: format!("user \"{user}\" has an md5 secret, which cannot verify SCRAM-SHA-256"),
+            hint: "store the user's SCRAM-SHA-256 verifier or plain password in auth_file, or set auth_type = \"md5\""
+                .into(),
+        }),
+        (AuthType::Md5, Secret::Plain(password)) => {
+            let stored = pgcutover_protocol::md5::md5_secret(user, password);
+            md5_exchange(conn, user, &stored).await?;
+            Ok(ServerCredential::Password(password.clone()))
+        }
+        (AuthType::Md5, Secret::Md5(stored)) => {
+            md5_exchange(conn, user, stored).await?;
+            Ok(ServerCredential::Md5(stored.clone()))
+        }
+    }
+}
+
+async fn md5_exchange(conn: &mut Conn, user: &str, stored: &str) -> Result<(), AuthFailure> {
+    let salt = random::<4>();
+    build::authentication_md5(&mut conn.wbuf, salt);
+    conn.flush().await.map_err(WireError::from)?;
+    let f = expect_password_message(conn).await?;
+    let response = parse_password(&f).map_err(|e| AuthFailure::Protocol(e.to_string()))?;
+    if verify_md5_response(stored, salt, response) {
+        Ok(())
+    } else {
+        Err(AuthFailure::WrongPassword(user.to_owned()))
+    }
+}
+
+async fn scram_exchange(
+    conn: &mut Conn,
+    user: &str,
+    verifier: ScramSecret,
+) -> Result<pgcutover_protocol::scram::ScramKeys, AuthFailure> {
+    let scram_err = |e: ScramError| match e {
+        ScramError::InvalidProof => AuthFailure::WrongPassword(user.to_owned()),
+        ScramError::ChannelBindingUnsupported => AuthFailure::Unusable {
+            message: "SCRAM channel binding is not supported by pgcutover".into(),
+            hint: "connect with channel_binding=prefer or disable".into(),
+        },
+        other => AuthFailure::Protocol(other.to_string()),
+    };
+    let mut server = ScramServer::new(verifier, &random::<18>());
+    build::authentication_sasl(&mut conn.wbuf, &[SCRAM_SHA_256]);
+    conn.flush().await.map_err(WireError::from)?;
+
+    let f = expect_password_message(conn).await?;
+    let (mechanism, data) = parse_sasl_initial_response(&f).map_err(|e| AuthFailure::Protocol(e.to_string()))?;
+    if mechanism != SCRAM_SHA_256 {
+        return Err(AuthFailure::Protocol(format!(
+            "client chose SASL mechanism {mechanism:?}, only {SCRAM_SHA_256} was offered"
+        )));
+    }
+    let server_first = server.handle_client_first(data).map_err(scram_err)?;
+    build::authentication_sasl_continue(&mut conn.wbuf, &server_first);
+    conn.flush().await.map_err(WireError::from)?;
+
+    let f = expect_password_message(conn).await?;
+    let (server_final, keys) = server.handle_client_final(&f).map_err(scram_err)?;
+    build::authentication_sasl_final(&mut conn.wbuf, &server_final);
+    Ok(keys)
+}
+
+async fn expect_password_message(conn: &mut Conn) -> Result<bytes::Bytes, AuthFailure> {
+    let f = conn.read_frame().await?;
+    if f.tag != frontend::PASSWORD {
+        return Err(AuthFailure::Protocol(format!(
+            "expected a password message, got message type {:?}",
+            char::from(f.tag)
+        )));
+    }
+    Ok(f.body)
+}

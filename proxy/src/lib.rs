@@ -1,0 +1,233 @@
+//! pgcutover's PostgreSQL proxy.
+//!
+//! Applications connect here instead of to the database. The proxy authenticates
+//! them itself, logs into the active server with their identity, and then forwards
+//! bytes in both directions, reading only the few messages that tell it where
+//! transactions begin and end. [`Proxy::bind`] then [`Proxy::run`] is the whole API.
+
+pub mod auth;
+pub mod cancel;
+pub mod config;
+mod pump;
+pub mod server;
+mod session;
+pub mod stream;
+pub mod tls;
+mod wire;
+
+use auth::{AuthQuery, Userlist};
+use cancel::CancelRegistry;
+use config::Config;
+use server::{Backend, LoginOptions};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+/// After `shutdown_timeout`, how long forcibly closed sessions get to say goodbye.
+const FORCED_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listen address is taken or not ours.
+    #[error(
+        "cannot listen on {addr}: {source} (is another pgcutover or PgBouncer running there? change [proxy] listen)"
+    )]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TLS material is unusable.
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
+    /// The auth_file is unusable.
+    #[error("{0}")]
+    Userlist(#[from] auth::UserlistError),
+    /// auth_user has no secret to log in with.
+    #[error("auth_user \"{0}\" has no entry in auth_file: add its password (plain or md5) there")]
+    AuthUserSecret(String),
+}
+
+/// Where graceful shutdown stands; sessions watch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ShutdownPhase {
+    /// Serving normally.
+    Running,
+    /// Close each session at its next transaction boundary.
+    Draining,
+    /// Close every session now.
+    Forced,
+}
+
+/// State every session reads; written once at start.
+pub(crate) struct Shared {
+    config: Config,
+    userlist: Option<Userlist>,
+    auth_query: Option<AuthQuery>,
+    tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
+    login: LoginOptions,
+    blue: Backend,
+    cancel: Arc<CancelRegistry>,
+    clients: AtomicUsize,
+}
+
+/// One accepted client's place in the `max_client_conn` count, released on drop.
+pub(crate) struct ClientSlot {
+    shared: Arc<Shared>,
+    /// The client arrived when the proxy was full: it gets FATAL 53300 after its startup packet.
+    over_limit: bool,
+}
+
+impl ClientSlot {
+    fn take(shared: &Arc<Shared>) -> ClientSlot {
+        let before = shared.clients.fetch_add(1, Ordering::AcqRel);
+        ClientSlot {
+            shared: shared.clone(),
+            over_limit: before >= shared.config.proxy.max_client_conn,
+        }
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.shared.clients.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A bound, ready-to-run proxy.
+pub struct Proxy {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl Proxy {
+    /// Loads the secrets and TLS material and binds the listen address; every
+    /// configuration problem surfaces here, before any client is accepted.
+    pub async fn bind(config: Config) -> Result<Proxy, StartError> {
+        let userlist = config.auth.auth_file.as_deref().map(Userlist::load).transpose()?;
+        let auth_query = match &config.auth.auth_user {
+            Some(user) => {
+                let secret = userlist
+                    .as_ref()
+                    .and_then(|u| u.get(user))
+                    .ok_or_else(|| StartError::AuthUserSecret(user.clone()))?;
+                Some(AuthQuery::new(
+                    user.clone(),
+                    secret.server_credential(),
+                    config.auth.auth_query.clone(),
+                    config.auth.auth_dbname.clone(),
+                    config.auth.auth_cache_ttl.0,
+                ))
+            }
+            None => None,
+        };
+        let tls_acceptor = tls::client_acceptor(&config.proxy)?;
+        let login = LoginOptions {
+            tls: tls::ServerTls::new(&config.proxy)?,
+            timeout: config.proxy.server_connect_timeout.0,
+            max_message_len: config.proxy.max_message_bytes,
+        };
+        let listener = TcpListener::bind(config.proxy.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.proxy.listen,
+                source,
+            })?;
+        let blue = Backend {
+            name: "blue",
+            url: config.blue.url.clone(),
+        };
+        Ok(Proxy {
+            listener,
+            shared: Arc::new(Shared {
+                config,
+                userlist,
+                auth_query,
+                tls_acceptor,
+                login,
+                blue,
+                cancel: Arc::new(CancelRegistry::default()),
+                clients: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Serves clients until `shutdown` completes; then stops accepting, lets each
+    /// session finish its transaction (closing it with FATAL 57P01 at its next
+    /// boundary) for up to `shutdown_timeout`, and closes the rest.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Proxy { listener, shared } = self;
+        info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), blue = %shared.blue.url.host_port(), "pgcutover proxy ready");
+        let (phase_tx, phase_rx) = watch::channel(ShutdownPhase::Running);
+        let mut sessions = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        let slot = ClientSlot::take(&shared);
+                        sessions.spawn(session::run(shared.clone(), tcp, peer, phase_rx.clone(), slot));
+                    }
+                    Err(e) => {
+                        // Typically EMFILE: back off instead of spinning on the error.
+                        warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                Some(done) = sessions.join_next(), if !sessions.is_empty() => log_session_exit(done),
+            }
+        }
+        drop(listener);
+        let timeout = shared.config.proxy.shutdown_timeout.0;
+        info!(
+            sessions = sessions.len(),
+            "shutting down: no new connections; sessions close at their next transaction boundary, within {timeout:?}"
+        );
+        let _ = phase_tx.send(ShutdownPhase::Draining);
+        if !drain(&mut sessions, timeout).await {
+            warn!(
+                sessions = sessions.len(),
+                "shutdown_timeout passed: closing the remaining sessions"
+            );
+            let _ = phase_tx.send(ShutdownPhase::Forced);
+            if !drain(&mut sessions, FORCED_CLOSE_GRACE).await {
+                sessions.abort_all();
+            }
+        }
+        info!("pgcutover proxy stopped");
+    }
+}
+
+/// Waits for every session to end, up to `limit`; true if they all did.
+async fn drain(sessions: &mut JoinSet<()>, limit: Duration) -> bool {
+    tokio::time::timeout(limit, async {
+        while let Some(done) = sessions.join_next().await {
+            log_session_exit(done);
+        }
+    })
+    .await
+    .is_ok()
+}
+
+fn log_session_exit(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        if e.is_panic() {
+            // A bug, but one session's: the others keep running.
+            error!("session task panicked: {e}");
+        }
+    }
+}

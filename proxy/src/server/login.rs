@@ -1,0 +1,329 @@
+//! Opening and logging into one server connection.
+
+use crate::auth::ServerCredential;
+use crate::config::{PgUrl, ServerTlsMode};
+use crate::stream::Stream;
+use crate::tls::ServerTls;
+use crate::wire::{Conn, WireError};
+use bytes::{Bytes, BytesMut};
+use pgcutover_protocol::backend::{self, Authentication};
+use pgcutover_protocol::build;
+use pgcutover_protocol::md5::md5_response;
+use pgcutover_protocol::scram::{ScramClient, ScramCredential, SCRAM_SHA_256};
+use pgcutover_protocol::startup::{encode_ssl_request, encode_startup};
+use pgcutover_protocol::CancelKey;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A database server clients can be routed to.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// "blue" or "green", for messages and metrics.
+    pub name: &'static str,
+    /// Where it is.
+    pub url: PgUrl,
+}
+
+/// Settings shared by every server login.
+#[derive(Clone)]
+pub struct LoginOptions {
+    /// TLS policy and connector.
+    pub tls: ServerTls,
+    /// Bound on connect + TLS + login.
+    pub timeout: Duration,
+    /// Largest message accepted from the server.
+    pub max_message_len: usize,
+}
+
+/// A logged-in server connection, ready for queries.
+pub struct ServerConn {
+    /// The framed connection; its read buffer may already hold bytes after ReadyForQuery.
+    pub conn: Conn,
+    /// The server's own cancel key (its real pid).
+    pub key: CancelKey,
+    /// The address it was reached at, where cancels go.
+    pub addr: SocketAddr,
+    /// ParameterStatus and NoticeResponse frames from the login, in order, for the client.
+    pub login_messages: BytesMut,
+    /// The server_version it reported.
+    pub server_version: String,
+}
+
+/// Why a server connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    /// TCP connect failed.
+    #[error("could not connect to {target} server at {addr}: {source}")]
+    Connect {
+        /// blue / green.
+        target: &'static str,
+        /// host:port.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Connect + login took longer than `server_connect_timeout`.
+    #[error("timed out connecting to {target} server at {addr} after {secs:.1}s")]
+    Timeout {
+        /// blue / green.
+        target: &'static str,
+        /// host:port.
+        addr: String,
+        /// The budget.
+        secs: f64,
+    },
+    /// TLS was required but refused or failed.
+    #[error("TLS to {target} server at {addr} failed: {reason}")]
+    Tls {
+        /// blue / green.
+        target: &'static str,
+        /// host:port.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server sent an ErrorResponse (bad database, bad password, too many
+    /// connections...): forwarded to the client as is.
+    #[error("server refused the login")]
+    Rejected(Bytes),
+    /// The proxy holds no secret the server's method can use.
+    #[error("{message}")]
+    Credential {
+        /// What is missing.
+        message: String,
+        /// What to do.
+        hint: String,
+    },
+    /// The server broke the protocol or the connection dropped.
+    #[error("protocol error talking to {target} server: {reason}")]
+    Protocol {
+        /// blue / green.
+        target: &'static str,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// Connects to `backend` and logs in as the client's user with `params` (the client's
+/// startup parameters) and `credential`.
+pub async fn connect(
+    backend: &Backend,
+    opts: &LoginOptions,
+    params: &[(String, String)],
+    credential: &ServerCredential,
+) -> Result<ServerConn, LoginError> {
+    let addr = backend.url.host_port();
+    match tokio::time::timeout(opts.timeout, connect_inner(backend, opts, params, credential)).await {
+        Ok(r) => r,
+        Err(_) => Err(LoginError::Timeout {
+            target: backend.name,
+            addr,
+            secs: opts.timeout.as_secs_f64(),
+        }),
+    }
+}
+
+async fn connect_inner(
+    backend: &Backend,
+    opts: &LoginOptions,
+    params: &[(String, String)],
+    credential: &ServerCredential,
+) -> Result<ServerConn, LoginError> {
+    let target = backend.name;
+    let addr_text = backend.url.host_port();
+    let connect_err = |source| LoginError::Connect {
+        target,
+        addr: addr_text.clone(),
+        source,
+    };
+    let tcp = TcpStream::connect((backend.url.host.as_str(), backend.url.port))
+        .await
+        .map_err(connect_err)?;
+    tcp.set_nodelay(true).map_err(connect_err)?;
+    let addr = tcp.peer_addr().map_err(connect_err)?;
+    let stream = negotiate_tls(tcp, backend, &opts.tls).await?;
+    let mut conn = Conn::new(stream, opts.max_message_len);
+
+    let protocol = |e: WireError| LoginError::Protocol {
+        target,
+        reason: e.to_string(),
+    };
+    encode_startup(
+        params
+            .iter()
+            .filter(|(k, _)| !k.starts_with("_pq_."))
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+        &mut conn.wbuf,
+    );
+    conn.flush().await.map_err(|e| protocol(e.into()))?;
+    let user = params
+        .iter()
+        .find(|(k, _)| k == "user")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_default();
+    authenticate(&mut conn, target, user, credential).await?;
+
+    let mut login_messages = BytesMut::new();
+    let mut key = None;
+    let mut server_version = String::new();
+    loop {
+        let f = conn.read_frame().await.map_err(protocol)?;
+        match f.tag {
+            backend::PARAMETER_STATUS => {
+                if let Ok(("server_version", v)) = backend::parse_parameter_status(&f.body) {
+                    server_version = v.to_owned();
+                }
+                build::frame(&mut login_messages, f.tag, |b| b.extend_from_slice(&f.body));
+            }
+            backend::NOTICE_RESPONSE => build::frame(&mut login_messages, f.tag, |b| b.extend_from_slice(&f.body)),
+            backend::BACKEND_KEY_DATA => {
+                key = Some(
+                    backend::parse_backend_key_data(&f.body).map_err(|e| LoginError::Protocol {
+                        target,
+                        reason: e.to_string(),
+                    })?,
+                );
+            }
+            backend::ERROR_RESPONSE => return Err(LoginError::Rejected(f.body)),
+            backend::READY_FOR_QUERY => break,
+            // NegotiateProtocolVersion cannot matter: we ask for 3.0 without _pq_ options.
+            backend::NEGOTIATE_PROTOCOL_VERSION => {}
+            other => {
+                return Err(LoginError::Protocol {
+                    target,
+                    reason: format!("unexpected message type {:?} during login", char::from(other)),
+                })
+            }
+        }
+    }
+    let key = key.ok_or_else(|| LoginError::Protocol {
+        target,
+        reason: "server sent no BackendKeyData".into(),
+    })?;
+    Ok(ServerConn {
+        conn,
+        key,
+        addr,
+        login_messages,
+        server_version,
+    })
+}
+
+async fn negotiate_tls(mut tcp: TcpStream, backend: &Backend, tls: &ServerTls) -> Result<Stream, LoginError> {
+    let target = backend.name;
+    let addr = backend.url.host_port();
+    let Some(connector) = tls.connector() else {
+        return Ok(Stream::Plain(tcp));
+    };
+    let tls_err = |reason: String| LoginError::Tls {
+        target,
+        addr: addr.clone(),
+        reason,
+    };
+    let mut req = BytesMut::new();
+    encode_ssl_request(&mut req);
+    tcp.write_all(&req).await.map_err(|e| tls_err(e.to_string()))?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.map_err(|e| tls_err(e.to_string()))?;
+    match answer[0] {
+        b'S' => {
+            let name = ServerTls::server_name(&backend.url.host).map_err(tls_err)?;
+            let stream = connector.connect(name, tcp).await.map_err(|e| tls_err(e.to_string()))?;
+            Ok(Stream::ServerTls(Box::new(stream)))
+        }
+        b'N' if tls.mode == ServerTlsMode::Prefer => Ok(Stream::Plain(tcp)),
+        b'N' => Err(tls_err(
+            "the server does not accept TLS; enable ssl on the server or set server_tls_mode = \"prefer\"".into(),
+        )),
+        other => Err(tls_err(format!("unexpected answer {other:#04x} to SSLRequest"))),
+    }
+}
+
+async fn authenticate(
+    conn: &mut Conn,
+    target: &'static str,
+    user: &str,
+    credential: &ServerCredential,
+) -> Result<(), LoginError> {
+    let protocol = |reason: String| LoginError::Protocol { target, reason };
+    let missing = |method: &str| {
+        LoginError::Credential {
+        message: format!("the {target} server asks for {method} authentication for user \"{user}\", and pgcutover holds no secret that answers it"),
+        hint: match credential {
+            ServerCredential::ScramKeys(_) => "SCRAM pass-through answers SCRAM only: configure the server to use scram-sha-256 for this user, or put the plain password in auth_file".into(),
+            ServerCredential::Md5(_) => "an md5 secret answers md5 only: put the plain password in auth_file, or use md5 on the server".into(),
+            _ => "put the user's plain password or SCRAM verifier in auth_file".into(),
+        },
+    }
+    };
+    let mut scram: Option<ScramClient> = None;
+    loop {
+        let f = conn.read_frame().await.map_err(|e| protocol(e.to_string()))?;
+        if f.tag == backend::ERROR_RESPONSE {
+            return Err(LoginError::Rejected(f.body));
+        }
+        if f.tag != backend::AUTHENTICATION {
+            return Err(protocol(format!(
+                "expected an authentication request, got message type {:?}",
+                char::from(f.tag)
+            )));
+        }
+        match backend::parse_authentication(&f.body).map_err(|e| protocol(e.to_string()))? {
+            Authentication::Ok => return Ok(()),
+            Authentication::CleartextPassword => match credential {
+                ServerCredential::Password(p) => build::password_message(&mut conn.wbuf, p.as_bytes()),
+                _ => return Err(missing("password")),
+            },
+            Authentication::Md5Password { salt } => {
+                let stored = match credential {
+                    ServerCredential::Password(p) => pgcutover_protocol::md5::md5_secret(user, p),
+                    ServerCredential::Md5(h) => h.clone(),
+                    _ => return Err(missing("md5")),
+                };
+                let response =
+                    md5_response(&stored, salt).ok_or_else(|| protocol("stored md5 secret is malformed".into()))?;
+                build::password_message(&mut conn.wbuf, response.as_bytes());
+            }
+            Authentication::Sasl(mechanisms) => {
+                if !mechanisms.contains(SCRAM_SHA_256) {
+                    return Err(protocol("server offers no SASL mechanism pgcutover supports".into()));
+                }
+                let cred = match credential {
+                    ServerCredential::Password(p) => ScramCredential::Password(p.clone()),
+                    ServerCredential::ScramKeys(k) => ScramCredential::Keys(k.clone()),
+                    _ => return Err(missing("SCRAM-SHA-256")),
+                };
+                let mut nonce = [0u8; 18];
+                getrandom::fill(&mut nonce).expect("the OS random source is available");
+                let client = ScramClient::new(cred, &nonce);
+                build::sasl_initial_response(&mut conn.wbuf, SCRAM_SHA_256, &client.client_first());
+                scram = Some(client);
+            }
+            Authentication::SaslContinue(data) => {
+                let client = scram
+                    .as_mut()
+                    .ok_or_else(|| protocol("SASLContinue before SASL".into()))?;
+                let reply = client.handle_server_first(data).map_err(|e| protocol(e.to_string()))?;
+                build::sasl_response(&mut conn.wbuf, &reply);
+            }
+            Authentication::SaslFinal(data) => {
+                let client = scram.as_mut().ok_or_else(|| protocol("SASLFinal before SASL".into()))?;
+                client
+                    .handle_server_final(data)
+                    .map_err(|e| protocol(format!("the server's SCRAM signature is wrong: {e}")))?;
+            }
+            Authentication::Unsupported(code) => {
+                return Err(LoginError::Credential {
+                    message: format!(
+                        "the {target} server asks for authentication method {code}, which pgcutover does not support"
+                    ),
+                    hint: "use scram-sha-256, md5 or trust for connections from pgcutover in the server's pg_hba.conf"
+                        .into(),
+                })
+            }
+        }
+        conn.flush().await.map_err(|e| protocol(e.to_string()))?;
+    }
+}

@@ -1,0 +1,6 @@
+//! Connections to PostgreSQL servers: TCP, optional TLS, startup and login with the
+//! credential the client's authentication produced.
+
+mod login;
+
+pub use login::{connect, Backend, LoginError, LoginOptions, ServerConn};

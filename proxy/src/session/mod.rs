@@ -1,0 +1,221 @@
+//! One client connection from accept to close: the startup phase, authentication,
+//! the server login, then the pump, then a clean goodbye on both sides.
+
+mod error;
+mod opening;
+
+use crate::auth::{authenticate_client, AuthFailure, Secret, ServerCredential};
+use crate::cancel::Registration;
+use crate::config::{AuthType, TlsMode};
+use crate::pump::{Pump, PumpEnd, PumpError};
+use crate::server::{self, ServerConn};
+use crate::wire::Conn;
+use crate::{ClientSlot, Shared, ShutdownPhase};
+use error::SessionError;
+use opening::Opening;
+use pgcutover_protocol::backend::TransactionStatus;
+use pgcutover_protocol::build;
+use pgcutover_protocol::StartupMessage;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tracing::{debug, info, warn, Instrument};
+
+/// How long the proxy tries to deliver its own last words to a client that may not be reading.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serves one accepted connection until it closes.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shutdown: watch::Receiver<ShutdownPhase>,
+    slot: ClientSlot,
+) {
+    let span = tracing::info_span!("session", %peer, user = tracing::field::Empty, db = tracing::field::Empty);
+    async move {
+        let _ = tcp.set_nodelay(true);
+        let login_timeout = shared.config.proxy.client_login_timeout.0;
+        let mut client = Conn::new(crate::stream::Stream::Plain(tcp), shared.config.proxy.max_message_bytes);
+        let opened = tokio::time::timeout(login_timeout, opening::open(&shared, &mut client)).await;
+        let startup = match opened {
+            Err(_) => return goodbye(&mut client, SessionError::LoginTimeout(login_timeout)).await,
+            Ok(Err(e)) => return goodbye(&mut client, e).await,
+            Ok(Ok(Opening::Cancel(key))) => {
+                match shared.cancel.cancel(key).await {
+                    Ok(outcome) => debug!(?outcome, pid = key.pid, "cancel request"),
+                    Err(e) => warn!(pid = key.pid, "could not forward cancel request: {e}"),
+                }
+                return;
+            }
+            Ok(Ok(Opening::Startup(m))) => m,
+        };
+        let user = startup.param("user").unwrap_or_default().to_owned();
+        tracing::Span::current().record("user", user.as_str());
+        tracing::Span::current().record("db", startup.param("database").unwrap_or(&user));
+
+        let logged_in = tokio::time::timeout(login_timeout, login(&shared, &mut client, &startup, &slot)).await;
+        let (mut server, registration) = match logged_in {
+            Err(_) => return goodbye(&mut client, SessionError::LoginTimeout(login_timeout)).await,
+            Ok(Err(e)) => return goodbye(&mut client, e).await,
+            Ok(Ok(s)) => s,
+        };
+        info!(server_pid = server.key.pid, server_version = %server.server_version, tls = client.stream.is_tls(), "session started");
+        let end = pump(&shared, &mut client, &mut server, &registration, shutdown).await;
+        finish(&shared, &mut client, &mut server, end).await;
+    }
+    .instrument(span)
+    .await
+}
+
+/// Authenticates the client, logs into the server, and sends the client the rest of
+/// its startup: AuthenticationOk, the server's parameters, our BackendKeyData and
+/// ReadyForQuery.
+async fn login(
+    shared: &Shared,
+    client: &mut Conn,
+    startup: &StartupMessage,
+    slot: &ClientSlot,
+) -> Result<(ServerConn, Registration), SessionError> {
+    let cfg = &shared.config;
+    if cfg.proxy.tls_mode == TlsMode::Require && !client.stream.is_tls() {
+        return Err(SessionError::TlsRequired);
+    }
+    let user = startup
+        .param("user")
+        .filter(|u| !u.is_empty())
+        .ok_or(SessionError::NoUser)?;
+    let database = startup.param("database").filter(|d| !d.is_empty()).unwrap_or(user);
+    if slot.over_limit {
+        return Err(SessionError::TooManyClients(cfg.proxy.max_client_conn));
+    }
+    opening::negotiate_protocol_version(client, startup);
+
+    let secret = lookup_secret(shared, user, database).await?;
+    let credential = match (&secret, cfg.auth.auth_type) {
+        (Some(secret), auth_type) => match authenticate_client(client, user, auth_type, secret).await {
+            Ok(c) => c,
+            Err(e) => {
+                if matches!(e, AuthFailure::WrongPassword(_)) {
+                    if let Some(q) = &shared.auth_query {
+                        q.invalidate(user);
+                    }
+                }
+                return Err(SessionError::Auth(e));
+            }
+        },
+        (None, AuthType::Trust) => ServerCredential::None,
+        (None, _) => return Err(SessionError::UnknownUser(user.to_owned())),
+    };
+
+    let mut params: Vec<(String, String)> = startup.params.clone();
+    if startup.param("database").is_none() {
+        params.push(("database".into(), database.to_owned()));
+    }
+    let server = server::connect(&shared.blue, &shared.login, &params, &credential)
+        .await
+        .map_err(SessionError::Server)?;
+    let registration = shared.cancel.register(server.addr, server.key);
+    build::authentication_ok(&mut client.wbuf);
+    client.wbuf.extend_from_slice(&server.login_messages);
+    build::backend_key_data(&mut client.wbuf, registration.client_key);
+    build::ready_for_query(&mut client.wbuf, TransactionStatus::Idle);
+    client
+        .flush()
+        .await
+        .map_err(|e| SessionError::ClientGone(e.to_string()))?;
+    Ok((server, registration))
+}
+
+async fn lookup_secret(shared: &Shared, user: &str, database: &str) -> Result<Option<Secret>, SessionError> {
+    if let Some(s) = shared.userlist.as_ref().and_then(|u| u.get(user)) {
+        return Ok(Some(s.clone()));
+    }
+    match &shared.auth_query {
+        Some(q) => q
+            .lookup(&shared.blue, &shared.login, user, database)
+            .await
+            .map_err(SessionError::AuthQuery),
+        None => Ok(None),
+    }
+}
+
+/// How the session's data phase ended.
+enum DataEnd {
+    Pump(Result<PumpEnd, PumpError>),
+    ShutdownForced,
+}
+
+async fn pump(
+    shared: &Shared,
+    client: &mut Conn,
+    server: &mut ServerConn,
+    registration: &Registration,
+    mut shutdown: watch::Receiver<ShutdownPhase>,
+) -> DataEnd {
+    let mut pump = Pump::new(
+        std::mem::take(&mut client.rbuf),
+        std::mem::take(&mut server.conn.rbuf),
+        shared.config.proxy.max_message_bytes,
+        registration.target.clone(),
+    );
+    let end = loop {
+        let phase = *shutdown.borrow_and_update();
+        if phase == ShutdownPhase::Forced {
+            break DataEnd::ShutdownForced;
+        }
+        let stop_at_boundary = phase == ShutdownPhase::Draining;
+        tokio::select! {
+            r = pump.run(&mut client.stream, &mut server.conn.stream, stop_at_boundary) => break DataEnd::Pump(r),
+            changed = shutdown.changed() => {
+                if changed.is_err() {
+                    // The listener is gone without saying why: treat as a forced shutdown.
+                    break DataEnd::ShutdownForced;
+                }
+            }
+        }
+    };
+    if let DataEnd::ShutdownForced = end {
+        if !pump.client_at_message_boundary() {
+            // Mid-message: an error of ours would corrupt the stream; just close.
+            client.wbuf.clear();
+            return DataEnd::Pump(Err(PumpError::ClientIo(std::io::ErrorKind::Interrupted.into())));
+        }
+    }
+    end
+}
+
+async fn finish(shared: &Shared, client: &mut Conn, server: &mut ServerConn, end: DataEnd) {
+    let (client_error, tell_server) = match &end {
+        DataEnd::Pump(Ok(PumpEnd::ClientTerminated)) => (None, false),
+        DataEnd::Pump(Ok(PumpEnd::ClientClosed)) => (None, true),
+        DataEnd::Pump(Ok(PumpEnd::ServerClosed)) => (Some(SessionError::ServerClosed(shared.blue.name)), false),
+        DataEnd::Pump(Ok(PumpEnd::AtBoundary)) | DataEnd::ShutdownForced => (Some(SessionError::Shutdown), true),
+        DataEnd::Pump(Err(PumpError::ClientProtocol(e))) => (Some(SessionError::ClientProtocol(e.to_string())), true),
+        DataEnd::Pump(Err(PumpError::ClientIo(_))) => (None, true),
+        DataEnd::Pump(Err(e @ (PumpError::ServerIo(_) | PumpError::ServerProtocol(_)))) => {
+            (Some(SessionError::ServerFailed(shared.blue.name, e.to_string())), false)
+        }
+    };
+    match &end {
+        DataEnd::Pump(Ok(e)) => info!(end = ?e, "session ended"),
+        DataEnd::Pump(Err(e)) => info!("session ended: {e}"),
+        DataEnd::ShutdownForced => info!("session closed by shutdown"),
+    }
+    if tell_server {
+        build::terminate(&mut server.conn.wbuf);
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, server.conn.flush()).await;
+    }
+    if let Some(e) = client_error {
+        goodbye(client, e).await;
+    }
+}
+
+/// Sends a FATAL (or the server's own ErrorResponse) and lets the connection close.
+async fn goodbye(client: &mut Conn, error: SessionError) {
+    error.log();
+    error.write_to(&mut client.wbuf);
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, client.flush()).await;
+}
