@@ -1,0 +1,148 @@
+//! Client authentication by the proxy, and the proxy's login to the server.
+
+use crate::support::*;
+use std::time::Duration;
+
+async fn assert_login(proxy: &RunningProxy, user: &str, password: &str) {
+    let c = connect(&proxy.conninfo(user, password, DB))
+        .await
+        .unwrap_or_else(|e| panic!("{user} logs in: {e}"));
+    let who: String = c.query_one("select current_user", &[]).await.unwrap().get(0);
+    assert_eq!(who, user);
+}
+
+async fn assert_refused(proxy: &RunningProxy, user: &str, password: &str, code: &str) -> String {
+    let e = connect(&proxy.conninfo(user, password, DB))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("{user} with password {password:?} must be refused"));
+    assert_eq!(sqlstate(&e), code, "{e}");
+    e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn scram_clients_log_in_and_wrong_passwords_fail() {
+    let db = Db::pg15();
+    let proxy = RunningProxy::start(db.default_config()).await;
+    // Verifier in auth_file: SCRAM with the client, SCRAM pass-through to the server.
+    assert_login(&proxy, SCRAM_USER, SCRAM_PASSWORD).await;
+    // Plain password in auth_file: SCRAM with the client, password to the server.
+    assert_login(&proxy, PLAIN_USER, PLAIN_PASSWORD).await;
+    assert_login(&proxy, pg_harness::SUPERUSER, pg_harness::SUPERUSER_PASSWORD).await;
+    let m = assert_refused(&proxy, SCRAM_USER, "wrong", "28P01").await;
+    assert!(m.contains(SCRAM_USER), "{m}");
+    assert_refused(&proxy, PLAIN_USER, "wrong", "28P01").await;
+    // An md5 hash cannot verify SCRAM: the message says what to store instead.
+    let m = assert_refused(&proxy, MD5_USER, MD5_PASSWORD, "28000").await;
+    assert!(m.contains("md5"), "{m}");
+}
+
+#[tokio::test]
+async fn scram_pass_through_works_with_only_the_verifier() {
+    let db = Db::pg15();
+    // auth_file has nothing but the verifier PostgreSQL stored: the proxy never learns the password.
+    let userlist = db.dir.write(
+        "verifier-only.txt",
+        &format!("\"{SCRAM_USER}\" \"{}\"\n", db.stored_secret(SCRAM_USER)),
+    );
+    let proxy = RunningProxy::start(db.config("", &format!("auth_file = {userlist:?}"))).await;
+    for _ in 0..3 {
+        assert_login(&proxy, SCRAM_USER, SCRAM_PASSWORD).await;
+    }
+    assert_refused(&proxy, SCRAM_USER, "not it", "28P01").await;
+}
+
+#[tokio::test]
+async fn md5_clients_log_in_and_wrong_passwords_fail() {
+    let db = Db::pg15();
+    let proxy =
+        RunningProxy::start(db.config("", &format!("auth_type = \"md5\"\nauth_file = {:?}", db.userlist()))).await;
+    // md5 hash in auth_file: md5 with the client and with the server (pg_hba says md5).
+    assert_login(&proxy, MD5_USER, MD5_PASSWORD).await;
+    assert_refused(&proxy, MD5_USER, "wrong", "28P01").await;
+    // Plain password: md5 with the client, SCRAM with the server.
+    assert_login(&proxy, PLAIN_USER, PLAIN_PASSWORD).await;
+    // A SCRAM verifier: the proxy asks the client for SCRAM instead, as PostgreSQL does.
+    assert_login(&proxy, SCRAM_USER, SCRAM_PASSWORD).await;
+    assert_refused(&proxy, SCRAM_USER, "wrong", "28P01").await;
+}
+
+#[tokio::test]
+async fn auth_query_looks_up_users_missing_from_the_auth_file() {
+    let db = Db::pg15();
+    let auth = format!(
+        "auth_file = {:?}\nauth_user = \"{}\"\nauth_cache_ttl = \"1h\"",
+        db.userlist(),
+        pg_harness::SUPERUSER
+    );
+    let proxy = RunningProxy::start(db.config("", &auth)).await;
+    assert_login(&proxy, QUERY_USER, QUERY_PASSWORD).await;
+    assert_refused(&proxy, QUERY_USER, "wrong", "28P01").await;
+    // The wrong password dropped the cached secret; a changed password is picked up
+    // at the next attempt even though the cache TTL is an hour.
+    db.cluster
+        .psql("postgres", &format!("alter role {QUERY_USER} password 'changed'"))
+        .unwrap();
+    assert_login(&proxy, QUERY_USER, "changed").await;
+    assert_refused(&proxy, "nobody_here", "x", "28000").await;
+}
+
+#[tokio::test]
+async fn trust_lets_clients_in_and_logs_in_with_auth_file_secrets() {
+    let db = Db::pg15();
+    let proxy =
+        RunningProxy::start(db.config("", &format!("auth_type = \"trust\"\nauth_file = {:?}", db.userlist()))).await;
+    assert_login(&proxy, PLAIN_USER, "whatever the client says").await;
+    assert_login(&proxy, MD5_USER, "").await;
+}
+
+#[tokio::test]
+async fn login_errors_carry_the_right_sqlstate() {
+    let db = Db::pg15();
+    let proxy =
+        RunningProxy::start(db.config("max_client_conn = 3", &format!("auth_file = {:?}", db.userlist()))).await;
+
+    let m = assert_refused(&proxy, "stranger", "x", "28000").await;
+    assert!(m.contains("stranger"), "{m}");
+
+    // Unknown database: the server's own error, passed through.
+    let e = connect(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, "no_such_db"))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "3D000", "{e}");
+
+    // Too many clients.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB)).await.unwrap());
+    }
+    let m = assert_refused(&proxy, SCRAM_USER, SCRAM_PASSWORD, "53300").await;
+    assert!(m.contains("3"), "{m}");
+    drop(held);
+    // Slots are released when clients leave.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match connect(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB)).await {
+            Ok(_) => break,
+            Err(e) if sqlstate(&e) == "53300" && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn unreachable_backend_gives_08006_naming_it() {
+    let db = Db::pg15();
+    let mut config = db.default_config();
+    let dead_port = pg_harness::free_port();
+    config.blue.url.port = dead_port;
+    let proxy = RunningProxy::start(config).await;
+    let e = connect(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "08006", "{e}");
+    let m = e.as_db_error().unwrap().message().to_owned();
+    assert!(m.contains("blue") && m.contains(&dead_port.to_string()), "{m}");
+}

@@ -1,0 +1,179 @@
+//! Hostile or broken clients get an error (or a closed socket) and never disturb
+//! anyone else.
+
+use crate::support::*;
+use pgcutover_protocol::backend::ErrorFields;
+use pgcutover_protocol::frame::decode_frame;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads until EOF (bounded) and returns the SQLSTATE of the first ErrorResponse, if any.
+async fn error_then_close(mut s: TcpStream) -> Option<String> {
+    let mut buf = bytes::BytesMut::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .expect("the proxy closes the connection");
+    while let Ok(Some(f)) = decode_frame(&mut buf, 1 << 20) {
+        if f.tag == b'E' {
+            return ErrorFields::new(&f.body).code().map(str::to_owned);
+        }
+    }
+    None
+}
+
+/// A client that keeps running queries while the test abuses the proxy; returns
+/// how many it ran, and fails on the first error.
+fn healthy_client(conninfo: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let c = connect(&conninfo).await.expect("healthy client connects");
+        let count = AtomicU64::new(0);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while !stop.load(Ordering::Relaxed) && tokio::time::Instant::now() < deadline {
+            let n: i32 = c
+                .query_one("select $1::int * 2", &[&21i32])
+                .await
+                .expect("healthy query")
+                .get(0);
+            assert_eq!(n, 42);
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+        count.into_inner()
+    })
+}
+
+#[tokio::test]
+async fn garbage_oversized_and_half_packets_do_not_disturb_a_healthy_client() {
+    let db = Db::pg15();
+    // trust, so that a raw socket can log in for the mid-session case.
+    let proxy = RunningProxy::start(db.config(
+        "client_login_timeout = \"1s\"\nmax_message_bytes = 1048576",
+        &format!("auth_type = \"trust\"\nauth_file = {:?}", db.userlist()),
+    ))
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let healthy = healthy_client(proxy.conninfo(PLAIN_USER, PLAIN_PASSWORD, DB), stop.clone());
+
+    // Garbage instead of a startup packet: an absurd length word.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    assert_eq!(error_then_close(s).await.as_deref(), Some("08P01"));
+
+    // A startup packet claiming 100 MB.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(&100_000_000u32.to_be_bytes()).await.unwrap();
+    assert_eq!(error_then_close(s).await.as_deref(), Some("08P01"));
+
+    // Half a startup packet, then silence: closed after client_login_timeout.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(&[0, 0, 0, 40, 0, 3, 0, 0, b'u', b's']).await.unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(error_then_close(s).await.as_deref(), Some("08006"));
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A logged-in client that sends a message longer than max_message_bytes.
+    let c = connect(&proxy.conninfo(PLAIN_USER, PLAIN_PASSWORD, DB)).await.unwrap();
+    let e = c
+        .simple_query(&format!("select '{}'", "x".repeat(2 << 20)))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "08P01", "{e}");
+
+    // A logged-in client whose next frame has a length below 4.
+    let mut raw = raw_login(&proxy).await;
+    raw.write_all(&[b'Q', 0, 0, 0, 1]).await.unwrap();
+    assert_eq!(error_then_close(raw).await.as_deref(), Some("08P01"));
+
+    stop.store(true, Ordering::Relaxed);
+    let ran = healthy.await.unwrap();
+    assert!(ran > 0);
+}
+
+#[tokio::test]
+async fn a_thousand_connections_opened_and_dropped_leave_the_proxy_serving() {
+    let db = Db::pg15();
+    let proxy = RunningProxy::start(db.config(
+        "client_login_timeout = \"2s\"",
+        &format!("auth_file = {:?}", db.userlist()),
+    ))
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let healthy = healthy_client(proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB), stop.clone());
+    let addr = proxy.addr;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..1000u32 {
+        tasks.spawn(async move {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            match i % 4 {
+                0 => {}                                                              // nothing at all
+                1 => s.write_all(&[0, 0, 0, 8, 4, 0xd2, 0x16, 0x2f]).await.unwrap(), // SSLRequest, then gone
+                2 => s.write_all(&[0, 0, 0]).await.unwrap(),                         // a partial length
+                _ => {
+                    // A full startup, then gone in the middle of authentication.
+                    let mut p = bytes::BytesMut::new();
+                    pgcutover_protocol::startup::encode_startup([("user", SCRAM_USER), ("database", DB)], &mut p);
+                    s.write_all(&p).await.unwrap();
+                    let mut b = [0u8; 1];
+                    let _ = s.read(&mut b).await;
+                }
+            }
+            drop(s);
+        });
+        if tasks.len() >= 100 {
+            tasks.join_next().await.unwrap().unwrap();
+        }
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    // Still serving new clients, and the healthy one never saw an error.
+    let c = connect(&proxy.conninfo(PLAIN_USER, PLAIN_PASSWORD, DB)).await.unwrap();
+    c.simple_query("select 1").await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    assert!(healthy.await.unwrap() > 0);
+    // No server connections leaked: only the healthy client's and this one's remain (plus the psql probe).
+    wait_for(
+        "abandoned logins to release their server connections",
+        Duration::from_secs(10),
+        || {
+            let n: i64 = db
+                .cluster
+                .psql(
+                    "postgres",
+                    &format!("select count(*) from pg_stat_activity where usename in ('{SCRAM_USER}', '{PLAIN_USER}')"),
+                )
+                .unwrap()
+                .parse()
+                .unwrap();
+            n <= 2
+        },
+    )
+    .await;
+}
+
+/// Logs in over a raw socket (the proxy must use trust) and returns at ReadyForQuery.
+async fn raw_login(proxy: &RunningProxy) -> TcpStream {
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut p = bytes::BytesMut::new();
+    pgcutover_protocol::startup::encode_startup([("user", PLAIN_USER), ("database", DB)], &mut p);
+    s.write_all(&p).await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        s.read_buf(&mut buf).await.unwrap();
+        while let Some(f) = decode_frame(&mut buf, 1 << 20).unwrap() {
+            assert_ne!(f.tag, b'E', "login failed");
+            if f.tag == b'Z' {
+                return s;
+            }
+        }
+    }
+}

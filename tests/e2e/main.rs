@@ -1,0 +1,10 @@
+//! End-to-end tests: real PostgreSQL servers (started by `pg-harness`), the real
+//! proxy, real clients (tokio-postgres, psql, pgbench). One test binary so the slow
+//! suite builds and links once.
+
+mod auth;
+mod bad_input;
+mod cli;
+mod data_path;
+mod support;
+mod tls;
