@@ -531,6 +531,28 @@ mod tests {
     }
 
     #[test]
+    fn example_config_in_deploy_is_valid() {
+        let text = include_str!("../../deploy/pgcutover.example.toml");
+        let c = Config::from_toml(text, "example", Path::new("/etc/pgcutover"), std::iter::empty()).unwrap();
+        let d = ProxyConfig::default();
+        // The example documents the defaults; it must not drift from them.
+        assert_eq!(c.proxy.listen, d.listen);
+        assert_eq!(c.proxy.max_client_conn, d.max_client_conn);
+        assert_eq!(c.proxy.shutdown_timeout, d.shutdown_timeout);
+        assert_eq!(c.proxy.client_login_timeout, d.client_login_timeout);
+        assert_eq!(c.proxy.server_connect_timeout, d.server_connect_timeout);
+        assert_eq!(c.proxy.max_message_bytes, d.max_message_bytes);
+        assert_eq!(c.auth.auth_type, AuthType::ScramSha256);
+    }
+
+    #[test]
+    fn example_userlist_in_deploy_is_valid() {
+        let text = include_str!("../../deploy/userlist.example.txt");
+        let u = crate::auth::Userlist::parse(text).unwrap();
+        assert_eq!(u.len(), 3);
+    }
+
+    #[test]
     fn parses_urls() {
         let u = PgUrl::parse("postgresql://us%40er:p%3Ass@[::1]:6000/my%20db?sslmode=require").unwrap();
         assert_eq!(u.user.as_deref(), Some("us@er"));

@@ -1,0 +1,257 @@
+#!/usr/bin/env bash
+# Proxy overhead: pgbench straight at PostgreSQL 15 vs through PgBouncer (session mode)
+# vs through pgcutover, on one throwaway cluster on this machine (loopback only).
+#
+# Usage: bench/proxy_overhead.sh [--seconds N] [--runs R] [--scale S] [--no-build]
+#   --seconds N   length of every pgbench run (default 10)
+#   --runs R      runs per cell; medians are reported (default 1)
+#   --scale S     pgbench -i scale (default 10)
+#   --no-build    do not run `cargo build --release --bin pgcutover`; use the binary
+#                 that is there (PGCUTOVER_BIN, else $CARGO_TARGET_DIR or target/release)
+#
+# Needs scripts/setup.sh (PostgreSQL 15, pgbench, pgbouncer). As root, postgres and
+# pgbouncer run as the `postgres` OS user (both refuse root). If pgcutover cannot be
+# built or started, its column says n/a and why; the other columns are still measured.
+# Everything (processes, temp dir) is cleaned up on exit, also on Ctrl-C.
+# Environment: PG15_BINDIR, PGBOUNCER, PGCUTOVER_BIN, CARGO_TARGET_DIR, KEEP_BENCH_DIR=1.
+set -euo pipefail
+
+SECS=10
+RUNS=1
+SCALE=10
+BUILD=1
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --seconds) SECS="${2:?--seconds needs a value}"; shift 2 ;;
+        --runs) RUNS="${2:?--runs needs a value}"; shift 2 ;;
+        --scale) SCALE="${2:?--scale needs a value}"; shift 2 ;;
+        --no-build) BUILD=0; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+for v in "$SECS" "$RUNS" "$SCALE"; do
+    [[ "$v" =~ ^[1-9][0-9]*$ ]] || { echo "not a positive integer: $v" >&2; exit 2; }
+done
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+LOG_PREFIX=bench
+# shellcheck source=../scripts/lib/local-pg.sh
+. "$REPO/scripts/lib/local-pg.sh"
+PGBOUNCER="${PGBOUNCER:-/usr/sbin/pgbouncer}"
+PGCUTOVER_BIN="${PGCUTOVER_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/release/pgcutover}"
+PASSWORD="bench-secret"
+export PGPASSWORD="$PASSWORD"
+DB="pgbench"
+
+require_pg15
+[ -x "$PGBOUNCER" ] || die "$PGBOUNCER missing: run scripts/setup.sh"
+
+WORK="$(make_workdir pgcutover-bench)"
+PROXY_PID=""
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    set +e
+    if [ -n "$PROXY_PID" ]; then stop_pid "$PROXY_PID"; wait "$PROXY_PID" 2>/dev/null; fi
+    if [ -f "$WORK/pgbouncer.pid" ]; then stop_pid "$(cat "$WORK/pgbouncer.pid")"; fi
+    stop_pg15 "$WORK"
+    if [ "${KEEP_BENCH_DIR:-0}" = 1 ]; then
+        log "kept $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ------------------------------------------------------------------ PostgreSQL 15
+log "temp dir $WORK"
+start_pg15 "$WORK" "$PASSWORD" <<EOF
+max_connections = 200
+shared_buffers = 256MB
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+EOF
+sql "$PGPORT" "create database $DB" >/dev/null
+log "pgbench -i -s $SCALE"
+"$PGBENCH" -i -q -s "$SCALE" -h 127.0.0.1 -p "$PGPORT" -U postgres "$DB" \
+    > "$WORK/pgbench-init.log" 2>&1 || { cat "$WORK/pgbench-init.log" >&2; die "pgbench -i failed"; }
+
+# ------------------------------------------------------------------ PgBouncer
+printf '"postgres" "%s"\n' "$PASSWORD" > "$WORK/userlist.txt"
+chmod 644 "$WORK/userlist.txt"
+BOUNCER_PORT="$(free_port)"
+sed -e "s|@PORT@|$BOUNCER_PORT|g" -e "s|@PGPORT@|$PGPORT|g" -e "s|@DIR@|$WORK|g" \
+    "$REPO/bench/pgbouncer.ini.tmpl" > "$WORK/pgbouncer.ini"
+chmod 644 "$WORK/pgbouncer.ini"
+as_pg "$PGBOUNCER" -d -q "$WORK/pgbouncer.ini" || { cat "$WORK/pgbouncer.log" >&2 || true; die "pgbouncer failed to start"; }
+wait_port "$BOUNCER_PORT" 10 || { cat "$WORK/pgbouncer.log" >&2 || true; die "pgbouncer is not listening on $BOUNCER_PORT"; }
+[ "$(sql "$BOUNCER_PORT" 'select 1' "$DB")" = 1 ] || die "query through pgbouncer failed"
+log "PgBouncer $("$PGBOUNCER" --version | head -n1 | awk '{print $2}') on 127.0.0.1:$BOUNCER_PORT (session pooling)"
+
+# ------------------------------------------------------------------ pgcutover
+PGC_REASON=""
+PGC_PORT=""
+if [ "$BUILD" -eq 1 ]; then
+    log "cargo build --release --bin pgcutover"
+    if ! (cd "$REPO" && cargo build --release --bin pgcutover) > "$WORK/build.log" 2>&1; then
+        tail -n 20 "$WORK/build.log" >&2
+        PGC_REASON="cargo build --release --bin pgcutover failed: $(grep -m1 '^error' "$WORK/build.log" || tail -n1 "$WORK/build.log")"
+    fi
+fi
+if [ -z "$PGC_REASON" ] && [ ! -x "$PGCUTOVER_BIN" ]; then
+    PGC_REASON="no binary at $PGCUTOVER_BIN"
+fi
+if [ -z "$PGC_REASON" ]; then
+    PGC_PORT="$(free_port)"
+        cat > "$WORK/pgcutover.toml" <<EOF
+[proxy]
+listen = "127.0.0.1:$PGC_PORT"
+server_tls_mode = "disable"
+
+[auth]
+auth_type = "scram-sha-256"
+auth_file = "$WORK/userlist.txt"
+
+[blue]
+url = "postgres://postgres@127.0.0.1:$PGPORT/postgres"
+EOF
+    "$PGCUTOVER_BIN" proxy --config "$WORK/pgcutover.toml" > "$WORK/pgcutover.log" 2>&1 &
+    PROXY_PID=$!
+    if ! wait_port "$PGC_PORT" 20 "$PROXY_PID"; then
+        if kill -0 "$PROXY_PID" 2>/dev/null; then
+            PGC_REASON="pgcutover is not listening on $PGC_PORT after 20 s"
+        else
+            code=0; wait "$PROXY_PID" 2>/dev/null || code=$?
+            PGC_REASON="pgcutover exited with status $code: $(tail -n 3 "$WORK/pgcutover.log" | tr '\n' ' ')"
+            PROXY_PID=""
+        fi
+    elif ! out="$(sql "$PGC_PORT" 'select 1' "$DB" 2>&1)" || [ "$out" != 1 ]; then
+        PGC_REASON="select 1 through pgcutover failed: $(printf '%s' "$out" | tail -n 2 | tr '\n' ' ')"
+    fi
+    if [ -n "$PGC_REASON" ]; then
+        log "pgcutover log tail:"; tail -n 10 "$WORK/pgcutover.log" >&2 || true
+    fi
+fi
+if [ -n "$PGC_REASON" ]; then
+    log "pgcutover: n/a ($PGC_REASON)"
+else
+    log "pgcutover on 127.0.0.1:$PGC_PORT"
+fi
+
+# ------------------------------------------------------------------ runs
+ROW_NAMES=(
+    "select-only, c=1 j=1"
+    "select-only, c=8 j=2"
+    "select-only, c=32 j=2"
+    "select-only prepared, c=8 j=2"
+    "TPC-B, c=8 j=2"
+    "select-only reconnect (-C), c=8 j=2"
+)
+ROW_ARGS=(
+    "-S -c 1 -j 1"
+    "-S -c 8 -j 2"
+    "-S -c 32 -j 2"
+    "-S -M prepared -c 8 -j 2"
+    "-c 8 -j 2"
+    "-S -C -c 8 -j 2"
+)
+TARGETS=(direct pgbouncer pgcutover)
+declare -A PORT_OF=([direct]="$PGPORT" [pgbouncer]="$BOUNCER_PORT" [pgcutover]="$PGC_PORT")
+declare -A TPS LAT
+
+run_cell() { # port args... -> "tps latency_ms" or "err"
+    local port="$1" out tps lat
+    shift
+    # shellcheck disable=SC2068
+    if ! out="$(timeout $((SECS + 60)) "$PGBENCH" -n -T "$SECS" \
+        -h 127.0.0.1 -p "$port" -U postgres "$@" "$DB" 2>&1)"; then
+        printf '%s\n' "$out" | tail -n 3 >&2
+        echo err; return
+    fi
+    tps="$(printf '%s\n' "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -n1)"
+    lat="$(printf '%s\n' "$out" | sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' | head -n1)"
+    if [ -z "$tps" ] || [ -z "$lat" ]; then echo err; else echo "$tps $lat"; fi
+}
+
+log "warm-up: 2 s select-only, direct"
+timeout 60 "$PGBENCH" -n -S -T 2 -c 4 -j 2 -h 127.0.0.1 -p "$PGPORT" \
+    -U postgres "$DB" > /dev/null 2>&1 || true
+
+total=$(( ${#ROW_NAMES[@]} * ${#TARGETS[@]} * RUNS ))
+log "$total runs of ${SECS}s each (about $(( total * SECS / 60 + 1 )) min)"
+for run in $(seq 1 "$RUNS"); do
+    for i in "${!ROW_NAMES[@]}"; do
+        for t in "${TARGETS[@]}"; do
+            if [ "$t" = pgcutover ] && [ -n "$PGC_REASON" ]; then continue; fi
+            # shellcheck disable=SC2086
+            res="$(run_cell "${PORT_OF[$t]}" ${ROW_ARGS[$i]})"
+            if [ "$res" = err ]; then
+                TPS["$i,$t,$run"]=err; LAT["$i,$t,$run"]=err
+            else
+                TPS["$i,$t,$run"]="${res% *}"; LAT["$i,$t,$run"]="${res#* }"
+            fi
+            log "run $run/$RUNS | ${ROW_NAMES[$i]} | $t: tps ${TPS["$i,$t,$run"]}, latency ${LAT["$i,$t,$run"]} ms"
+        done
+    done
+done
+
+# ------------------------------------------------------------------ report
+median() { # values... (any "err" -> err)
+    local v
+    for v in "$@"; do [ "$v" = err ] && { echo err; return; }; done
+    printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {
+        if (NR == 0) { print "err"; exit }
+        if (NR % 2) print a[(NR + 1) / 2]; else printf "%.6f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+cell_median() { # array-name row target
+    local -n arr="$1"
+    local vals=() r
+    for r in $(seq 1 "$RUNS"); do vals+=("${arr["$2,$3,$r"]:-err}"); done
+    median "${vals[@]}"
+}
+fmt_tps() { if [ "$1" = err ]; then echo err; else printf '%.0f' "$1"; fi; }
+fmt_ratio() { # tps direct
+    if [ "$1" = err ] || [ "$2" = err ]; then echo "err"; else awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f (%.2f)", a, (b > 0 ? a / b : 0) }'; fi
+}
+fmt_lat() { if [ "$1" = err ]; then echo err; else printf '%.3f' "$1"; fi; }
+
+echo
+echo "### Proxy overhead: PostgreSQL 15 direct vs PgBouncer (session) vs pgcutover"
+echo
+echo "pgbench scale $SCALE, ${SECS}s per run, median of $RUNS run(s); all over TCP 127.0.0.1 with SCRAM-SHA-256;"
+echo "$(nproc) cores shared by pgbench, postgres and the proxy; $(date -u +%Y-%m-%dT%H:%MZ);"
+if [ -n "$PGC_REASON" ]; then pgc_desc="n/a"; else pgc_desc="$PGCUTOVER_BIN"; fi
+echo "$("$PG15_BINDIR/postgres" --version); $("$PGBOUNCER" --version | head -n1); pgcutover: $pgc_desc"
+echo
+echo "| row | direct tps | pgbouncer tps (ratio) | pgcutover tps (ratio) | latency ms direct / pgbouncer / pgcutover |"
+echo "|---|---:|---:|---:|---|"
+for i in "${!ROW_NAMES[@]}"; do
+    d_tps="$(cell_median TPS "$i" direct)"; d_lat="$(cell_median LAT "$i" direct)"
+    b_tps="$(cell_median TPS "$i" pgbouncer)"; b_lat="$(cell_median LAT "$i" pgbouncer)"
+    if [ -n "$PGC_REASON" ]; then
+        p_cell="n/a"; p_lat="n/a"
+    else
+        p_tps="$(cell_median TPS "$i" pgcutover)"; p_lat="$(fmt_lat "$(cell_median LAT "$i" pgcutover)")"
+        p_cell="$(fmt_ratio "$p_tps" "$d_tps")"
+    fi
+    echo "| ${ROW_NAMES[$i]} | $(fmt_tps "$d_tps") | $(fmt_ratio "$b_tps" "$d_tps") | $p_cell | $(fmt_lat "$d_lat") / $(fmt_lat "$b_lat") / $p_lat |"
+done
+echo
+added() { # target -> µs added per query at c=1 (row 0) vs direct
+    local d t
+    d="$(cell_median LAT 0 direct)"; t="$(cell_median LAT 0 "$1")"
+    if [ "$d" = err ] || [ "$t" = err ]; then echo err; else awk -v a="$t" -v b="$d" 'BEGIN { printf "%+.0f µs", (a - b) * 1000 }'; fi
+}
+if [ -n "$PGC_REASON" ]; then pgc_added="n/a"; else pgc_added="$(added pgcutover)"; fi
+echo "Added latency per query at c=1 (select-only) vs direct: pgbouncer $(added pgbouncer), pgcutover $pgc_added"
+if [ -n "$PGC_REASON" ]; then
+    echo
+    echo "pgcutover n/a: $PGC_REASON"
+fi
