@@ -8,7 +8,7 @@
 pub mod auth;
 pub mod cancel;
 pub mod config;
-mod pump;
+pub mod pump;
 pub mod server;
 mod session;
 pub mod stream;
