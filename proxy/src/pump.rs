@@ -88,6 +88,8 @@ struct Direction {
     frame_left: usize,
     /// Written since the last flush (TLS buffers inside the stream).
     unflushed: bool,
+    /// Type of the last message whose header was scanned.
+    last_tag: u8,
 }
 
 impl Direction {
@@ -100,6 +102,7 @@ impl Direction {
             ready: 0,
             frame_left: 0,
             unflushed: false,
+            last_tag: 0,
         }
     }
 
@@ -163,6 +166,7 @@ impl Direction {
             let Some(h) = parse_header(&self.buf[self.ready..], max_message_len).map_err(ScanError::Frame)? else {
                 return Ok(());
             };
+            self.last_tag = h.tag;
             let go_on = if wants_body(h.tag) {
                 if unscanned < h.frame_len() {
                     // Inspected messages are small; the length was checked above.
@@ -236,6 +240,12 @@ impl Pump {
     /// cutting one of the server's messages in half.
     pub fn client_at_message_boundary(&self) -> bool {
         self.s2c.ready == 0 && self.s2c.frame_left == 0
+    }
+
+    /// Whether the last message the server sent was an ErrorResponse: after it
+    /// closes, that error (e.g. 57P01 from pg_terminate_backend) is the whole story.
+    pub fn server_said_error_last(&self) -> bool {
+        self.s2c.last_tag == backend::ERROR_RESPONSE
     }
 
     /// Forwards until one side ends, or, when `stop_at_boundary`, until the session

@@ -2,33 +2,15 @@
 //! anyone else.
 
 use crate::support::*;
-use pgcutover_protocol::backend::ErrorFields;
-use pgcutover_protocol::frame::decode_frame;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Reads until EOF (bounded) and returns the SQLSTATE of the first ErrorResponse, if any.
-async fn error_then_close(mut s: TcpStream) -> Option<String> {
-    let mut buf = bytes::BytesMut::new();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match s.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await
-    .expect("the proxy closes the connection");
-    while let Ok(Some(f)) = decode_frame(&mut buf, 1 << 20) {
-        if f.tag == b'E' {
-            return ErrorFields::new(&f.body).code().map(str::to_owned);
-        }
-    }
-    None
+/// The SQLSTATE of the first ErrorResponse before the proxy closes the connection.
+async fn error_then_close(s: TcpStream) -> Option<String> {
+    errors_until_close(s).await.into_iter().next()
 }
 
 /// A client that keeps running queries while the test abuses the proxy; returns
@@ -158,22 +140,4 @@ async fn a_thousand_connections_opened_and_dropped_leave_the_proxy_serving() {
         },
     )
     .await;
-}
-
-/// Logs in over a raw socket (the proxy must use trust) and returns at ReadyForQuery.
-async fn raw_login(proxy: &RunningProxy) -> TcpStream {
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    let mut p = bytes::BytesMut::new();
-    pgcutover_protocol::startup::encode_startup([("user", PLAIN_USER), ("database", DB)], &mut p);
-    s.write_all(&p).await.unwrap();
-    let mut buf = bytes::BytesMut::new();
-    loop {
-        s.read_buf(&mut buf).await.unwrap();
-        while let Some(f) = decode_frame(&mut buf, 1 << 20).unwrap() {
-            assert_ne!(f.tag, b'E', "login failed");
-            if f.tag == b'Z' {
-                return s;
-            }
-        }
-    }
 }

@@ -209,3 +209,33 @@ async fn server_session_belongs_to_the_clients_own_user() {
         .unwrap();
     assert_eq!(listed, 1);
 }
+
+#[tokio::test]
+async fn server_side_termination_reaches_the_client_as_the_servers_own_error_only() {
+    let db = Db::pg15();
+    // trust, so a raw socket can log in and see every byte the proxy sends.
+    let proxy =
+        RunningProxy::start(db.config("", &format!("auth_type = \"trust\"\nauth_file = {:?}", db.userlist()))).await;
+    let raw = raw_login(&proxy).await;
+    let pid: i64 = db
+        .cluster
+        .psql(
+            "postgres",
+            &format!("select pid from pg_stat_activity where usename = '{PLAIN_USER}'"),
+        )
+        .unwrap()
+        .parse()
+        .unwrap();
+    db.cluster
+        .psql("postgres", &format!("select pg_terminate_backend({pid})"))
+        .unwrap();
+    // Exactly the server's FATAL 57P01: no second error from the proxy on top.
+    assert_eq!(errors_until_close(raw).await, ["57P01"]);
+    // The proxy itself still serves others.
+    connect(&proxy.conninfo(PLAIN_USER, PLAIN_PASSWORD, DB))
+        .await
+        .unwrap()
+        .simple_query("select 1")
+        .await
+        .unwrap();
+}

@@ -7,6 +7,7 @@ use pgcutover_proxy::Proxy;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
 /// A role whose password is stored as a SCRAM verifier.
@@ -208,4 +209,50 @@ pub async fn wait_for<F: FnMut() -> bool>(what: &str, limit: Duration, mut cond:
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Logs in over a raw socket (the proxy must use trust) and returns at ReadyForQuery.
+pub async fn raw_login(proxy: &RunningProxy) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut p = bytes::BytesMut::new();
+    pgcutover_protocol::startup::encode_startup([("user", PLAIN_USER), ("database", DB)], &mut p);
+    s.write_all(&p).await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        s.read_buf(&mut buf).await.unwrap();
+        while let Some(f) = pgcutover_protocol::frame::decode_frame(&mut buf, 1 << 20).unwrap() {
+            assert_ne!(f.tag, b'E', "login failed");
+            if f.tag == b'Z' {
+                return s;
+            }
+        }
+    }
+}
+
+/// Reads everything until the peer closes (bounded) and returns the SQLSTATE of every
+/// ErrorResponse in it, in order.
+pub async fn errors_until_close(mut s: tokio::net::TcpStream) -> Vec<String> {
+    let mut buf = bytes::BytesMut::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .expect("the connection is closed");
+    let mut codes = Vec::new();
+    while let Ok(Some(f)) = pgcutover_protocol::frame::decode_frame(&mut buf, 1 << 20) {
+        if f.tag == b'E' {
+            codes.push(
+                pgcutover_protocol::backend::ErrorFields::new(&f.body)
+                    .code()
+                    .unwrap_or("none")
+                    .to_owned(),
+            );
+        }
+    }
+    codes
 }

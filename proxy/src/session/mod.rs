@@ -145,6 +145,8 @@ async fn lookup_secret(shared: &Shared, user: &str, database: &str) -> Result<Op
 /// How the session's data phase ended.
 enum DataEnd {
     Pump(Result<PumpEnd, PumpError>),
+    /// The server closed after sending its own ErrorResponse, already forwarded.
+    ServerClosedWithError,
     ShutdownForced,
 }
 
@@ -177,6 +179,9 @@ async fn pump(
             }
         }
     };
+    if matches!(end, DataEnd::Pump(Ok(PumpEnd::ServerClosed))) && pump.server_said_error_last() {
+        return DataEnd::ServerClosedWithError;
+    }
     if let DataEnd::ShutdownForced = end {
         if !pump.client_at_message_boundary() {
             // Mid-message: an error of ours would corrupt the stream; just close.
@@ -189,7 +194,7 @@ async fn pump(
 
 async fn finish(shared: &Shared, client: &mut Conn, server: &mut ServerConn, end: DataEnd) {
     let (client_error, tell_server) = match &end {
-        DataEnd::Pump(Ok(PumpEnd::ClientTerminated)) => (None, false),
+        DataEnd::Pump(Ok(PumpEnd::ClientTerminated)) | DataEnd::ServerClosedWithError => (None, false),
         DataEnd::Pump(Ok(PumpEnd::ClientClosed)) => (None, true),
         DataEnd::Pump(Ok(PumpEnd::ServerClosed)) => (Some(SessionError::ServerClosed(shared.blue.name)), false),
         DataEnd::Pump(Ok(PumpEnd::AtBoundary)) | DataEnd::ShutdownForced => (Some(SessionError::Shutdown), true),
@@ -202,6 +207,7 @@ async fn finish(shared: &Shared, client: &mut Conn, server: &mut ServerConn, end
     match &end {
         DataEnd::Pump(Ok(e)) => info!(end = ?e, "session ended"),
         DataEnd::Pump(Err(e)) => info!("session ended: {e}"),
+        DataEnd::ServerClosedWithError => info!("session ended: the server closed it with an error"),
         DataEnd::ShutdownForced => info!("session closed by shutdown"),
     }
     if tell_server {
