@@ -10,7 +10,7 @@ use std::time::Duration;
 
 /// Environment variable prefix for overrides.
 pub const ENV_PREFIX: &str = "PGCUTOVER_";
-const SECTIONS: &[&str] = &["proxy", "auth", "blue", "green"];
+const SECTIONS: &[&str] = &["proxy", "auth", "blue", "green", "switchover"];
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -26,6 +26,53 @@ pub struct Config {
     pub blue: TargetConfig,
     /// The database clients move to (used by the switchover).
     pub green: Option<TargetConfig>,
+    /// Bounds of hold, drain and flip.
+    #[serde(default)]
+    pub switchover: SwitchoverConfig,
+}
+
+/// `[switchover]`: the proxy's part of a switchover.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SwitchoverConfig {
+    /// Longest a hold may last; the proxy resumes by itself after it. Default `30s`.
+    pub timeout: HumanDuration,
+    /// How long `POST /hold` waits for in-flight transactions to finish. Default `10s`.
+    pub drain_timeout: HumanDuration,
+    /// What a drain that times out does. Default `abort`.
+    pub drain_policy: DrainPolicy,
+    /// What happens to a session whose state cannot move (temporary tables, session
+    /// advisory locks, WITH HOLD cursors). Default `close`.
+    pub pinned_policy: PinnedPolicy,
+}
+
+impl Default for SwitchoverConfig {
+    fn default() -> Self {
+        SwitchoverConfig {
+            timeout: HumanDuration(Duration::from_secs(30)),
+            drain_timeout: HumanDuration(Duration::from_secs(10)),
+            drain_policy: DrainPolicy::Abort,
+            pinned_policy: PinnedPolicy::Close,
+        }
+    }
+}
+
+/// What a drain that times out does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DrainPolicy {
+    /// Report failure and stay held; the caller resumes (or retries).
+    Abort,
+}
+
+/// What happens to a session whose state cannot move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PinnedPolicy {
+    /// Close it with a FATAL naming the state that pinned it.
+    Close,
+    /// Leave it on the old target; the flip reports it.
+    Wait,
 }
 
 /// `[proxy]`: listener, TLS, limits, timeouts.
@@ -55,6 +102,11 @@ pub struct ProxyConfig {
     pub shutdown_timeout: HumanDuration,
     /// Largest single protocol message accepted, in bytes. Default 1 GiB (PostgreSQL's own cap).
     pub max_message_bytes: usize,
+    /// Admin HTTP API address (status, hold, resume, route). Default `127.0.0.1:9187`.
+    pub admin_listen: SocketAddr,
+    /// File holding the bearer token that mutating admin calls must present; without
+    /// it they are refused.
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl Default for ProxyConfig {
@@ -71,6 +123,8 @@ impl Default for ProxyConfig {
             server_connect_timeout: HumanDuration(Duration::from_secs(10)),
             shutdown_timeout: HumanDuration(Duration::from_secs(30)),
             max_message_bytes: pgcutover_protocol::frame::DEFAULT_MAX_MESSAGE_LEN,
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9187)),
+            admin_token_file: None,
         }
     }
 }
@@ -374,6 +428,7 @@ impl Config {
             &mut self.proxy.tls_cert_file,
             &mut self.proxy.tls_key_file,
             &mut self.proxy.server_tls_ca_file,
+            &mut self.proxy.admin_token_file,
             &mut self.auth.auth_file,
         ]
         .into_iter()
@@ -500,10 +555,14 @@ mod tests {
 
     #[test]
     fn bad_values_name_key_value_and_form() {
-        let e = load(&format!("{MINIMAL}[switchover]\ntimeout = \"30s\"\n"), &[])
+        let e = load(&format!("{MINIMAL}[replication]\nmethod = \"copy\"\n"), &[])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("switchover"), "{e}");
+        assert!(e.contains("replication"), "{e}");
+        let e = load(&format!("{MINIMAL}[switchover]\npinned_policy = \"maybe\"\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("switchover.pinned_policy") && e.contains("wait"), "{e}");
         let e = load(MINIMAL, &[("PGCUTOVER_PROXY_SHUTDOWN_TIMEOUT", "soon")])
             .unwrap_err()
             .to_string();
@@ -543,6 +602,11 @@ mod tests {
         assert_eq!(c.proxy.server_connect_timeout, d.server_connect_timeout);
         assert_eq!(c.proxy.max_message_bytes, d.max_message_bytes);
         assert_eq!(c.auth.auth_type, AuthType::ScramSha256);
+        assert_eq!(c.proxy.admin_listen, d.admin_listen);
+        let sw = SwitchoverConfig::default();
+        assert_eq!(c.switchover.timeout, sw.timeout);
+        assert_eq!(c.switchover.drain_timeout, sw.drain_timeout);
+        assert_eq!(c.switchover.pinned_policy, sw.pinned_policy);
     }
 
     #[test]

@@ -5,19 +5,25 @@
 //! bytes in both directions, reading only the few messages that tell it where
 //! transactions begin and end. [`Proxy::bind`] then [`Proxy::run`] is the whole API.
 
+mod admin;
 pub mod auth;
-pub mod cancel;
 pub mod config;
+pub mod control;
 pub mod pump;
+pub mod registry;
+pub mod route;
 pub mod server;
 mod session;
+pub mod statements;
 pub mod stream;
 pub mod tls;
 mod wire;
 
 use auth::{AuthQuery, Userlist};
-use cancel::CancelRegistry;
 use config::Config;
+use control::Control;
+use registry::SessionRegistry;
+use route::Target;
 use server::{Backend, LoginOptions};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -54,6 +60,22 @@ pub enum StartError {
     /// auth_user has no secret to log in with.
     #[error("auth_user \"{0}\" has no entry in auth_file: add its password (plain or md5) there")]
     AuthUserSecret(String),
+    /// The admin listen address is taken.
+    #[error("cannot listen for the admin API on {addr}: {source} (change [proxy] admin_listen)")]
+    AdminBind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The admin token file is unreadable or empty.
+    #[error("cannot use admin_token_file {path}: {reason}")]
+    AdminToken {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Where graceful shutdown stands; sessions watch it.
@@ -75,8 +97,21 @@ pub(crate) struct Shared {
     tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
     login: LoginOptions,
     blue: Backend,
-    cancel: Arc<CancelRegistry>,
+    green: Option<Backend>,
+    registry: Arc<SessionRegistry>,
+    control: Arc<Control>,
     clients: AtomicUsize,
+}
+
+impl Shared {
+    /// The server a target stands for; green falls back to blue when not configured
+    /// (the control refuses flips to an unconfigured green).
+    fn backend(&self, target: Target) -> &Backend {
+        match (target, &self.green) {
+            (Target::Green, Some(g)) => g,
+            _ => &self.blue,
+        }
+    }
 }
 
 /// One accepted client's place in the `max_client_conn` count, released on drop.
@@ -105,6 +140,7 @@ impl Drop for ClientSlot {
 /// A bound, ready-to-run proxy.
 pub struct Proxy {
     listener: TcpListener,
+    admin: admin::AdminServer,
     shared: Arc<Shared>,
 }
 
@@ -145,8 +181,16 @@ impl Proxy {
             name: "blue",
             url: config.blue.url.clone(),
         };
+        let green = config.green.as_ref().map(|g| Backend {
+            name: "green",
+            url: g.url.clone(),
+        });
+        let registry = Arc::new(SessionRegistry::default());
+        let control = Control::new(registry.clone(), config.switchover.timeout.0, green.is_some());
+        let admin = admin::AdminServer::bind(&config).await?;
         Ok(Proxy {
             listener,
+            admin,
             shared: Arc::new(Shared {
                 config,
                 userlist,
@@ -154,7 +198,9 @@ impl Proxy {
                 tls_acceptor,
                 login,
                 blue,
-                cancel: Arc::new(CancelRegistry::default()),
+                green,
+                registry,
+                control,
                 clients: AtomicUsize::new(0),
             }),
         })
@@ -165,11 +211,26 @@ impl Proxy {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
+    /// The admin API's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr()
+    }
+
+    /// The cutover controls (what the admin API drives).
+    pub fn control(&self) -> Arc<Control> {
+        self.shared.control.clone()
+    }
+
     /// Serves clients until `shutdown` completes; then stops accepting, lets each
     /// session finish its transaction (closing it with FATAL 57P01 at its next
     /// boundary) for up to `shutdown_timeout`, and closes the rest.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Proxy { listener, shared } = self;
+        let Proxy {
+            listener,
+            admin,
+            shared,
+        } = self;
+        let admin_task = tokio::spawn(admin.serve(shared.clone()));
         info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), blue = %shared.blue.url.host_port(), "pgcutover proxy ready");
         let (phase_tx, phase_rx) = watch::channel(ShutdownPhase::Running);
         let mut sessions = JoinSet::new();
@@ -192,6 +253,9 @@ impl Proxy {
             }
         }
         drop(listener);
+        admin_task.abort();
+        // A hold must not keep sessions from reaching the boundary they close at.
+        shared.control.resume();
         let timeout = shared.config.proxy.shutdown_timeout.0;
         info!(
             sessions = sessions.len(),

@@ -7,7 +7,8 @@
 //! state lives in [`Pump`], which makes [`Pump::run`] cancel-safe: a session can
 //! `select!` on it and call it again.
 
-use crate::cancel::CancelTarget;
+use crate::registry::SessionHandle;
+use crate::statements::StatementLog;
 use crate::stream::Stream;
 use crate::wire::BUF_SIZE;
 use bytes::{Buf, BufMut, BytesMut};
@@ -143,15 +144,11 @@ impl Direction {
     }
 
     /// Walks frame headers from `ready` on, marking bytes ready to forward. Frames
-    /// for which `wants_body` is true are only passed once whole, to `on_frame` with
-    /// their body; other frames go through in pieces, `on_frame` seeing only their
-    /// tag. `on_frame` returns false to stop scanning after that frame.
-    fn scan(
-        &mut self,
-        max_message_len: usize,
-        wants_body: impl Fn(u8) -> bool,
-        mut on_frame: impl FnMut(u8, &[u8]) -> Result<bool, String>,
-    ) -> Result<(), ScanError> {
+    /// the inspector wants whole are passed only once complete, body included (and
+    /// mutable, for in-place rewrites); other frames go through in pieces, the
+    /// inspector seeing only their tag. The scan stops before a frame the inspector
+    /// may not start (the hold gate), or after one it says ends the scan.
+    fn scan(&mut self, max_message_len: usize, inspector: &mut impl Inspector) -> Result<(), ScanError> {
         loop {
             let unscanned = self.buf.len() - self.ready;
             if self.frame_left > 0 {
@@ -163,22 +160,25 @@ impl Direction {
                 }
                 continue;
             }
+            if unscanned == 0 || !inspector.may_start() {
+                return Ok(());
+            }
             let Some(h) = parse_header(&self.buf[self.ready..], max_message_len).map_err(ScanError::Frame)? else {
                 return Ok(());
             };
             self.last_tag = h.tag;
-            let go_on = if wants_body(h.tag) {
+            let go_on = if inspector.wants_body(h.tag) {
                 if unscanned < h.frame_len() {
                     // Inspected messages are small; the length was checked above.
                     self.buf.reserve(h.frame_len() - unscanned);
                     return Ok(());
                 }
-                let body = &self.buf[self.ready + HEADER_LEN..self.ready + h.frame_len()];
-                let go_on = on_frame(h.tag, body).map_err(ScanError::Message)?;
+                let frame = &mut self.buf[self.ready..self.ready + h.frame_len()];
+                let go_on = inspector.on_frame(h.tag, frame).map_err(ScanError::Message)?;
                 self.ready += h.frame_len();
                 go_on
             } else {
-                let go_on = on_frame(h.tag, &[]).map_err(ScanError::Message)?;
+                let go_on = inspector.on_frame(h.tag, &mut []).map_err(ScanError::Message)?;
                 self.ready += HEADER_LEN;
                 self.frame_left = h.body_len;
                 go_on
@@ -190,9 +190,120 @@ impl Direction {
     }
 }
 
+/// Protocol knowledge for one direction's [`Direction::scan`].
+trait Inspector {
+    /// Whether a new message may start being forwarded now.
+    fn may_start(&self) -> bool;
+    /// Whether a message of this type must be seen whole before it is forwarded.
+    fn wants_body(&self, tag: u8) -> bool;
+    /// Sees one message: the whole frame (header included) when wanted, else an
+    /// empty slice. Returns false to stop scanning after it.
+    fn on_frame(&mut self, tag: u8, frame: &mut [u8]) -> Result<bool, String>;
+}
+
+/// Client to server: counts what will be answered, logs named statements, and
+/// holds new transactions back while the gate is closed.
+struct ClientSide<'a> {
+    tx: &'a mut TxState,
+    statements: &'a mut StatementLog,
+    hold: bool,
+}
+
+impl Inspector for ClientSide<'_> {
+    fn may_start(&self) -> bool {
+        // Held sessions finish what they started (the drain) but start nothing new.
+        !(self.hold && self.tx.idle())
+    }
+
+    fn wants_body(&self, tag: u8) -> bool {
+        matches!(tag, frontend::PARSE | frontend::CLOSE)
+    }
+
+    fn on_frame(&mut self, tag: u8, frame: &mut [u8]) -> Result<bool, String> {
+        let tx = &mut *self.tx;
+        match tag {
+            frontend::TERMINATE => {
+                tx.terminated = true;
+                return Ok(false);
+            }
+            t if frontend::ends_with_ready_for_query(t) => {
+                tx.awaiting_ready += 1;
+                tx.open_pipeline = false;
+            }
+            frontend::PARSE => {
+                tx.open_pipeline = true;
+                self.statements.record_parse(frame);
+            }
+            frontend::CLOSE => {
+                tx.open_pipeline = true;
+                self.statements.record_close(frame);
+            }
+            frontend::BIND | frontend::DESCRIBE | frontend::EXECUTE | frontend::FLUSH => tx.open_pipeline = true,
+            // COPY data and anything else belongs to a message already counted.
+            _ => {}
+        }
+        Ok(true)
+    }
+}
+
+/// Server to client: follows ReadyForQuery, and makes notifications sent by the
+/// session's own (replacement) backend carry the pid the client was given.
+struct ServerSide<'a> {
+    tx: &'a mut TxState,
+    pid_rewrite: Option<PidRewrite>,
+}
+
+impl Inspector for ServerSide<'_> {
+    fn may_start(&self) -> bool {
+        true
+    }
+
+    fn wants_body(&self, tag: u8) -> bool {
+        tag == backend::READY_FOR_QUERY || (tag == backend::NOTIFICATION_RESPONSE && self.pid_rewrite.is_some())
+    }
+
+    fn on_frame(&mut self, tag: u8, frame: &mut [u8]) -> Result<bool, String> {
+        match tag {
+            backend::READY_FOR_QUERY => {
+                let body = frame.get(HEADER_LEN..).unwrap_or_default();
+                self.tx.status = backend::parse_ready_for_query(body).map_err(|e| e.to_string())?;
+                self.tx.awaiting_ready = self.tx.awaiting_ready.saturating_sub(1);
+            }
+            backend::NOTIFICATION_RESPONSE => {
+                if let (Some(rw), Some(pid)) = (self.pid_rewrite, frame.get_mut(HEADER_LEN..HEADER_LEN + 4)) {
+                    if i32::from_be_bytes([pid[0], pid[1], pid[2], pid[3]]) == rw.server_pid {
+                        pid.copy_from_slice(&rw.client_pid.to_be_bytes());
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(true)
+    }
+}
+
+/// The session's backend changed pid when it moved; the client still knows the first one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PidRewrite {
+    /// The current backend's pid.
+    pub server_pid: i32,
+    /// The pid the client was given at login.
+    pub client_pid: i32,
+}
+
 enum ScanError {
     Frame(FrameError),
     Message(String),
+}
+
+/// What the session wants from one [`Pump::run`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RunMode {
+    /// Start no new transaction: a client message that would start one stays
+    /// queued (in the buffer, then the socket) until a later run without hold.
+    pub hold: bool,
+    /// Return [`PumpEnd::AtBoundary`] as soon as the session is at a boundary.
+    pub stop_at_boundary: bool,
 }
 
 /// Forwards one session's traffic between its client and its server.
@@ -200,8 +311,10 @@ pub struct Pump {
     c2s: Direction,
     s2c: Direction,
     tx: TxState,
+    statements: StatementLog,
+    pid_rewrite: Option<PidRewrite>,
     max_message_len: usize,
-    cancel: Arc<CancelTarget>,
+    handle: Arc<SessionHandle>,
 }
 
 impl Pump {
@@ -210,7 +323,7 @@ impl Pump {
         client_rbuf: BytesMut,
         server_rbuf: BytesMut,
         max_message_len: usize,
-        cancel: Arc<CancelTarget>,
+        handle: Arc<SessionHandle>,
     ) -> Pump {
         Pump {
             c2s: Direction::new(client_rbuf),
@@ -221,25 +334,56 @@ impl Pump {
                 open_pipeline: false,
                 terminated: false,
             },
+            statements: StatementLog::default(),
+            pid_rewrite: None,
             max_message_len,
-            cancel,
+            handle,
         }
     }
 
+    /// Where the session stands in the protocol.
+    pub fn tx(&self) -> TxState {
+        self.tx
+    }
+
+    /// Named statements the client prepared with Parse, for replay elsewhere.
+    pub fn statements(&self) -> &StatementLog {
+        &self.statements
+    }
+
     /// Whether the session is idle and every byte it had was delivered both ways, so
-    /// nothing is lost by stopping here.
+    /// nothing is lost by stopping here. Client bytes not yet forwarded (a queued
+    /// query) may remain: they will go to whichever server the session has next.
     pub fn at_boundary(&self) -> bool {
-        self.tx.idle()
-            && self.c2s.buf.is_empty()
-            && self.s2c.ready == 0
-            && self.s2c.frame_left == 0
-            && !self.s2c.unflushed
+        self.tx.idle() && self.c2s.ready == 0 && self.c2s.frame_left == 0 && self.client_at_message_boundary()
+    }
+
+    /// Whether the client has sent nothing the proxy has not forwarded.
+    pub fn client_quiet(&self) -> bool {
+        self.c2s.buf.is_empty()
     }
 
     /// Whether the proxy may write a message of its own to the client now without
     /// cutting one of the server's messages in half.
     pub fn client_at_message_boundary(&self) -> bool {
-        self.s2c.ready == 0 && self.s2c.frame_left == 0
+        self.s2c.ready == 0 && self.s2c.frame_left == 0 && !self.s2c.unflushed
+    }
+
+    /// Hands over the server-side read buffer (bytes the old server sent that were not
+    /// scanned yet), for reading the server directly. Only at a boundary.
+    pub fn take_server_buffer(&mut self) -> BytesMut {
+        debug_assert!(self.client_at_message_boundary());
+        std::mem::take(&mut self.s2c.buf)
+    }
+
+    /// Continues with a (new) server's read buffer.
+    pub fn set_server_buffer(&mut self, buf: BytesMut) {
+        self.s2c = Direction::new(buf);
+    }
+
+    /// Sets how notifications from the session's own backend are rewritten.
+    pub fn set_pid_rewrite(&mut self, rewrite: Option<PidRewrite>) {
+        self.pid_rewrite = rewrite;
     }
 
     /// Whether the last message the server sent was an ErrorResponse: after it
@@ -248,15 +392,10 @@ impl Pump {
         self.s2c.last_tag == backend::ERROR_RESPONSE
     }
 
-    /// Forwards until one side ends, or, when `stop_at_boundary`, until the session
+    /// Forwards until one side ends, or, with `stop_at_boundary`, until the session
     /// is [at a boundary](Self::at_boundary).
-    pub async fn run(
-        &mut self,
-        client: &mut Stream,
-        server: &mut Stream,
-        stop_at_boundary: bool,
-    ) -> Result<PumpEnd, PumpError> {
-        poll_fn(|cx| self.poll_run(cx, client, server, stop_at_boundary)).await
+    pub async fn run(&mut self, client: &mut Stream, server: &mut Stream, mode: RunMode) -> Result<PumpEnd, PumpError> {
+        poll_fn(|cx| self.poll_run(cx, client, server, mode)).await
     }
 
     fn poll_run(
@@ -264,15 +403,15 @@ impl Pump {
         cx: &mut Context<'_>,
         client: &mut Stream,
         server: &mut Stream,
-        stop_at_boundary: bool,
+        mode: RunMode,
     ) -> Poll<Result<PumpEnd, PumpError>> {
-        if let Poll::Ready(r) = self.poll_client_to_server(cx, client, server) {
+        if let Poll::Ready(r) = self.poll_client_to_server(cx, client, server, mode.hold) {
             return Poll::Ready(r);
         }
         if let Poll::Ready(r) = self.poll_server_to_client(cx, server, client) {
             return Poll::Ready(r);
         }
-        if stop_at_boundary && self.at_boundary() {
+        if mode.stop_at_boundary && self.at_boundary() {
             return Poll::Ready(Ok(PumpEnd::AtBoundary));
         }
         Poll::Pending
@@ -283,47 +422,32 @@ impl Pump {
         cx: &mut Context<'_>,
         client: &mut Stream,
         server: &mut Stream,
+        hold: bool,
     ) -> Poll<Result<PumpEnd, PumpError>> {
         loop {
             ready!(self.c2s.poll_drain(cx, server)).map_err(PumpError::ServerIo)?;
             if self.tx.terminated {
                 return Poll::Ready(Ok(PumpEnd::ClientTerminated));
             }
-            let was_busy = self.tx.in_flight();
-            let tx = &mut self.tx;
-            self.c2s
-                .scan(
-                    self.max_message_len,
-                    |_| false,
-                    |tag, _| {
-                        match tag {
-                            frontend::TERMINATE => {
-                                tx.terminated = true;
-                                return Ok(false);
-                            }
-                            t if frontend::ends_with_ready_for_query(t) => {
-                                tx.awaiting_ready += 1;
-                                tx.open_pipeline = false;
-                            }
-                            frontend::PARSE
-                            | frontend::BIND
-                            | frontend::DESCRIBE
-                            | frontend::EXECUTE
-                            | frontend::CLOSE
-                            | frontend::FLUSH => tx.open_pipeline = true,
-                            // COPY data and anything else belongs to a message already counted.
-                            _ => {}
-                        }
-                        Ok(true)
-                    },
-                )
-                .map_err(|e| match e {
-                    ScanError::Frame(f) => PumpError::ClientProtocol(f),
-                    ScanError::Message(m) => PumpError::ServerProtocol(m),
-                })?;
-            self.note_busy(was_busy);
+            let was = self.tx;
+            let mut side = ClientSide {
+                tx: &mut self.tx,
+                statements: &mut self.statements,
+                hold,
+            };
+            self.c2s.scan(self.max_message_len, &mut side).map_err(|e| match e {
+                ScanError::Frame(f) => PumpError::ClientProtocol(f),
+                ScanError::Message(m) => PumpError::ServerProtocol(m),
+            })?;
+            let gated = !side.may_start();
+            self.publish(was);
             if self.c2s.ready > 0 || self.tx.terminated {
                 continue;
+            }
+            if gated && !self.c2s.buf.is_empty() {
+                // A queued message waits for the hold to end; reading on would only
+                // buffer more. The session wakes this pump again when the gate opens.
+                return Poll::Pending;
             }
             let n = ready!(self.c2s.poll_fill(cx, client)).map_err(PumpError::ClientIo)?;
             if n == 0 {
@@ -340,25 +464,16 @@ impl Pump {
     ) -> Poll<Result<PumpEnd, PumpError>> {
         loop {
             ready!(self.s2c.poll_drain(cx, client)).map_err(PumpError::ClientIo)?;
-            let was_busy = self.tx.in_flight();
-            let tx = &mut self.tx;
-            self.s2c
-                .scan(
-                    self.max_message_len,
-                    |tag| tag == backend::READY_FOR_QUERY,
-                    |tag, body| {
-                        if tag == backend::READY_FOR_QUERY {
-                            tx.status = backend::parse_ready_for_query(body).map_err(|e| e.to_string())?;
-                            tx.awaiting_ready = tx.awaiting_ready.saturating_sub(1);
-                        }
-                        Ok(true)
-                    },
-                )
-                .map_err(|e| match e {
-                    ScanError::Frame(f) => PumpError::ServerProtocol(f.to_string()),
-                    ScanError::Message(m) => PumpError::ServerProtocol(m),
-                })?;
-            self.note_busy(was_busy);
+            let was = self.tx;
+            let mut side = ServerSide {
+                tx: &mut self.tx,
+                pid_rewrite: self.pid_rewrite,
+            };
+            self.s2c.scan(self.max_message_len, &mut side).map_err(|e| match e {
+                ScanError::Frame(f) => PumpError::ServerProtocol(f.to_string()),
+                ScanError::Message(m) => PumpError::ServerProtocol(m),
+            })?;
+            self.publish(was);
             if self.s2c.ready > 0 {
                 continue;
             }
@@ -369,10 +484,10 @@ impl Pump {
         }
     }
 
-    fn note_busy(&self, was_busy: bool) {
-        let busy = self.tx.in_flight();
-        if busy != was_busy {
-            self.cancel.set_busy(busy);
+    /// Tells the registry when the session's state changed (cancel routing, drain).
+    fn publish(&self, was: TxState) {
+        if was.in_flight() != self.tx.in_flight() || was.idle() != self.tx.idle() {
+            self.handle.set_state(self.tx.in_flight(), !self.tx.idle());
         }
     }
 }

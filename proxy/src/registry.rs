@@ -1,51 +1,96 @@
-//! Cancel routing. Clients get BackendKeyData with the real pid of their first
-//! server connection and a secret the proxy issues; the registry maps that key to
-//! whichever server connection the session has now, so a CancelRequest reaches the
-//! right backend even after the session's server side has been replaced.
+//! Every live session's public face, by the cancel key its client was given.
+//!
+//! The session task owns its state; what others need (cancel routing, drain
+//! accounting, status) it publishes here through atomics. Clients get BackendKeyData
+//! with the real pid of their first server connection and a secret the proxy issues;
+//! the registry maps that key to whichever server connection the session has now, so
+//! a CancelRequest reaches the right backend after the session moved.
 
+use crate::route::Target;
 use bytes::BytesMut;
 use pgcutover_protocol::startup::encode_cancel_request;
 use pgcutover_protocol::CancelKey;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
-/// The part of a session a cancel needs: where its server is, and whether a query
-/// is running there at all.
+/// What the rest of the proxy may know about one session.
 #[derive(Debug)]
-pub struct CancelTarget {
+pub struct SessionHandle {
     server: Mutex<(SocketAddr, CancelKey)>,
+    /// Work sent to the server and not yet answered: only then may a cancel go through.
     busy: AtomicBool,
+    /// Not at a transaction boundary: the drain waits for this to clear.
+    in_transaction: AtomicBool,
+    target: AtomicU8,
+    epoch: AtomicU64,
+    /// A route epoch the session will not move to (pinned state under `wait`).
+    declined: AtomicU64,
+    changed: Arc<Notify>,
 }
 
-impl CancelTarget {
-    /// Points cancels at a (new) server connection.
-    pub fn set_server(&self, addr: SocketAddr, key: CancelKey) {
-        *self.server.lock().expect("cancel target lock") = (addr, key);
+impl SessionHandle {
+    /// Points cancels at a (new) server connection on `target` as of route `epoch`.
+    pub fn set_server(&self, addr: SocketAddr, key: CancelKey, target: Target, epoch: u64) {
+        *self.server.lock().expect("session handle lock") = (addr, key);
+        self.target.store(target as u8, Ordering::Relaxed);
+        self.epoch.store(epoch, Ordering::Release);
+        self.changed.notify_waiters();
     }
 
-    /// Records whether the session has work in flight on its server.
-    pub fn set_busy(&self, busy: bool) {
+    /// Publishes the session's protocol state; wakes drain and flip waiters when it changes.
+    pub fn set_state(&self, busy: bool, in_transaction: bool) {
         self.busy.store(busy, Ordering::Relaxed);
+        if self.in_transaction.swap(in_transaction, Ordering::AcqRel) != in_transaction {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Whether the session is inside a transaction or has work in flight.
+    pub fn in_transaction(&self) -> bool {
+        self.in_transaction.load(Ordering::Acquire)
+    }
+
+    /// The target of the session's current server.
+    pub fn target(&self) -> Target {
+        Target::from_u8(self.target.load(Ordering::Relaxed))
+    }
+
+    /// The route epoch the session's current server belongs to.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Records that the session stays where it is for route `epoch`.
+    pub fn decline(&self, epoch: u64) {
+        self.declined.store(epoch, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    /// The route epoch the session declined to move to, if any (0: none).
+    pub fn declined(&self) -> u64 {
+        self.declined.load(Ordering::Acquire)
     }
 }
 
-/// Every live session's cancel key.
+/// Every live session, by client cancel key.
 #[derive(Debug, Default)]
-pub struct CancelRegistry {
-    sessions: Mutex<HashMap<CancelKey, Arc<CancelTarget>>>,
+pub struct SessionRegistry {
+    sessions: Mutex<HashMap<CancelKey, Arc<SessionHandle>>>,
+    changed: Arc<Notify>,
 }
 
-/// Removes a session's key from the registry when the session ends.
+/// Removes a session from the registry when the session ends.
 pub struct Registration {
-    registry: Arc<CancelRegistry>,
+    registry: Arc<SessionRegistry>,
     /// The key the client was given.
     pub client_key: CancelKey,
     /// The session's entry, to update on reconnects.
-    pub target: Arc<CancelTarget>,
+    pub handle: Arc<SessionHandle>,
 }
 
 impl Drop for Registration {
@@ -53,8 +98,9 @@ impl Drop for Registration {
         self.registry
             .sessions
             .lock()
-            .expect("cancel registry lock")
+            .expect("session registry lock")
             .remove(&self.client_key);
+        self.registry.changed.notify_waiters();
     }
 }
 
@@ -69,15 +115,26 @@ pub enum CancelOutcome {
     UnknownKey,
 }
 
-impl CancelRegistry {
-    /// Registers a session whose first server connection is `server_key` at `addr`;
-    /// the client is given that pid and a fresh random secret.
-    pub fn register(self: &Arc<Self>, addr: SocketAddr, server_key: CancelKey) -> Registration {
-        let target = Arc::new(CancelTarget {
+impl SessionRegistry {
+    /// Registers a session whose first server connection is `server_key` at `addr`
+    /// on `target`; the client is given that pid and a fresh random secret.
+    pub fn register(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        server_key: CancelKey,
+        target: Target,
+        epoch: u64,
+    ) -> Registration {
+        let handle = Arc::new(SessionHandle {
             server: Mutex::new((addr, server_key)),
             busy: AtomicBool::new(false),
+            in_transaction: AtomicBool::new(false),
+            target: AtomicU8::new(target as u8),
+            epoch: AtomicU64::new(epoch),
+            declined: AtomicU64::new(0),
+            changed: self.changed.clone(),
         });
-        let mut sessions = self.sessions.lock().expect("cancel registry lock");
+        let mut sessions = self.sessions.lock().expect("session registry lock");
         let client_key = loop {
             let mut secret = [0u8; 4];
             getrandom::fill(&mut secret).expect("the OS random source is available");
@@ -89,23 +146,23 @@ impl CancelRegistry {
                 break key;
             }
         };
-        sessions.insert(client_key, target.clone());
+        sessions.insert(client_key, handle.clone());
         Registration {
             registry: self.clone(),
             client_key,
-            target,
+            handle,
         }
     }
 
     /// Forwards a client's CancelRequest to the session's current server.
     pub async fn cancel(&self, key: CancelKey) -> std::io::Result<CancelOutcome> {
-        let Some(target) = self.sessions.lock().expect("cancel registry lock").get(&key).cloned() else {
+        let Some(handle) = self.sessions.lock().expect("session registry lock").get(&key).cloned() else {
             return Ok(CancelOutcome::UnknownKey);
         };
-        if !target.busy.load(Ordering::Relaxed) {
+        if !handle.busy.load(Ordering::Relaxed) {
             return Ok(CancelOutcome::DroppedIdle);
         }
-        let (addr, server_key) = *target.server.lock().expect("cancel target lock");
+        let (addr, server_key) = *handle.server.lock().expect("session handle lock");
         // Servers accept cancels in plaintext whatever the session used, so no TLS here.
         let mut tcp = TcpStream::connect(addr).await?;
         let mut packet = BytesMut::with_capacity(16);
@@ -117,7 +174,23 @@ impl CancelRegistry {
 
     /// Number of registered sessions.
     pub fn len(&self) -> usize {
-        self.sessions.lock().expect("cancel registry lock").len()
+        self.sessions.lock().expect("session registry lock").len()
+    }
+
+    /// A snapshot of every session's handle.
+    pub fn handles(&self) -> Vec<Arc<SessionHandle>> {
+        self.sessions
+            .lock()
+            .expect("session registry lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Resolves at the next change of any session's state, or a session ending.
+    /// Create it before checking the condition it waits for, so no change is missed.
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
     }
 
     /// Whether no session is registered.

@@ -5,8 +5,9 @@
 use bytes::BytesMut;
 use pgcutover_protocol::backend::TransactionStatus;
 use pgcutover_protocol::{build, CancelKey};
-use pgcutover_proxy::cancel::CancelRegistry;
-use pgcutover_proxy::pump::{Pump, PumpEnd};
+use pgcutover_proxy::pump::{Pump, PumpEnd, RunMode};
+use pgcutover_proxy::registry::SessionRegistry;
+use pgcutover_proxy::route::Target;
 use pgcutover_proxy::stream::Stream;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,9 +60,14 @@ fn pump_allocates_nothing_per_message_in_the_steady_state() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (mut client, proxy_client_side) = socket_pair(&listener).await;
         let (mut server, proxy_server_side) = socket_pair(&listener).await;
-        let registry = Arc::new(CancelRegistry::default());
-        let registration = registry.register(listener.local_addr().unwrap(), CancelKey { pid: 1, secret: 2 });
-        let mut pump = Pump::new(BytesMut::new(), BytesMut::new(), 1 << 20, registration.target.clone());
+        let registry = Arc::new(SessionRegistry::default());
+        let registration = registry.register(
+            listener.local_addr().unwrap(),
+            CancelKey { pid: 1, secret: 2 },
+            Target::Blue,
+            0,
+        );
+        let mut pump = Pump::new(BytesMut::new(), BytesMut::new(), 1 << 20, registration.handle.clone());
         let mut client_side = Stream::Plain(proxy_client_side);
         let mut server_side = Stream::Plain(proxy_server_side);
 
@@ -79,7 +85,7 @@ fn pump_allocates_nothing_per_message_in_the_steady_state() {
         let mut query_in = vec![0u8; query.len()];
         let mut reply_in = vec![0u8; big_reply.len()];
 
-        let pump_task = pump.run(&mut client_side, &mut server_side, false);
+        let pump_task = pump.run(&mut client_side, &mut server_side, RunMode::default());
         let driver = async {
             let mut measured_from = 0;
             for i in 0..WARM_UP + MEASURED {

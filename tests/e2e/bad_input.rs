@@ -141,3 +141,26 @@ async fn a_thousand_connections_opened_and_dropped_leave_the_proxy_serving() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn messages_before_authentication_are_capped_at_64_kib() {
+    let db = Db::pg15();
+    // max_message_bytes (1 GiB by default) applies only once a client has logged in.
+    let proxy = RunningProxy::start(db.default_config()).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut p = bytes::BytesMut::new();
+    pgcutover_protocol::startup::encode_startup([("user", SCRAM_USER), ("database", DB)], &mut p);
+    s.write_all(&p).await.unwrap();
+    // The whole AuthenticationSASL request, so what follows starts at a message.
+    let mut buf = bytes::BytesMut::new();
+    let request = loop {
+        s.read_buf(&mut buf).await.unwrap();
+        if let Some(f) = pgcutover_protocol::frame::decode_frame(&mut buf, 1024).unwrap() {
+            break f;
+        }
+    };
+    assert_eq!(request.tag, b'R', "asked for a password");
+    // A password message claiming 65541 bytes.
+    s.write_all(&[b'p', 0, 1, 0, 5]).await.unwrap();
+    assert_eq!(error_then_close(s).await.as_deref(), Some("08P01"));
+}

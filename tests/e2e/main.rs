@@ -5,6 +5,7 @@
 mod auth;
 mod bad_input;
 mod cli;
+mod cutover;
 mod data_path;
 mod support;
 mod tls;

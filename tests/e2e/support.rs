@@ -28,6 +28,8 @@ pub const QUERY_USER: &str = "app_query";
 pub const QUERY_PASSWORD: &str = "query-secret";
 /// The test database.
 pub const DB: &str = "app";
+/// The admin token in configs made by `config_with_green`.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 /// A cluster with the test roles and database, and a scratch directory for files.
 pub struct Db {
@@ -129,12 +131,47 @@ impl Db {
     /// A config for a proxy in front of this cluster on a free port, with `extra`
     /// TOML lines added to `[proxy]` and `auth` lines as the `[auth]` section.
     pub fn config(&self, proxy_extra: &str, auth: &str) -> Config {
+        self.config_text(proxy_extra, auth, "")
+    }
+
+    fn config_text(&self, proxy_extra: &str, auth: &str, rest: &str) -> Config {
         let text = format!(
-            "[proxy]\nlisten = \"127.0.0.1:0\"\nserver_tls_mode = \"disable\"\n{proxy_extra}\n[auth]\n{auth}\n[blue]\nurl = \"postgres://{}@127.0.0.1:{}/postgres\"\n",
+            "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nserver_tls_mode = \"disable\"\n{proxy_extra}\n[auth]\n{auth}\n[blue]\nurl = \"postgres://{}@127.0.0.1:{}/postgres\"\n{rest}",
             pg_harness::SUPERUSER,
             self.cluster.port()
         );
         Config::from_toml(&text, "test config", &self.dir.0, std::iter::empty()).expect("valid test config")
+    }
+
+    /// A config routing to this cluster as blue and `green` as green, with an admin
+    /// token, the full userlist, and `switchover` lines as the `[switchover]` section.
+    pub fn config_with_green(&self, green: &Db, switchover: &str) -> Config {
+        let token = self.dir.write("admin.token", ADMIN_TOKEN);
+        self.config_text(
+            &format!("admin_token_file = {token:?}"),
+            &format!("auth_file = {:?}", self.userlist()),
+            &format!(
+                "[green]\nurl = \"postgres://{}@127.0.0.1:{}/postgres\"\n[switchover]\n{switchover}\n",
+                pg_harness::SUPERUSER,
+                green.cluster.port()
+            ),
+        )
+    }
+
+    /// Gives this cluster's test roles the exact secrets `blue` stores, as the
+    /// orchestrator does when it copies roles: SCRAM pass-through needs identical verifiers.
+    pub fn copy_role_secrets_from(&self, blue: &Db) {
+        for role in [SCRAM_USER, MD5_USER, PLAIN_USER, QUERY_USER] {
+            let secret = blue.stored_secret(role);
+            self.cluster
+                .psql("postgres", &format!("alter role {role} password '{secret}'"))
+                .unwrap();
+        }
+    }
+
+    /// Runs the same SQL on this cluster's test database.
+    pub fn sql(&self, sql: &str) -> String {
+        self.cluster.psql(DB, sql).unwrap()
     }
 
     /// The default config: SCRAM clients, the full userlist.
@@ -146,6 +183,8 @@ impl Db {
 /// A proxy running on the test's runtime; shut down (gracefully) on drop.
 pub struct RunningProxy {
     pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub control: std::sync::Arc<pgcutover_proxy::control::Control>,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -161,11 +200,18 @@ impl RunningProxy {
             .try_init();
         let proxy = Proxy::bind(config).await.expect("proxy binds");
         let addr = proxy.local_addr();
+        let admin = proxy.admin_addr();
+        let control = proxy.control();
         let (stop, stopped) = oneshot::channel();
         tokio::spawn(proxy.run(async {
             let _ = stopped.await;
         }));
-        RunningProxy { addr, stop: Some(stop) }
+        RunningProxy {
+            addr,
+            admin,
+            control,
+            stop: Some(stop),
+        }
     }
 
     /// A tokio-postgres conninfo string to reach `db` through the proxy.
@@ -255,4 +301,59 @@ pub async fn errors_until_close(mut s: tokio::net::TcpStream) -> Vec<String> {
         }
     }
     codes
+}
+
+/// One HTTP/1.1 request to the admin API; returns the status code and the JSON body.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut out))
+        .await
+        .expect("admin API answers")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    let code: u16 = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let json = text.split("\r\n\r\n").nth(1).unwrap_or("null");
+    (code, serde_json::from_str(json).unwrap_or(serde_json::Value::Null))
+}
+
+/// Connects with tokio-postgres and forwards notifications to a channel.
+pub async fn connect_listening(
+    conninfo: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<(String, String, i32)>,
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) {
+    use futures_util::StreamExt;
+    let (client, mut conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(m) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = m? {
+                let _ = tx.send((n.channel().to_owned(), n.payload().to_owned(), n.process_id()));
+            }
+        }
+        Ok(())
+    });
+    (client, rx, task)
 }

@@ -49,6 +49,8 @@ pub struct ServerConn {
     pub login_messages: BytesMut,
     /// The server_version it reported.
     pub server_version: String,
+    /// Every ParameterStatus it reported, in order.
+    pub params: Vec<(String, String)>,
 }
 
 /// Why a server connection could not be made.
@@ -168,12 +170,16 @@ async fn connect_inner(
     let mut login_messages = BytesMut::new();
     let mut key = None;
     let mut server_version = String::new();
+    let mut reported = Vec::new();
     loop {
         let f = conn.read_frame().await.map_err(protocol)?;
         match f.tag {
             backend::PARAMETER_STATUS => {
-                if let Ok(("server_version", v)) = backend::parse_parameter_status(&f.body) {
-                    server_version = v.to_owned();
+                if let Ok((name, value)) = backend::parse_parameter_status(&f.body) {
+                    if name == "server_version" {
+                        server_version = value.to_owned();
+                    }
+                    reported.push((name.to_owned(), value.to_owned()));
                 }
                 build::frame(&mut login_messages, f.tag, |b| b.extend_from_slice(&f.body));
             }
@@ -208,6 +214,7 @@ async fn connect_inner(
         addr,
         login_messages,
         server_version,
+        params: reported,
     })
 }
 

@@ -2,6 +2,7 @@
 
 use crate::auth::AuthFailure;
 use crate::server::LoginError;
+use crate::wire::WireError;
 use bytes::BytesMut;
 use pgcutover_protocol::build::{self, ProxyError, Severity};
 use std::time::Duration;
@@ -36,6 +37,8 @@ pub(crate) enum SessionError {
     ServerFailed(&'static str, String),
     #[error("proxy shutting down")]
     Shutdown,
+    #[error("session holds {0}, which cannot move to another server")]
+    Pinned(String),
 }
 
 impl SessionError {
@@ -103,6 +106,9 @@ impl SessionError {
             ),
             SessionError::Auth(AuthFailure::Unusable { message, hint }) => fatal(out, "28000", message, Some(hint)),
             SessionError::Auth(AuthFailure::Protocol(m)) => fatal(out, "08P01", &format!("pgcutover: {m}"), None),
+            SessionError::Auth(AuthFailure::Wire(WireError::Frame(e))) => {
+                fatal(out, "08P01", &format!("pgcutover: {e}"), None)
+            }
             SessionError::Auth(AuthFailure::Wire(_)) | SessionError::ClientGone(_) => {}
             SessionError::AuthQuery(e) => fatal(
                 out,
@@ -136,6 +142,12 @@ impl SessionError {
                 "08006",
                 &format!("pgcutover: connection to the {target} server failed: {m}"),
                 None,
+            ),
+            SessionError::Pinned(reason) => fatal(
+                out,
+                "57P01",
+                &format!("terminating connection for a database switchover: the session holds {reason}, which cannot move to the new server"),
+                Some("reconnect; to keep such sessions on the old server until they end, set [switchover] pinned_policy = \"wait\""),
             ),
             SessionError::Shutdown => fatal(
                 out,

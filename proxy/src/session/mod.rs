@@ -2,12 +2,13 @@
 //! the server login, then the pump, then a clean goodbye on both sides.
 
 mod error;
+mod migrate;
 mod opening;
 
 use crate::auth::{authenticate_client, AuthFailure, Secret, ServerCredential};
-use crate::cancel::Registration;
-use crate::config::{AuthType, TlsMode};
-use crate::pump::{Pump, PumpEnd, PumpError};
+use crate::config::{AuthType, PinnedPolicy, TlsMode};
+use crate::pump::{Pump, PumpEnd, PumpError, RunMode};
+use crate::registry::Registration;
 use crate::server::{self, ServerConn};
 use crate::wire::Conn;
 use crate::{ClientSlot, Shared, ShutdownPhase};
@@ -26,6 +27,11 @@ use tracing::{debug, info, warn, Instrument};
 /// How long the proxy tries to deliver its own last words to a client that may not be reading.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Largest message accepted from a client before it has authenticated (PostgreSQL's
+/// own cap on authentication messages): an anonymous peer must not make the proxy
+/// reserve `max_message_bytes` with a 5-byte header.
+const LOGIN_MAX_MESSAGE_LEN: usize = 65_536;
+
 /// Serves one accepted connection until it closes.
 pub(crate) async fn run(
     shared: Arc<Shared>,
@@ -38,13 +44,16 @@ pub(crate) async fn run(
     async move {
         let _ = tcp.set_nodelay(true);
         let login_timeout = shared.config.proxy.client_login_timeout.0;
-        let mut client = Conn::new(crate::stream::Stream::Plain(tcp), shared.config.proxy.max_message_bytes);
+        let mut client = Conn::new(
+            crate::stream::Stream::Plain(tcp),
+            LOGIN_MAX_MESSAGE_LEN.min(shared.config.proxy.max_message_bytes),
+        );
         let opened = tokio::time::timeout(login_timeout, opening::open(&shared, &mut client)).await;
         let startup = match opened {
             Err(_) => return goodbye(&mut client, SessionError::LoginTimeout(login_timeout)).await,
             Ok(Err(e)) => return goodbye(&mut client, e).await,
             Ok(Ok(Opening::Cancel(key))) => {
-                match shared.cancel.cancel(key).await {
+                match shared.registry.cancel(key).await {
                     Ok(outcome) => debug!(?outcome, pid = key.pid, "cancel request"),
                     Err(e) => warn!(pid = key.pid, "could not forward cancel request: {e}"),
                 }
@@ -57,28 +66,40 @@ pub(crate) async fn run(
         tracing::Span::current().record("db", startup.param("database").unwrap_or(&user));
 
         let logged_in = tokio::time::timeout(login_timeout, login(&shared, &mut client, &startup, &slot)).await;
-        let (mut server, registration) = match logged_in {
+        let (mut server, ctx) = match logged_in {
             Err(_) => return goodbye(&mut client, SessionError::LoginTimeout(login_timeout)).await,
             Ok(Err(e)) => return goodbye(&mut client, e).await,
             Ok(Ok(s)) => s,
         };
-        info!(server_pid = server.key.pid, server_version = %server.server_version, tls = client.stream.is_tls(), "session started");
-        let end = pump(&shared, &mut client, &mut server, &registration, shutdown).await;
-        finish(&shared, &mut client, &mut server, end).await;
+        info!(server_pid = server.key.pid, server_version = %server.server_version, tls = client.stream.is_tls(), target = ctx.registration.handle.target().name(), "session started");
+        let end = serve(&shared, &mut client, &mut server, &ctx, shutdown).await;
+        finish(&shared, &mut client, &mut server, &ctx, end).await;
     }
     .instrument(span)
     .await
 }
 
-/// Authenticates the client, logs into the server, and sends the client the rest of
-/// its startup: AuthenticationOk, the server's parameters, our BackendKeyData and
-/// ReadyForQuery.
+/// What a session needs to log in again elsewhere, and its place in the registry.
+pub(crate) struct SessionCtx {
+    /// The client's startup parameters (database filled in).
+    params: Vec<(String, String)>,
+    /// What the client's authentication lets the proxy log in with.
+    credential: ServerCredential,
+    /// The session's entry in the registry.
+    registration: Registration,
+    /// The backend pid the client was given.
+    client_pid: i32,
+}
+
+/// Authenticates the client, logs into the routed server, and sends the client the
+/// rest of its startup: AuthenticationOk, the server's parameters, our
+/// BackendKeyData and ReadyForQuery.
 async fn login(
     shared: &Shared,
     client: &mut Conn,
     startup: &StartupMessage,
     slot: &ClientSlot,
-) -> Result<(ServerConn, Registration), SessionError> {
+) -> Result<(ServerConn, SessionCtx), SessionError> {
     let cfg = &shared.config;
     if cfg.proxy.tls_mode == TlsMode::Require && !client.stream.is_tls() {
         return Err(SessionError::TlsRequired);
@@ -114,10 +135,18 @@ async fn login(
     if startup.param("database").is_none() {
         params.push(("database".into(), database.to_owned()));
     }
-    let server = server::connect(&shared.blue, &shared.login, &params, &credential)
+    // A client arriving during a hold is authenticated, then waits here (before its
+    // server login, so it logs in where the route points once the hold ends).
+    let mut gate = shared.control.watch_gate();
+    let _ = gate.wait_for(|g| !g.held).await;
+    let route = shared.control.route();
+    let backend = shared.backend(route.target);
+    let server = server::connect(backend, &shared.login, &params, &credential)
         .await
         .map_err(SessionError::Server)?;
-    let registration = shared.cancel.register(server.addr, server.key);
+    let registration = shared
+        .registry
+        .register(server.addr, server.key, route.target, route.epoch);
     build::authentication_ok(&mut client.wbuf);
     client.wbuf.extend_from_slice(&server.login_messages);
     build::backend_key_data(&mut client.wbuf, registration.client_key);
@@ -126,7 +155,13 @@ async fn login(
         .flush()
         .await
         .map_err(|e| SessionError::ClientGone(e.to_string()))?;
-    Ok((server, registration))
+    let ctx = SessionCtx {
+        params,
+        credential,
+        client_pid: server.key.pid,
+        registration,
+    };
+    Ok((server, ctx))
 }
 
 async fn lookup_secret(shared: &Shared, user: &str, database: &str) -> Result<Option<Secret>, SessionError> {
@@ -147,30 +182,70 @@ enum DataEnd {
     Pump(Result<PumpEnd, PumpError>),
     /// The server closed after sending its own ErrorResponse, already forwarded.
     ServerClosedWithError,
+    /// The session holds state that cannot move, and pinned_policy is close.
+    Pinned(String),
     ShutdownForced,
 }
 
-async fn pump(
+/// The data phase: pump, and at transaction boundaries obey the hold gate, move to
+/// the routed target when the route changed, and close on shutdown.
+async fn serve(
     shared: &Shared,
     client: &mut Conn,
     server: &mut ServerConn,
-    registration: &Registration,
+    ctx: &SessionCtx,
     mut shutdown: watch::Receiver<ShutdownPhase>,
 ) -> DataEnd {
     let mut pump = Pump::new(
         std::mem::take(&mut client.rbuf),
         std::mem::take(&mut server.conn.rbuf),
         shared.config.proxy.max_message_bytes,
-        registration.target.clone(),
+        ctx.registration.handle.clone(),
     );
+    let mut route_rx = shared.control.watch_route();
+    let mut gate_rx = shared.control.watch_gate();
+    let handle = &ctx.registration.handle;
     let end = loop {
         let phase = *shutdown.borrow_and_update();
         if phase == ShutdownPhase::Forced {
             break DataEnd::ShutdownForced;
         }
-        let stop_at_boundary = phase == ShutdownPhase::Draining;
+        let route = *route_rx.borrow_and_update();
+        let held = gate_rx.borrow_and_update().held;
+        let must_move = route.epoch != handle.epoch() && route.epoch != handle.declined();
+        if must_move && pump.at_boundary() && phase == ShutdownPhase::Running {
+            match migrate::move_to(shared, client, server, ctx, &mut pump, route).await {
+                Ok(()) => continue,
+                Err(migrate::MoveError::Pinned(reason))
+                    if shared.config.switchover.pinned_policy == PinnedPolicy::Close =>
+                {
+                    break DataEnd::Pinned(reason)
+                }
+                Err(e) => {
+                    // Still whole where it is: it stays, and the flip reports it as not moved.
+                    warn!(
+                        target = route.target.name(),
+                        "session stays on {}: {e}",
+                        handle.target().name()
+                    );
+                    handle.decline(route.epoch);
+                    continue;
+                }
+            }
+        }
+        let mode = RunMode {
+            hold: held || must_move,
+            stop_at_boundary: must_move || phase == ShutdownPhase::Draining,
+        };
         tokio::select! {
-            r = pump.run(&mut client.stream, &mut server.conn.stream, stop_at_boundary) => break DataEnd::Pump(r),
+            r = pump.run(&mut client.stream, &mut server.conn.stream, mode) => match r {
+                Ok(PumpEnd::AtBoundary) if phase == ShutdownPhase::Draining => break DataEnd::Pump(r),
+                // At a boundary with a move pending: the loop moves the session.
+                Ok(PumpEnd::AtBoundary) => continue,
+                other => break DataEnd::Pump(other),
+            },
+            _ = route_rx.changed() => {}
+            _ = gate_rx.changed() => {}
             changed = shutdown.changed() => {
                 if changed.is_err() {
                     // The listener is gone without saying why: treat as a forced shutdown.
@@ -192,22 +267,25 @@ async fn pump(
     end
 }
 
-async fn finish(shared: &Shared, client: &mut Conn, server: &mut ServerConn, end: DataEnd) {
+async fn finish(shared: &Shared, client: &mut Conn, server: &mut ServerConn, ctx: &SessionCtx, end: DataEnd) {
+    let target = shared.backend(ctx.registration.handle.target()).name;
     let (client_error, tell_server) = match &end {
         DataEnd::Pump(Ok(PumpEnd::ClientTerminated)) | DataEnd::ServerClosedWithError => (None, false),
         DataEnd::Pump(Ok(PumpEnd::ClientClosed)) => (None, true),
-        DataEnd::Pump(Ok(PumpEnd::ServerClosed)) => (Some(SessionError::ServerClosed(shared.blue.name)), false),
+        DataEnd::Pump(Ok(PumpEnd::ServerClosed)) => (Some(SessionError::ServerClosed(target)), false),
+        DataEnd::Pinned(reason) => (Some(SessionError::Pinned(reason.clone())), true),
         DataEnd::Pump(Ok(PumpEnd::AtBoundary)) | DataEnd::ShutdownForced => (Some(SessionError::Shutdown), true),
         DataEnd::Pump(Err(PumpError::ClientProtocol(e))) => (Some(SessionError::ClientProtocol(e.to_string())), true),
         DataEnd::Pump(Err(PumpError::ClientIo(_))) => (None, true),
         DataEnd::Pump(Err(e @ (PumpError::ServerIo(_) | PumpError::ServerProtocol(_)))) => {
-            (Some(SessionError::ServerFailed(shared.blue.name, e.to_string())), false)
+            (Some(SessionError::ServerFailed(target, e.to_string())), false)
         }
     };
     match &end {
         DataEnd::Pump(Ok(e)) => info!(end = ?e, "session ended"),
         DataEnd::Pump(Err(e)) => info!("session ended: {e}"),
         DataEnd::ServerClosedWithError => info!("session ended: the server closed it with an error"),
+        DataEnd::Pinned(reason) => info!("session closed for the switchover: it holds {reason}"),
         DataEnd::ShutdownForced => info!("session closed by shutdown"),
     }
     if tell_server {

@@ -1,0 +1,230 @@
+//! Hold, drain, flip and resume: the cutover core's controls. This is the one owner
+//! of the route and the hold gate; sessions only watch them, and report back through
+//! the session registry.
+
+use crate::registry::SessionRegistry;
+use crate::route::{Route, Target};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// Whether new transactions may start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gate {
+    /// New transactions wait.
+    pub held: bool,
+    /// Which hold this is; a timer only releases the hold it was started for.
+    pub generation: u64,
+}
+
+/// What a drain found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Every session reached a transaction boundary in time.
+    pub drained: bool,
+    /// Sessions still inside a transaction when the drain ended.
+    pub in_flight: usize,
+    /// Sessions in all.
+    pub sessions: usize,
+    /// How long the drain took.
+    pub waited: Duration,
+}
+
+/// What a flip did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlipReport {
+    /// Where sessions go now.
+    pub target: Target,
+    /// The new route epoch.
+    pub epoch: u64,
+    /// Sessions on the new target when the flip returned.
+    pub moved: usize,
+    /// Sessions still on the old one (in a transaction, pinned, or failed to move).
+    pub not_moved: usize,
+    /// How long moving the sessions took.
+    pub waited: Duration,
+}
+
+/// A control call that cannot be carried out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    /// Flips happen only while held, so no transaction is split between servers.
+    #[error("the proxy is not held: POST /hold first, so that no transaction is split between servers")]
+    NotHeld,
+    /// Green is not configured.
+    #[error("no [green] url is configured, so there is nothing to route to")]
+    NoGreen,
+}
+
+/// The proxy's cutover controls, shared by sessions (as watchers) and the admin API.
+pub struct Control {
+    route: watch::Sender<Route>,
+    gate: watch::Sender<Gate>,
+    sessions: Arc<SessionRegistry>,
+    generations: AtomicU64,
+    held_since: Mutex<Option<Instant>>,
+    max_hold: Duration,
+    has_green: bool,
+}
+
+impl Control {
+    /// Controls starting on blue, released, with holds lasting at most `max_hold`.
+    pub fn new(sessions: Arc<SessionRegistry>, max_hold: Duration, has_green: bool) -> Arc<Control> {
+        Arc::new(Control {
+            route: watch::Sender::new(Route {
+                target: Target::Blue,
+                epoch: 0,
+            }),
+            gate: watch::Sender::new(Gate {
+                held: false,
+                generation: 0,
+            }),
+            sessions,
+            generations: AtomicU64::new(0),
+            held_since: Mutex::new(None),
+            max_hold,
+            has_green,
+        })
+    }
+
+    /// Watches the route.
+    pub fn watch_route(&self) -> watch::Receiver<Route> {
+        self.route.subscribe()
+    }
+
+    /// Watches the hold gate.
+    pub fn watch_gate(&self) -> watch::Receiver<Gate> {
+        self.gate.subscribe()
+    }
+
+    /// The current route.
+    pub fn route(&self) -> Route {
+        *self.route.borrow()
+    }
+
+    /// Whether new transactions are held.
+    pub fn is_held(&self) -> bool {
+        self.gate.borrow().held
+    }
+
+    /// How long the current hold has lasted.
+    pub fn held_for(&self) -> Option<Duration> {
+        self.held_since.lock().expect("hold lock").map(|t| t.elapsed())
+    }
+
+    /// The registry of live sessions.
+    pub fn sessions(&self) -> &SessionRegistry {
+        &self.sessions
+    }
+
+    /// Stops new transactions from starting. The hold ends by itself after
+    /// `max_hold` (the switchover timeout), so a lost orchestrator cannot stall
+    /// clients forever.
+    pub fn hold(self: &Arc<Self>) {
+        if self.is_held() {
+            return;
+        }
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        *self.held_since.lock().expect("hold lock") = Some(Instant::now());
+        self.gate.send_replace(Gate { held: true, generation });
+        info!(generation, "hold: new transactions wait");
+        let control = self.clone();
+        let max_hold = self.max_hold;
+        tokio::spawn(async move {
+            tokio::time::sleep(max_hold).await;
+            if control.gate.borrow().generation == generation && control.is_held() {
+                warn!(
+                    "hold released after {max_hold:?} (switchover timeout) without a resume: clients go on on {}",
+                    control.route().target.name()
+                );
+                control.resume();
+            }
+        });
+    }
+
+    /// Lets held transactions start, wherever the route points now.
+    pub fn resume(&self) {
+        let held_for = self.held_since.lock().expect("hold lock").take().map(|t| t.elapsed());
+        self.gate.send_modify(|g| g.held = false);
+        if let Some(d) = held_for {
+            info!(
+                held_ms = d.as_millis() as u64,
+                target = self.route().target.name(),
+                "resume"
+            );
+        }
+    }
+
+    /// Waits until no session is inside a transaction, up to `timeout`.
+    pub async fn drain(&self, timeout: Duration) -> DrainReport {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.sessions.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let handles = self.sessions.handles();
+            let in_flight = handles.iter().filter(|h| h.in_transaction()).count();
+            if in_flight == 0 || tokio::time::Instant::now() >= deadline {
+                return DrainReport {
+                    drained: in_flight == 0,
+                    in_flight,
+                    sessions: handles.len(),
+                    waited: started.elapsed(),
+                };
+            }
+            let _ = tokio::time::timeout_at(deadline, changed).await;
+        }
+    }
+
+    /// Routes every session to `target` (only while held) and waits, up to
+    /// `timeout`, until the sessions at a boundary have moved.
+    pub async fn flip(&self, target: Target, timeout: Duration) -> Result<FlipReport, ControlError> {
+        if !self.is_held() {
+            return Err(ControlError::NotHeld);
+        }
+        if target == Target::Green && !self.has_green {
+            return Err(ControlError::NoGreen);
+        }
+        let started = Instant::now();
+        let mut epoch = 0;
+        self.route.send_modify(|r| {
+            r.target = target;
+            r.epoch += 1;
+            epoch = r.epoch;
+        });
+        info!(target = target.name(), epoch, "flip");
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.sessions.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let handles = self.sessions.handles();
+            let moved = handles.iter().filter(|h| h.epoch() == epoch).count();
+            // Sessions inside a transaction move at their next boundary, after the flip returns.
+            let waiting = handles
+                .iter()
+                .filter(|h| h.epoch() != epoch && h.declined() != epoch && !h.in_transaction())
+                .count();
+            if waiting == 0 || tokio::time::Instant::now() >= deadline {
+                let report = FlipReport {
+                    target,
+                    epoch,
+                    moved,
+                    not_moved: handles.len() - moved,
+                    waited: started.elapsed(),
+                };
+                info!(
+                    moved,
+                    not_moved = report.not_moved,
+                    ms = report.waited.as_millis() as u64,
+                    "flip done"
+                );
+                return Ok(report);
+            }
+            let _ = tokio::time::timeout_at(deadline, changed).await;
+        }
+    }
+}

@@ -1,0 +1,447 @@
+//! The proxy's cutover core: hold, drain, flip between blue (PostgreSQL 15) and green
+//! (PostgreSQL 17) with server-side reconnect and session-state replay, resume.
+//! No replication here: both databases get the same schema from the test.
+
+use crate::support::*;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Blue 15 and green 17 with the same roles (same secrets) and the same schema.
+fn blue_green(schema: &str) -> (Db, Db) {
+    let blue = Db::pg15();
+    let green = Db::pg17();
+    green.copy_role_secrets_from(&blue);
+    for db in [&blue, &green] {
+        db.sql(schema);
+    }
+    (blue, green)
+}
+
+const SCHEMA: &str = "create schema app_schema;
+    create table app_schema.items (id bigserial primary key, worker int, note text);
+    grant all on schema app_schema to public;
+    grant all on all tables in schema app_schema to public;
+    grant all on all sequences in schema app_schema to public;";
+
+/// Hold, drain (must succeed), flip, resume: what the switchover will do.
+async fn switch(proxy: &RunningProxy, target: pgcutover_proxy::route::Target) {
+    proxy.control.hold();
+    let drain = proxy.control.drain(Duration::from_secs(20)).await;
+    assert!(drain.drained, "drain: {drain:?}");
+    let flip = proxy.control.flip(target, Duration::from_secs(20)).await.unwrap();
+    assert_eq!(flip.not_moved, 0, "flip: {flip:?}");
+    proxy.control.resume();
+}
+
+fn major(version_num: &str) -> u32 {
+    version_num.parse::<u32>().unwrap() / 10_000
+}
+
+#[tokio::test]
+async fn sessions_keep_their_state_across_five_round_trips_between_blue_and_green() {
+    use pgcutover_proxy::route::Target;
+    let (blue, green) = blue_green(SCHEMA);
+    let proxy = Arc::new(RunningProxy::start(blue.config_with_green(&green, "")).await);
+    const WORKERS: usize = 32;
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen_major: Arc<Vec<AtomicU32>> = Arc::new((0..WORKERS).map(|_| AtomicU32::new(0)).collect());
+    let rounds: Arc<Vec<AtomicU64>> = Arc::new((0..WORKERS).map(|_| AtomicU64::new(0)).collect());
+    let mut workers = Vec::new();
+    let mut listeners = Vec::new();
+    for w in 0..WORKERS {
+        let (client, notifications, conn) = connect_listening(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB)).await;
+        // Session state of every kind the proxy must carry over.
+        client
+            .batch_execute(&format!(
+                "SET search_path = app_schema, public; SET application_name = 'worker-{w}';
+                 SET statement_timeout = '{}s'; PREPARE add_one(int) AS SELECT $1 + 1;",
+                10 + w
+            ))
+            .await
+            .unwrap();
+        if w % 4 == 0 {
+            client.batch_execute(&format!("LISTEN chan_{w}")).await.unwrap();
+            listeners.push((w, notifications));
+        }
+        let named = client
+            .prepare("SELECT $1::int * 2, current_setting('server_version_num')")
+            .await
+            .unwrap();
+        let (stop, seen_major, rounds) = (stop.clone(), seen_major.clone(), rounds.clone());
+        workers.push(tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+            while !stop.load(Ordering::Relaxed) && tokio::time::Instant::now() < deadline {
+                // Extended protocol, named statement prepared before any flip.
+                let row = client.query_one(&named, &[&21i32]).await.expect("named statement");
+                assert_eq!(row.get::<_, i32>(0), 42);
+                // Unnamed statements and a write, inside a transaction.
+                client.batch_execute("BEGIN").await.expect("begin");
+                client
+                    .execute("INSERT INTO items (worker, note) VALUES ($1, 'x')", &[&(w as i32)])
+                    .await
+                    .expect("insert via search_path");
+                client.batch_execute("COMMIT").await.expect("commit");
+                // SQL-level PREPARE and every SET survive.
+                let rows = client
+                    .simple_query(
+                        "EXECUTE add_one(41); SELECT current_setting('application_name'), \
+                         current_setting('statement_timeout'), current_setting('search_path')",
+                    )
+                    .await
+                    .expect("simple query");
+                let values: Vec<Vec<String>> = rows
+                    .iter()
+                    .filter_map(|m| match m {
+                        tokio_postgres::SimpleQueryMessage::Row(r) => {
+                            Some((0..r.len()).map(|i| r.get(i).unwrap_or("").to_owned()).collect())
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                assert_eq!(values[0], ["42"], "EXECUTE add_one");
+                assert_eq!(
+                    values[1],
+                    [
+                        format!("worker-{w}"),
+                        format!("{}s", 10 + w),
+                        "app_schema, public".to_owned()
+                    ]
+                );
+                seen_major[w].store(major(&row.get::<_, String>(1)), Ordering::Relaxed);
+                rounds[w].fetch_add(1, Ordering::Relaxed);
+            }
+            client
+        }));
+        drop(conn);
+    }
+
+    let wait_all_on = |major_wanted: u32| {
+        let seen_major = seen_major.clone();
+        let rounds = rounds.clone();
+        async move {
+            let marks: Vec<u64> = rounds.iter().map(|r| r.load(Ordering::Relaxed)).collect();
+            wait_for(
+                &format!("every session to run on PostgreSQL {major_wanted}"),
+                Duration::from_secs(60),
+                || {
+                    (0..WORKERS).all(|w| {
+                        rounds[w].load(Ordering::Relaxed) > marks[w] + 1
+                            && seen_major[w].load(Ordering::Relaxed) == major_wanted
+                    })
+                },
+            )
+            .await;
+        }
+    };
+    wait_all_on(15).await;
+    for round in 0..5 {
+        switch(&proxy, Target::Green).await;
+        wait_all_on(17).await;
+        // A NOTIFY sent on green reaches listeners that subscribed on blue.
+        let notifier = connect(&proxy.conninfo(PLAIN_USER, PLAIN_PASSWORD, DB)).await.unwrap();
+        for (w, _) in &listeners {
+            notifier
+                .batch_execute(&format!("NOTIFY chan_{w}, 'round {round}'"))
+                .await
+                .unwrap();
+        }
+        for (w, rx) in listeners.iter_mut() {
+            let (channel, payload, _) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("worker {w} got the notification sent on green"))
+                .unwrap();
+            assert_eq!((channel, payload), (format!("chan_{w}"), format!("round {round}")));
+        }
+        switch(&proxy, Target::Blue).await;
+        wait_all_on(15).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for (w, worker) in workers.into_iter().enumerate() {
+        let client = worker.await.unwrap_or_else(|e| panic!("worker {w} failed: {e}"));
+        assert!(!client.is_closed(), "worker {w} was disconnected");
+    }
+    // Every write landed on one of the two databases, none lost, none doubled.
+    let total: u64 = rounds.iter().map(|r| r.load(Ordering::Relaxed)).sum();
+    let written: u64 = blue
+        .sql("select count(*) from app_schema.items")
+        .parse::<u64>()
+        .unwrap()
+        + green
+            .sql("select count(*) from app_schema.items")
+            .parse::<u64>()
+            .unwrap();
+    assert_eq!(written, total);
+}
+
+#[tokio::test]
+async fn an_open_transaction_finishes_on_blue_and_the_next_runs_on_green() {
+    use pgcutover_proxy::route::Target;
+    let (blue, green) = blue_green("create table t (id int primary key); grant all on t to public;");
+    let proxy = RunningProxy::start(blue.config_with_green(&green, "")).await;
+    let c = connect(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB)).await.unwrap();
+    c.batch_execute("BEGIN; INSERT INTO t VALUES (1)").await.unwrap();
+
+    proxy.control.hold();
+    let control = proxy.control.clone();
+    let drain = tokio::spawn(async move { control.drain(Duration::from_secs(20)).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!drain.is_finished(), "the drain waits for the open transaction");
+    c.batch_execute("INSERT INTO t VALUES (2); COMMIT").await.unwrap();
+    assert!(drain.await.unwrap().drained);
+    proxy
+        .control
+        .flip(Target::Green, Duration::from_secs(10))
+        .await
+        .unwrap();
+    proxy.control.resume();
+
+    let v: String = c.query_one("show server_version_num", &[]).await.unwrap().get(0);
+    assert_eq!(major(&v), 17);
+    c.batch_execute("INSERT INTO t VALUES (3)").await.unwrap();
+    assert_eq!(blue.sql("select string_agg(id::text, ',' order by id) from t"), "1,2");
+    assert_eq!(green.sql("select string_agg(id::text, ',' order by id) from t"), "3");
+}
+
+#[tokio::test]
+async fn drain_timeout_with_abort_stays_held_then_resumes_on_blue() {
+    let (blue, green) = blue_green("create table t (id int primary key); grant all on t to public;");
+    let proxy = RunningProxy::start(blue.config_with_green(&green, "drain_timeout = \"300ms\"")).await;
+    let straggler = connect(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB)).await.unwrap();
+    straggler
+        .batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+
+    let (code, body) = http(proxy.admin, "POST", "/hold", Some(ADMIN_TOKEN), "").await;
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(body["drained"], false);
+    assert_eq!(body["in_flight"], 1);
+    let (code, status) = http(proxy.admin, "GET", "/status", None, "").await;
+    assert_eq!(code, 200);
+    assert_eq!(status["phase"], "held");
+    assert_eq!(status["route"], "blue");
+    let (code, _) = http(proxy.admin, "POST", "/resume", Some(ADMIN_TOKEN), "").await;
+    assert_eq!(code, 200);
+
+    straggler
+        .batch_execute("INSERT INTO t VALUES (2); COMMIT")
+        .await
+        .unwrap();
+    let other = connect(&proxy.conninfo(PLAIN_USER, PLAIN_PASSWORD, DB)).await.unwrap();
+    let v: String = other.query_one("show server_version_num", &[]).await.unwrap().get(0);
+    assert_eq!(major(&v), 15);
+    assert_eq!(blue.sql("select count(*) from t"), "2");
+}
+
+#[tokio::test]
+async fn admin_api_flips_with_the_token_and_refuses_without_it() {
+    let (blue, green) = blue_green("select 1");
+    let proxy = RunningProxy::start(blue.config_with_green(&green, "")).await;
+    let c = connect(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB)).await.unwrap();
+    for path in ["/hold", "/resume", "/route"] {
+        let (code, body) = http(proxy.admin, "POST", path, None, "{\"target\":\"green\"}").await;
+        assert_eq!(code, 401, "{path}: {body}");
+        let (code, _) = http(
+            proxy.admin,
+            "POST",
+            path,
+            Some("wrong-token-wrong-token"),
+            "{\"target\":\"green\"}",
+        )
+        .await;
+        assert_eq!(code, 401, "{path}");
+    }
+    // Flips only while held.
+    let (code, body) = http(
+        proxy.admin,
+        "POST",
+        "/route",
+        Some(ADMIN_TOKEN),
+        "{\"target\":\"green\"}",
+    )
+    .await;
+    assert_eq!(code, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("hold"), "{body}");
+    let (code, body) = http(proxy.admin, "POST", "/hold", Some(ADMIN_TOKEN), "").await;
+    assert_eq!((code, &body["drained"]), (200, &serde_json::json!(true)), "{body}");
+    let (code, body) = http(
+        proxy.admin,
+        "POST",
+        "/route",
+        Some(ADMIN_TOKEN),
+        "{\"target\":\"purple\"}",
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = http(
+        proxy.admin,
+        "POST",
+        "/route",
+        Some(ADMIN_TOKEN),
+        "{\"target\":\"green\"}",
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["moved"], 1);
+    let (code, _) = http(proxy.admin, "POST", "/resume", Some(ADMIN_TOKEN), "").await;
+    assert_eq!(code, 200);
+    let v: String = c.query_one("show server_version_num", &[]).await.unwrap().get(0);
+    assert_eq!(major(&v), 17);
+    let (_, status) = http(proxy.admin, "GET", "/status", None, "").await;
+    assert_eq!(status["route"], "green");
+    assert_eq!(status["server_connections"]["green"], 1);
+    assert_eq!(status["clients"], 1);
+
+    // Without admin_token_file, mutating calls are disabled, and say how to enable them.
+    let bare = RunningProxy::start(blue.default_config()).await;
+    let (code, body) = http(bare.admin, "POST", "/hold", Some(ADMIN_TOKEN), "").await;
+    assert_eq!(code, 403);
+    assert!(body["error"].as_str().unwrap().contains("admin_token_file"), "{body}");
+}
+
+#[tokio::test]
+async fn cancel_after_a_flip_cancels_the_query_on_green() {
+    use pgcutover_proxy::route::Target;
+    let (blue, green) = blue_green("select 1");
+    let proxy = RunningProxy::start(blue.config_with_green(&green, "")).await;
+    let c = connect(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB)).await.unwrap();
+    c.simple_query("select 1").await.unwrap();
+    switch(&proxy, Target::Green).await;
+    let token = c.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(tokio_postgres::NoTls).await
+    });
+    let started = std::time::Instant::now();
+    let e = c.batch_execute("select pg_sleep(30)").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "57014");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    canceller.await.unwrap().unwrap();
+    let v: String = c.query_one("show server_version_num", &[]).await.unwrap().get(0);
+    assert_eq!(major(&v), 17);
+}
+
+#[tokio::test]
+async fn a_session_with_a_temp_table_is_closed_under_close_and_stays_under_wait() {
+    use pgcutover_proxy::route::Target;
+    let (blue, green) = blue_green("select 1");
+    for policy in ["close", "wait"] {
+        let proxy = RunningProxy::start(blue.config_with_green(&green, &format!("pinned_policy = \"{policy}\""))).await;
+        let (pinned, _, conn) = connect_listening(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB)).await;
+        pinned.batch_execute("CREATE TEMP TABLE scratch (x int)").await.unwrap();
+        let free = connect(&proxy.conninfo(PLAIN_USER, PLAIN_PASSWORD, DB)).await.unwrap();
+        free.simple_query("select 1").await.unwrap();
+        proxy.control.hold();
+        assert!(proxy.control.drain(Duration::from_secs(10)).await.drained);
+        let flip = proxy
+            .control
+            .flip(Target::Green, Duration::from_secs(10))
+            .await
+            .unwrap();
+        proxy.control.resume();
+        let v: String = free.query_one("show server_version_num", &[]).await.unwrap().get(0);
+        assert_eq!(major(&v), 17, "the other session moved");
+        match policy {
+            "close" => {
+                let e = tokio::time::timeout(Duration::from_secs(10), conn)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap_err();
+                assert_eq!(sqlstate(&e), "57P01", "{e}");
+                let m = e.as_db_error().unwrap().message().to_owned();
+                assert!(m.contains("temporary tables"), "{m}");
+            }
+            _ => {
+                assert_eq!(flip.not_moved, 1, "{flip:?}");
+                let v: String = pinned.query_one("show server_version_num", &[]).await.unwrap().get(0);
+                assert_eq!(major(&v), 15, "the pinned session stays on blue");
+                // Its temp table is still there: it really stayed.
+                pinned.batch_execute("INSERT INTO scratch VALUES (1)").await.unwrap();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn pgbench_prepared_with_16_clients_across_four_flips_has_no_failed_transactions() {
+    use pgcutover_proxy::route::Target;
+    let blue = Db::pg15();
+    let green = Db::pg17();
+    green.copy_role_secrets_from(&blue);
+    let proxy = RunningProxy::start(blue.config_with_green(&green, "")).await;
+    // The same pgbench schema on both, loaded directly.
+    for db in [&blue, &green] {
+        let out = std::process::Command::new(pg_harness::pgbench_path())
+            .args([
+                "-i",
+                "-s",
+                "1",
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &db.cluster.port().to_string(),
+                "-U",
+                PLAIN_USER,
+                DB,
+            ])
+            .env("PGPASSWORD", PLAIN_PASSWORD)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let port = proxy.addr.port().to_string();
+    let bench = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(pg_harness::pgbench_path())
+            .args([
+                "-n",
+                "-M",
+                "prepared",
+                "-c",
+                "16",
+                "-j",
+                "2",
+                "-T",
+                "25",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                PLAIN_USER,
+                DB,
+            ])
+            .env("PGPASSWORD", PLAIN_PASSWORD)
+            .output()
+            .unwrap()
+    });
+    for target in [Target::Green, Target::Blue, Target::Green, Target::Blue] {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        switch(&proxy, target).await;
+    }
+    let out = bench.await.unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{report}");
+    assert!(report.contains("number of failed transactions: 0 "), "{report}");
+    let processed: u64 = report
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|v| v.split('/').next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    let history: u64 = blue.sql("select count(*) from pgbench_history").parse::<u64>().unwrap()
+        + green
+            .sql("select count(*) from pgbench_history")
+            .parse::<u64>()
+            .unwrap();
+    assert_eq!(
+        history, processed,
+        "every committed transaction left its row on one side"
+    );
+}
