@@ -161,8 +161,9 @@ impl Control {
     pub async fn drain(&self, timeout: Duration) -> DrainReport {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + timeout;
+        let watch = self.sessions.watch();
         loop {
-            let changed = self.sessions.changed();
+            let changed = watch.changed();
             tokio::pin!(changed);
             changed.as_mut().enable();
             let handles = self.sessions.handles();
@@ -197,8 +198,9 @@ impl Control {
         });
         info!(target = target.name(), epoch, "flip");
         let deadline = tokio::time::Instant::now() + timeout;
+        let watch = self.sessions.watch();
         loop {
-            let changed = self.sessions.changed();
+            let changed = watch.changed();
             tokio::pin!(changed);
             changed.as_mut().enable();
             let handles = self.sessions.handles();

@@ -12,7 +12,7 @@ use pgcutover_protocol::startup::encode_cancel_request;
 use pgcutover_protocol::CancelKey;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -30,7 +30,42 @@ pub struct SessionHandle {
     epoch: AtomicU64,
     /// A route epoch the session will not move to (pinned state under `wait`).
     declined: AtomicU64,
-    changed: Arc<Notify>,
+    changed: Arc<Changes>,
+}
+
+/// Wakes drain and flip waiters when a session's state changes; free when nobody waits,
+/// which is always outside a switchover.
+#[derive(Debug, Default)]
+struct Changes {
+    notify: Notify,
+    waiters: AtomicUsize,
+}
+
+impl Changes {
+    fn notify(&self) {
+        if self.waiters.load(Ordering::Acquire) > 0 {
+            self.notify.notify_waiters();
+        }
+    }
+}
+
+/// A registered interest in session state changes; see [`SessionRegistry::watch`].
+pub struct ChangeWatch<'a> {
+    changes: &'a Changes,
+}
+
+impl ChangeWatch<'_> {
+    /// Resolves at the next change. Create the future before checking the condition
+    /// it waits for, so no change is missed.
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changes.notify.notified()
+    }
+}
+
+impl Drop for ChangeWatch<'_> {
+    fn drop(&mut self) {
+        self.changes.waiters.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl SessionHandle {
@@ -39,14 +74,14 @@ impl SessionHandle {
         *self.server.lock().expect("session handle lock") = (addr, key);
         self.target.store(target as u8, Ordering::Relaxed);
         self.epoch.store(epoch, Ordering::Release);
-        self.changed.notify_waiters();
+        self.changed.notify();
     }
 
     /// Publishes the session's protocol state; wakes drain and flip waiters when it changes.
     pub fn set_state(&self, busy: bool, in_transaction: bool) {
         self.busy.store(busy, Ordering::Relaxed);
         if self.in_transaction.swap(in_transaction, Ordering::AcqRel) != in_transaction {
-            self.changed.notify_waiters();
+            self.changed.notify();
         }
     }
 
@@ -68,7 +103,7 @@ impl SessionHandle {
     /// Records that the session stays where it is for route `epoch`.
     pub fn decline(&self, epoch: u64) {
         self.declined.store(epoch, Ordering::Release);
-        self.changed.notify_waiters();
+        self.changed.notify();
     }
 
     /// The route epoch the session declined to move to, if any (0: none).
@@ -81,7 +116,7 @@ impl SessionHandle {
 #[derive(Debug, Default)]
 pub struct SessionRegistry {
     sessions: Mutex<HashMap<CancelKey, Arc<SessionHandle>>>,
-    changed: Arc<Notify>,
+    changed: Arc<Changes>,
 }
 
 /// Removes a session from the registry when the session ends.
@@ -100,7 +135,7 @@ impl Drop for Registration {
             .lock()
             .expect("session registry lock")
             .remove(&self.client_key);
-        self.registry.changed.notify_waiters();
+        self.registry.changed.notify();
     }
 }
 
@@ -187,10 +222,11 @@ impl SessionRegistry {
             .collect()
     }
 
-    /// Resolves at the next change of any session's state, or a session ending.
-    /// Create it before checking the condition it waits for, so no change is missed.
-    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
-        self.changed.notified()
+    /// Starts watching for session state changes (and sessions ending); until the
+    /// watch is dropped, sessions pay for waking it.
+    pub fn watch(&self) -> ChangeWatch<'_> {
+        self.changed.waiters.fetch_add(1, Ordering::AcqRel);
+        ChangeWatch { changes: &self.changed }
     }
 
     /// Whether no session is registered.
