@@ -164,20 +164,33 @@ ROW_ARGS=(
 )
 TARGETS=(direct pgbouncer pgcutover)
 declare -A PORT_OF=([direct]="$PGPORT" [pgbouncer]="$BOUNCER_PORT" [pgcutover]="$PGC_PORT")
-declare -A TPS LAT
+declare -A PID_OF=([direct]="" [pgbouncer]="$(cat "$WORK/pgbouncer.pid" 2>/dev/null || true)" [pgcutover]="$PROXY_PID")
+declare -A TPS LAT CPU
 
-run_cell() { # port args... -> "tps latency_ms" or "err"
-    local port="$1" out tps lat
-    shift
+cpu_ticks() { # pid -> utime+stime in clock ticks ("" when unknown)
+    [ -n "$1" ] && [ -r "/proc/$1/stat" ] && awk '{print $14 + $15}' "/proc/$1/stat"
+}
+CLK_TCK="$(getconf CLK_TCK)"
+
+run_cell() { # port pid args... -> "tps latency_ms cpu_us_per_tx" or "err"
+    local port="$1" pid="$2" out tps lat tx c0 c1 cpu
+    shift 2
+    c0="$(cpu_ticks "$pid" || true)"
     # shellcheck disable=SC2068
     if ! out="$(timeout $((SECS + 60)) "$PGBENCH" -n -T "$SECS" \
         -h 127.0.0.1 -p "$port" -U postgres "$@" "$DB" 2>&1)"; then
         printf '%s\n' "$out" | tail -n 3 >&2
         echo err; return
     fi
+    c1="$(cpu_ticks "$pid" || true)"
     tps="$(printf '%s\n' "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -n1)"
     lat="$(printf '%s\n' "$out" | sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' | head -n1)"
-    if [ -z "$tps" ] || [ -z "$lat" ]; then echo err; else echo "$tps $lat"; fi
+    tx="$(printf '%s\n' "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' | head -n1)"
+    cpu=na
+    if [ -n "$c0" ] && [ -n "$c1" ] && [ -n "$tx" ] && [ "$tx" -gt 0 ]; then
+        cpu="$(awk -v d=$((c1 - c0)) -v t="$tx" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", d * 1e6 / hz / t }')"
+    fi
+    if [ -z "$tps" ] || [ -z "$lat" ]; then echo err; else echo "$tps $lat $cpu"; fi
 }
 
 log "warm-up: 2 s select-only, direct"
@@ -191,11 +204,11 @@ for run in $(seq 1 "$RUNS"); do
         for t in "${TARGETS[@]}"; do
             if [ "$t" = pgcutover ] && [ -n "$PGC_REASON" ]; then continue; fi
             # shellcheck disable=SC2086
-            res="$(run_cell "${PORT_OF[$t]}" ${ROW_ARGS[$i]})"
+            res="$(run_cell "${PORT_OF[$t]}" "${PID_OF[$t]}" ${ROW_ARGS[$i]})"
             if [ "$res" = err ]; then
-                TPS["$i,$t,$run"]=err; LAT["$i,$t,$run"]=err
+                TPS["$i,$t,$run"]=err; LAT["$i,$t,$run"]=err; CPU["$i,$t,$run"]=err
             else
-                TPS["$i,$t,$run"]="${res% *}"; LAT["$i,$t,$run"]="${res#* }"
+                read -r TPS["$i,$t,$run"] LAT["$i,$t,$run"] CPU["$i,$t,$run"] <<< "$res"
             fi
             log "run $run/$RUNS | ${ROW_NAMES[$i]} | $t: tps ${TPS["$i,$t,$run"]}, latency ${LAT["$i,$t,$run"]} ms"
         done
@@ -250,6 +263,17 @@ added() { # target -> µs added per query at c=1 (row 0) vs direct
     if [ "$d" = err ] || [ "$t" = err ]; then echo err; else awk -v a="$t" -v b="$d" 'BEGIN { printf "%+.0f µs", (a - b) * 1000 }'; fi
 }
 if [ -n "$PGC_REASON" ]; then pgc_added="n/a"; else pgc_added="$(added pgcutover)"; fi
+echo
+echo "Proxy CPU time (user + system) per transaction, µs (median; steadier than tps on a shared machine):"
+echo
+echo "| row | pgbouncer | pgcutover |"
+echo "|---|---:|---:|"
+for i in "${!ROW_NAMES[@]}"; do
+    b_cpu="$(cell_median CPU "$i" pgbouncer)"
+    if [ -n "$PGC_REASON" ]; then p_cpu="n/a"; else p_cpu="$(cell_median CPU "$i" pgcutover)"; fi
+    echo "| ${ROW_NAMES[$i]} | $b_cpu | $p_cpu |"
+done
+echo
 echo "Added latency per query at c=1 (select-only) vs direct: pgbouncer $(added pgbouncer), pgcutover $pgc_added"
 if [ -n "$PGC_REASON" ]; then
     echo
