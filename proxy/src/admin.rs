@@ -92,11 +92,20 @@ async fn handle(
     if method == Method::GET && path == "/status" {
         return Ok(reply(StatusCode::OK, status(&shared)));
     }
+    if method == Method::GET && path == "/metrics" {
+        let text = shared.metrics.render(&shared.registry, shared.control.is_held());
+        let mut r = Response::new(Full::new(Bytes::from(text)));
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        );
+        return Ok(r);
+    }
     let mutating = ["/hold", "/resume", "/route"].contains(&path.as_str());
     if !mutating {
         return Ok(error(
             StatusCode::NOT_FOUND,
-            &format!("no such endpoint: {method} {path}; see GET /status, POST /hold, POST /resume, POST /route"),
+            &format!("no such endpoint: {method} {path}; see GET /status, GET /metrics, POST /hold, POST /resume, POST /route"),
         ));
     }
     if method != Method::POST {

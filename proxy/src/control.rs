@@ -2,6 +2,7 @@
 //! of the route and the hold gate; sessions only watch them, and report back through
 //! the session registry.
 
+use crate::metrics::Metrics;
 use crate::registry::SessionRegistry;
 use crate::route::{Route, Target};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,11 +68,17 @@ pub struct Control {
     held_since: Mutex<Option<Instant>>,
     max_hold: Duration,
     has_green: bool,
+    metrics: Arc<Metrics>,
 }
 
 impl Control {
     /// Controls starting on blue, released, with holds lasting at most `max_hold`.
-    pub fn new(sessions: Arc<SessionRegistry>, max_hold: Duration, has_green: bool) -> Arc<Control> {
+    pub fn new(
+        sessions: Arc<SessionRegistry>,
+        max_hold: Duration,
+        has_green: bool,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Control> {
         Arc::new(Control {
             route: watch::Sender::new(Route {
                 target: Target::Blue,
@@ -86,6 +93,7 @@ impl Control {
             held_since: Mutex::new(None),
             max_hold,
             has_green,
+            metrics,
         })
     }
 
@@ -149,6 +157,10 @@ impl Control {
         let held_for = self.held_since.lock().expect("hold lock").take().map(|t| t.elapsed());
         self.gate.send_modify(|g| g.held = false);
         if let Some(d) = held_for {
+            // Every session present waited (at most) this long for its next transaction.
+            for _ in 0..self.sessions.len() {
+                self.metrics.hold_seconds.observe(d.as_secs_f64());
+            }
             info!(
                 held_ms = d.as_millis() as u64,
                 target = self.route().target.name(),
@@ -169,6 +181,7 @@ impl Control {
             let handles = self.sessions.handles();
             let in_flight = handles.iter().filter(|h| h.in_transaction()).count();
             if in_flight == 0 || tokio::time::Instant::now() >= deadline {
+                self.metrics.drain_seconds.observe(started.elapsed().as_secs_f64());
                 return DrainReport {
                     drained: in_flight == 0,
                     in_flight,
@@ -196,6 +209,7 @@ impl Control {
             r.epoch += 1;
             epoch = r.epoch;
         });
+        self.metrics.route_flipped(target);
         info!(target = target.name(), epoch, "flip");
         let deadline = tokio::time::Instant::now() + timeout;
         let watch = self.sessions.watch();

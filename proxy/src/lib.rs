@@ -9,6 +9,7 @@ mod admin;
 pub mod auth;
 pub mod config;
 pub mod control;
+pub mod metrics;
 pub mod pump;
 pub mod registry;
 pub mod route;
@@ -22,6 +23,7 @@ mod wire;
 use auth::{AuthQuery, Userlist};
 use config::Config;
 use control::Control;
+use metrics::Metrics;
 use registry::SessionRegistry;
 use route::Target;
 use server::{Backend, LoginOptions};
@@ -100,6 +102,7 @@ pub(crate) struct Shared {
     green: Option<Backend>,
     registry: Arc<SessionRegistry>,
     control: Arc<Control>,
+    metrics: Arc<Metrics>,
     clients: AtomicUsize,
 }
 
@@ -186,7 +189,13 @@ impl Proxy {
             url: g.url.clone(),
         });
         let registry = Arc::new(SessionRegistry::default());
-        let control = Control::new(registry.clone(), config.switchover.timeout.0, green.is_some());
+        let metrics = Arc::new(Metrics::new());
+        let control = Control::new(
+            registry.clone(),
+            config.switchover.timeout.0,
+            green.is_some(),
+            metrics.clone(),
+        );
         let admin = admin::AdminServer::bind(&config).await?;
         Ok(Proxy {
             listener,
@@ -201,6 +210,7 @@ impl Proxy {
                 green,
                 registry,
                 control,
+                metrics,
                 clients: AtomicUsize::new(0),
             }),
         })

@@ -7,6 +7,7 @@
 //! state lives in [`Pump`], which makes [`Pump::run`] cancel-safe: a session can
 //! `select!` on it and call it again.
 
+use crate::metrics::Metrics;
 use crate::registry::SessionHandle;
 use crate::statements::StatementLog;
 use crate::stream::Stream;
@@ -91,6 +92,9 @@ struct Direction {
     unflushed: bool,
     /// Type of the last message whose header was scanned.
     last_tag: u8,
+    /// Bytes written and message headers scanned since the last flush to the metrics.
+    bytes: u64,
+    messages: u64,
 }
 
 impl Direction {
@@ -104,6 +108,8 @@ impl Direction {
             frame_left: 0,
             unflushed: false,
             last_tag: 0,
+            bytes: 0,
+            messages: 0,
         }
     }
 
@@ -116,6 +122,7 @@ impl Direction {
             }
             self.buf.advance(n);
             self.ready -= n;
+            self.bytes += n as u64;
             self.unflushed = true;
         }
         if self.unflushed {
@@ -167,6 +174,7 @@ impl Direction {
                 return Ok(());
             };
             self.last_tag = h.tag;
+            self.messages += 1;
             let go_on = if inspector.wants_body(h.tag) {
                 if unscanned < h.frame_len() {
                     // Inspected messages are small; the length was checked above.
@@ -315,6 +323,13 @@ pub struct Pump {
     pid_rewrite: Option<PidRewrite>,
     max_message_len: usize,
     handle: Arc<SessionHandle>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        self.flush_counters();
+    }
 }
 
 impl Pump {
@@ -324,6 +339,7 @@ impl Pump {
         server_rbuf: BytesMut,
         max_message_len: usize,
         handle: Arc<SessionHandle>,
+        metrics: Arc<Metrics>,
     ) -> Pump {
         Pump {
             c2s: Direction::new(client_rbuf),
@@ -338,6 +354,7 @@ impl Pump {
             pid_rewrite: None,
             max_message_len,
             handle,
+            metrics,
         }
     }
 
@@ -378,7 +395,17 @@ impl Pump {
 
     /// Continues with a (new) server's read buffer.
     pub fn set_server_buffer(&mut self, buf: BytesMut) {
+        self.flush_counters();
         self.s2c = Direction::new(buf);
+    }
+
+    /// Adds what this session forwarded since the last call to the shared counters.
+    pub fn flush_counters(&mut self) {
+        let m = &self.metrics;
+        m.bytes_to_server.inc_by(std::mem::take(&mut self.c2s.bytes));
+        m.messages_to_server.inc_by(std::mem::take(&mut self.c2s.messages));
+        m.bytes_to_client.inc_by(std::mem::take(&mut self.s2c.bytes));
+        m.messages_to_client.inc_by(std::mem::take(&mut self.s2c.messages));
     }
 
     /// Sets how notifications from the session's own backend are rewritten.
@@ -484,10 +511,12 @@ impl Pump {
         }
     }
 
-    /// Tells the registry when the session's state changed (cancel routing, drain).
-    fn publish(&self, was: TxState) {
+    /// Tells the registry when the session's state changed (cancel routing, drain),
+    /// and flushes the traffic counters then: about once per transaction.
+    fn publish(&mut self, was: TxState) {
         if was.in_flight() != self.tx.in_flight() || was.idle() != self.tx.idle() {
             self.handle.set_state(self.tx.in_flight(), !self.tx.idle());
+            self.flush_counters();
         }
     }
 }

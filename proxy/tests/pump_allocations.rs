@@ -5,6 +5,7 @@
 use bytes::BytesMut;
 use pgcutover_protocol::backend::TransactionStatus;
 use pgcutover_protocol::{build, CancelKey};
+use pgcutover_proxy::metrics::Metrics;
 use pgcutover_proxy::pump::{Pump, PumpEnd, RunMode};
 use pgcutover_proxy::registry::SessionRegistry;
 use pgcutover_proxy::route::Target;
@@ -67,7 +68,13 @@ fn pump_allocates_nothing_per_message_in_the_steady_state() {
             Target::Blue,
             0,
         );
-        let mut pump = Pump::new(BytesMut::new(), BytesMut::new(), 1 << 20, registration.handle.clone());
+        let mut pump = Pump::new(
+            BytesMut::new(),
+            BytesMut::new(),
+            1 << 20,
+            registration.handle.clone(),
+            Arc::new(Metrics::new()),
+        );
         let mut client_side = Stream::Plain(proxy_client_side);
         let mut server_side = Stream::Plain(proxy_server_side);
 

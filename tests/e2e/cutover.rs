@@ -292,6 +292,43 @@ async fn admin_api_flips_with_the_token_and_refuses_without_it() {
     assert_eq!(status["route"], "green");
     assert_eq!(status["server_connections"]["green"], 1);
     assert_eq!(status["clients"], 1);
+    // tokio-postgres closes its statement (Close + Sync) after query_one returns, so
+    // the session may still be in flight for a moment: wait for it to settle.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let (code, metrics) = http_text(proxy.admin, "GET", "/metrics", None, "").await;
+        assert_eq!(code, 200);
+        if metrics.contains("pgcutover_client_connections{state=\"idle\"} 1") || tokio::time::Instant::now() > deadline
+        {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for needle in [
+        "pgcutover_route_flips_total{target=\"green\"} 1",
+        "pgcutover_server_connections{target=\"green\"} 1",
+        "pgcutover_client_connections{state=\"idle\"} 1",
+        "pgcutover_drain_seconds_count 1",
+        "pgcutover_hold_seconds_count 1",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
+    }
+    let forwarded = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        forwarded("pgcutover_bytes_proxied_total{direction=\"to_client\"}") > 0,
+        "{metrics}"
+    );
+    assert!(
+        forwarded("pgcutover_messages_proxied_total{direction=\"to_server\"}") > 0,
+        "{metrics}"
+    );
 
     // Without admin_token_file, mutating calls are disabled, and say how to enable them.
     let bare = RunningProxy::start(blue.default_config()).await;

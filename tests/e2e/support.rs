@@ -311,6 +311,12 @@ pub async fn http(
     token: Option<&str>,
     body: &str,
 ) -> (u16, serde_json::Value) {
+    let (code, text) = http_text(addr, method, path, token, body).await;
+    (code, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+}
+
+/// One HTTP/1.1 request to the admin API; returns the status code and the body text.
+pub async fn http_text(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
@@ -331,8 +337,8 @@ pub async fn http(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .expect("status line");
-    let json = text.split("\r\n\r\n").nth(1).unwrap_or("null");
-    (code, serde_json::from_str(json).unwrap_or(serde_json::Value::Null))
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (code, body.to_owned())
 }
 
 /// Connects with tokio-postgres and forwards notifications to a channel.

@@ -62,8 +62,8 @@ struct Snapshot {
     sql_prepares: Vec<String>,
     /// LISTEN channels.
     channels: Vec<String>,
-    /// Why the session cannot move, if it cannot.
-    pinned: Vec<String>,
+    /// What keeps the session from moving, if anything.
+    pinned: Vec<&'static str>,
 }
 
 const SNAPSHOT_SQL: &str = "select name, setting from pg_catalog.pg_settings where source = 'session';\
@@ -119,6 +119,11 @@ pub(crate) async fn move_to(
         server_pid: new.key.pid,
         client_pid: ctx.client_pid,
     }));
+    let m = &shared.metrics;
+    m.replayed("setting", snapshot.settings.len());
+    m.replayed("prepared_statement", snapshot.protocol_statements.len());
+    m.replayed("sql_prepare", snapshot.sql_prepares.len());
+    m.replayed("listen", snapshot.channels.len());
     info!(
         from = old_target,
         to = route.target.name(),
@@ -160,6 +165,9 @@ async fn login_and_replay(
         }
     };
     if !snapshot.pinned.is_empty() {
+        for reason in &snapshot.pinned {
+            shared.metrics.pinned(reason);
+        }
         return Err(MoveError::Pinned(snapshot.pinned.join(", ")));
     }
     let mut new = server::connect(backend, &shared.login, &ctx.params, &ctx.credential)
@@ -221,7 +229,7 @@ async fn snapshot(conn: &mut Conn, to_client: &mut BytesMut) -> Result<Snapshot,
                             .enumerate()
                         {
                             if text(i) != "0" {
-                                snap.pinned.push(what.to_owned());
+                                snap.pinned.push(what);
                             }
                         }
                     }

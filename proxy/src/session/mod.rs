@@ -201,6 +201,7 @@ async fn serve(
         std::mem::take(&mut server.conn.rbuf),
         shared.config.proxy.max_message_bytes,
         ctx.registration.handle.clone(),
+        shared.metrics.clone(),
     );
     let mut route_rx = shared.control.watch_route();
     let mut gate_rx = shared.control.watch_gate();

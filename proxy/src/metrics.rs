@@ -1,0 +1,198 @@
+//! Prometheus metrics (`prometheus-client`), served on the admin API's `GET /metrics`.
+//!
+//! Per-session gauges are not kept up to date on the data path: they are computed
+//! from the session registry when scraped. Byte and message counters are added up by
+//! each session and flushed once per state change (about once per transaction), so
+//! the data path never touches a shared counter per message.
+
+use crate::registry::SessionRegistry;
+use crate::route::Target;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::Mutex;
+
+type Labels = [(&'static str, &'static str); 1];
+
+/// Every metric the proxy exports.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    client_connections: Family<Labels, Gauge>,
+    server_connections: Family<Labels, Gauge>,
+    held_clients: Gauge,
+    in_flight: Gauge,
+    held: Gauge,
+    /// How long each held session was held, observed at resume.
+    pub hold_seconds: Histogram,
+    /// How long each drain took.
+    pub drain_seconds: Histogram,
+    route_flips: Family<Labels, Counter>,
+    session_replays: Family<Labels, Counter>,
+    pinned_sessions: Family<Labels, Counter>,
+    /// Bytes forwarded client → server.
+    pub bytes_to_server: Counter,
+    /// Bytes forwarded server → client.
+    pub bytes_to_client: Counter,
+    /// Messages forwarded client → server.
+    pub messages_to_server: Counter,
+    /// Messages forwarded server → client.
+    pub messages_to_client: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric under the `pgcutover_` prefix.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("pgcutover");
+        // Holds and drains are sub-second when things go well; buckets from 1 ms to ~33 s.
+        let seconds = || Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        let bytes =
+            |family: &Family<Labels, Counter>, direction| family.get_or_create(&[("direction", direction)]).clone();
+        let bytes_family = Family::<Labels, Counter>::default();
+        let messages_family = Family::<Labels, Counter>::default();
+        let m = Metrics {
+            client_connections: Family::default(),
+            server_connections: Family::default(),
+            held_clients: Gauge::default(),
+            in_flight: Gauge::default(),
+            held: Gauge::default(),
+            hold_seconds: seconds(),
+            drain_seconds: seconds(),
+            route_flips: Family::default(),
+            session_replays: Family::default(),
+            pinned_sessions: Family::default(),
+            bytes_to_server: bytes(&bytes_family, "to_server"),
+            bytes_to_client: bytes(&bytes_family, "to_client"),
+            messages_to_server: bytes(&messages_family, "to_server"),
+            messages_to_client: bytes(&messages_family, "to_client"),
+            registry: Mutex::new(Registry::default()),
+        };
+        registry.register(
+            "client_connections",
+            "Client sessions by state (idle: at a transaction boundary; in_transaction: not)",
+            m.client_connections.clone(),
+        );
+        registry.register(
+            "server_connections",
+            "Server connections by target database",
+            m.server_connections.clone(),
+        );
+        registry.register(
+            "held_clients",
+            "Sessions waiting at a transaction boundary while the proxy is held",
+            m.held_clients.clone(),
+        );
+        registry.register(
+            "in_flight_transactions",
+            "Sessions inside a transaction or with work in flight",
+            m.in_flight.clone(),
+        );
+        registry.register("held", "1 while new transactions are held", m.held.clone());
+        registry.register(
+            "hold_seconds",
+            "How long each held session was held, observed at resume",
+            m.hold_seconds.clone(),
+        );
+        registry.register("drain_seconds", "How long each drain took", m.drain_seconds.clone());
+        registry.register("route_flips", "Route changes by target", m.route_flips.clone());
+        registry.register(
+            "session_replays",
+            "Session state recreated on a new server, by kind",
+            m.session_replays.clone(),
+        );
+        registry.register(
+            "pinned_sessions",
+            "Sessions that could not move, by what pinned them",
+            m.pinned_sessions.clone(),
+        );
+        registry.register("bytes_proxied", "Bytes forwarded, by direction", bytes_family);
+        registry.register(
+            "messages_proxied",
+            "Protocol messages forwarded, by direction",
+            messages_family,
+        );
+        *m.registry.lock().expect("metrics registry lock") = registry;
+        m
+    }
+
+    /// Counts a route change to `target`.
+    pub fn route_flipped(&self, target: Target) {
+        self.route_flips.get_or_create(&[("target", target.name())]).inc();
+    }
+
+    /// Counts `n` pieces of replayed state of one kind (setting, prepared_statement, sql_prepare, listen).
+    pub fn replayed(&self, kind: &'static str, n: usize) {
+        if n > 0 {
+            self.session_replays.get_or_create(&[("kind", kind)]).inc_by(n as u64);
+        }
+    }
+
+    /// Counts a session pinned by `reason`.
+    pub fn pinned(&self, reason: &'static str) {
+        self.pinned_sessions.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    /// The text exposition, with session gauges computed from `sessions` now.
+    pub fn render(&self, sessions: &SessionRegistry, held: bool) -> String {
+        let handles = sessions.handles();
+        let in_transaction = handles.iter().filter(|h| h.in_transaction()).count() as i64;
+        let idle = handles.len() as i64 - in_transaction;
+        self.client_connections.get_or_create(&[("state", "idle")]).set(idle);
+        self.client_connections
+            .get_or_create(&[("state", "in_transaction")])
+            .set(in_transaction);
+        for target in [Target::Blue, Target::Green] {
+            let n = handles.iter().filter(|h| h.target() == target).count() as i64;
+            self.server_connections
+                .get_or_create(&[("target", target.name())])
+                .set(n);
+        }
+        self.in_flight.set(in_transaction);
+        self.held_clients.set(if held { idle } else { 0 });
+        self.held.set(held as i64);
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry.lock().expect("metrics registry lock"));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_metric_with_the_prefix() {
+        let m = Metrics::new();
+        m.route_flipped(Target::Green);
+        m.replayed("setting", 3);
+        m.pinned("temporary tables");
+        m.bytes_to_server.inc_by(10);
+        m.drain_seconds.observe(0.004);
+        let text = m.render(&SessionRegistry::default(), true);
+        for needle in [
+            "pgcutover_client_connections{state=\"idle\"} 0",
+            "pgcutover_server_connections{target=\"green\"} 0",
+            "pgcutover_held_clients 0",
+            "pgcutover_in_flight_transactions 0",
+            "pgcutover_held 1",
+            "pgcutover_hold_seconds_bucket",
+            "pgcutover_drain_seconds_count 1",
+            "pgcutover_route_flips_total{target=\"green\"} 1",
+            "pgcutover_session_replays_total{kind=\"setting\"} 3",
+            "pgcutover_pinned_sessions_total{reason=\"temporary tables\"} 1",
+            "pgcutover_bytes_proxied_total{direction=\"to_server\"} 10",
+            "pgcutover_messages_proxied_total{direction=\"to_client\"} 0",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+}
