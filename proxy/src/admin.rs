@@ -101,11 +101,11 @@ async fn handle(
         );
         return Ok(r);
     }
-    let mutating = ["/hold", "/resume", "/route"].contains(&path.as_str());
+    let mutating = ["/prepare", "/hold", "/resume", "/route"].contains(&path.as_str());
     if !mutating {
         return Ok(error(
             StatusCode::NOT_FOUND,
-            &format!("no such endpoint: {method} {path}; see GET /status, GET /metrics, POST /hold, POST /resume, POST /route"),
+            &format!("no such endpoint: {method} {path}; see GET /status, GET /metrics, POST /prepare, POST /hold, POST /resume, POST /route"),
         ));
     }
     if method != Method::POST {
@@ -147,6 +147,30 @@ async fn handle(
                 reply(StatusCode::CONFLICT, body)
             }
         }
+        "/prepare" => {
+            let Some(target) = target_of(&body) else {
+                return Ok(error(
+                    StatusCode::BAD_REQUEST,
+                    "POST /prepare needs a JSON body {\"target\": \"green\"} or {\"target\": \"blue\"}",
+                ));
+            };
+            match control.prepare(target, shared.config.switchover.timeout.0).await {
+                Ok(r) => reply(
+                    if r.ready == r.sessions {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::CONFLICT
+                    },
+                    json!({
+                        "target": r.target.name(),
+                        "ready": r.ready,
+                        "sessions": r.sessions,
+                        "prepare_ms": r.waited.as_secs_f64() * 1000.0,
+                    }),
+                ),
+                Err(e) => error(StatusCode::CONFLICT, &e.to_string()),
+            }
+        }
         "/resume" => {
             let held_ms = control.held_for().map(|d| d.as_secs_f64() * 1000.0);
             control.resume();
@@ -156,10 +180,7 @@ async fn handle(
             )
         }
         _ => {
-            let target = serde_json::from_slice::<Value>(&body)
-                .ok()
-                .and_then(|v| v.get("target").and_then(Value::as_str).and_then(Target::parse));
-            let Some(target) = target else {
+            let Some(target) = target_of(&body) else {
                 return Ok(error(
                     StatusCode::BAD_REQUEST,
                     "POST /route needs a JSON body {\"target\": \"blue\"} or {\"target\": \"green\"}",
@@ -180,6 +201,13 @@ async fn handle(
             }
         }
     })
+}
+
+/// The `target` of a JSON body like `{"target": "green"}`.
+fn target_of(body: &[u8]) -> Option<Target> {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("target").and_then(Value::as_str).and_then(Target::parse))
 }
 
 /// None when the request may mutate; else the refusal to send.

@@ -48,6 +48,19 @@ pub struct FlipReport {
     pub waited: Duration,
 }
 
+/// What a prepare did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrepareReport {
+    /// The target sessions connected to.
+    pub target: Target,
+    /// Sessions holding a ready standby connection when the call returned.
+    pub ready: usize,
+    /// Sessions that need one (those not already on the target).
+    pub sessions: usize,
+    /// How long it took.
+    pub waited: Duration,
+}
+
 /// A control call that cannot be carried out.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ControlError {
@@ -63,6 +76,7 @@ pub enum ControlError {
 pub struct Control {
     route: watch::Sender<Route>,
     gate: watch::Sender<Gate>,
+    standby: watch::Sender<Option<Target>>,
     sessions: Arc<SessionRegistry>,
     generations: AtomicU64,
     held_since: Mutex<Option<Instant>>,
@@ -88,6 +102,7 @@ impl Control {
                 held: false,
                 generation: 0,
             }),
+            standby: watch::Sender::new(None),
             sessions,
             generations: AtomicU64::new(0),
             held_since: Mutex::new(None),
@@ -105,6 +120,55 @@ impl Control {
     /// Watches the hold gate.
     pub fn watch_gate(&self) -> watch::Receiver<Gate> {
         self.gate.subscribe()
+    }
+
+    /// Watches which target sessions should hold a standby connection to.
+    pub fn watch_standby(&self) -> watch::Receiver<Option<Target>> {
+        self.standby.subscribe()
+    }
+
+    /// Has every session open a logged-in standby connection to `target` now, so
+    /// that a later flip only has to move state, not log in (the login is most of a
+    /// move's time). Waits up to `timeout` for them; standbys are dropped at the next
+    /// resume, or after `max_hold` if no flip uses them.
+    pub async fn prepare(self: &Arc<Self>, target: Target, timeout: Duration) -> Result<PrepareReport, ControlError> {
+        if target == Target::Green && !self.has_green {
+            return Err(ControlError::NoGreen);
+        }
+        let started = Instant::now();
+        self.standby.send_replace(Some(target));
+        info!(target = target.name(), "prepare: sessions open standby connections");
+        let control = self.clone();
+        let max = self.max_hold;
+        tokio::spawn(async move {
+            tokio::time::sleep(max).await;
+            if *control.standby.borrow() == Some(target) && !control.is_held() && control.route().target != target {
+                info!(
+                    "standby connections to {} dropped: no flip within {max:?}",
+                    target.name()
+                );
+                control.standby.send_replace(None);
+            }
+        });
+        let deadline = tokio::time::Instant::now() + timeout;
+        let watch = self.sessions.watch();
+        loop {
+            let changed = watch.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let handles = self.sessions.handles();
+            let needing: Vec<_> = handles.iter().filter(|h| h.target() != target).collect();
+            let ready = needing.iter().filter(|h| h.standby_ready()).count();
+            if ready == needing.len() || tokio::time::Instant::now() >= deadline {
+                return Ok(PrepareReport {
+                    target,
+                    ready,
+                    sessions: needing.len(),
+                    waited: started.elapsed(),
+                });
+            }
+            let _ = tokio::time::timeout_at(deadline, changed).await;
+        }
     }
 
     /// The current route.
@@ -156,6 +220,8 @@ impl Control {
     pub fn resume(&self) {
         let held_for = self.held_since.lock().expect("hold lock").take().map(|t| t.elapsed());
         self.gate.send_modify(|g| g.held = false);
+        // Standbys have served their flip, or the switchover was called off.
+        self.standby.send_if_modified(|s| s.take().is_some());
         if let Some(d) = held_for {
             // Every session present waited (at most) this long for its next transaction.
             for _ in 0..self.sessions.len() {

@@ -30,6 +30,8 @@ pub struct SessionHandle {
     epoch: AtomicU64,
     /// A route epoch the session will not move to (pinned state under `wait`).
     declined: AtomicU64,
+    /// The session holds a logged-in standby connection to the prepared target.
+    standby_ready: AtomicBool,
     changed: Arc<Changes>,
 }
 
@@ -106,6 +108,18 @@ impl SessionHandle {
         self.changed.notify();
     }
 
+    /// Records whether the session holds a ready standby connection.
+    pub fn set_standby_ready(&self, ready: bool) {
+        if self.standby_ready.swap(ready, Ordering::AcqRel) != ready {
+            self.changed.notify();
+        }
+    }
+
+    /// Whether the session holds a ready standby connection.
+    pub fn standby_ready(&self) -> bool {
+        self.standby_ready.load(Ordering::Acquire)
+    }
+
     /// The route epoch the session declined to move to, if any (0: none).
     pub fn declined(&self) -> u64 {
         self.declined.load(Ordering::Acquire)
@@ -167,6 +181,7 @@ impl SessionRegistry {
             target: AtomicU8::new(target as u8),
             epoch: AtomicU64::new(epoch),
             declined: AtomicU64::new(0),
+            standby_ready: AtomicBool::new(false),
             changed: self.changed.clone(),
         });
         let mut sessions = self.sessions.lock().expect("session registry lock");

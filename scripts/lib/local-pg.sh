@@ -65,15 +65,30 @@ wait_port() { # port seconds [pid]: wait until the port accepts connections
     return 1
 }
 
+# PostgreSQL 17's bin dir, installed by scripts/setup.sh (same rule as the harness).
+pg17_bindir() {
+    local cache="${PGCUTOVER_CACHE_DIR:-}"
+    if [ -z "$cache" ]; then
+        if [ "$IS_ROOT" -eq 1 ]; then cache=/var/cache/pgcutover; else cache="${XDG_CACHE_HOME:-$HOME/.cache}/pgcutover"; fi
+    fi
+    echo "${PG17_BINDIR:-$cache/pg17/bin}"
+}
+
 # Starts PostgreSQL 15 in $1/data with superuser postgres / password $2 (SCRAM over
 # TCP), extra postgresql.conf lines on stdin. Sets PGPORT.
 start_pg15() { # workdir password
-    local work="$1" password="$2" data="$1/data" extra attempt port
+    start_pg "$PG15_BINDIR" "$@"
+}
+
+# The same for the server binaries in $1 (e.g. "$(pg17_bindir)"); the cluster lives
+# in $2/data.
+start_pg() { # bindir workdir password
+    local bindir="$1" work="$2" password="$3" data="$2/data" extra attempt port
     extra="$(cat)"
     printf '%s\n' "$password" > "$work/pw"
     chmod 644 "$work/pw"
-    log "initdb (PostgreSQL 15) in $data"
-    as_pg "$PG15_BINDIR/initdb" -D "$data" -A trust --auth-host=scram-sha-256 --auth-local=trust \
+    log "initdb ($("$bindir/postgres" --version)) in $data"
+    as_pg "$bindir/initdb" -D "$data" -A trust --auth-host=scram-sha-256 --auth-local=trust \
         -U postgres --pwfile="$work/pw" -E UTF8 --locale=C -N --no-instructions > "$work/initdb.log" 2>&1 \
         || { cat "$work/initdb.log" >&2; die "initdb failed"; }
     rm -f "$work/pw"
@@ -95,20 +110,24 @@ logging_collector = off
 wal_level = logical
 $extra
 CONF
-        if as_pg "$PG15_BINDIR/pg_ctl" -D "$data" -l "$work/postgres.log" -w -t 60 start >/dev/null 2>&1; then
+        if as_pg "$bindir/pg_ctl" -D "$data" -l "$work/postgres.log" -w -t 60 start >/dev/null 2>&1; then
             PGPORT="$port"; break
         fi
         log "postgres did not start on port $port (attempt $attempt):"
         tail -n 5 "$work/postgres.log" >&2 || true
     done
     [ -n "$PGPORT" ] || die "could not start PostgreSQL"
-    log "PostgreSQL 15 on 127.0.0.1:$PGPORT"
+    log "PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') on 127.0.0.1:$PGPORT"
 }
 
 stop_pg15() { # workdir
-    local data="$1/data"
+    stop_pg "$PG15_BINDIR" "$1"
+}
+
+stop_pg() { # bindir workdir
+    local data="$2/data"
     if [ -f "$data/postmaster.pid" ]; then
-        as_pg "$PG15_BINDIR/pg_ctl" -D "$data" stop -m immediate -w -t 30 >/dev/null 2>&1 \
+        as_pg "$1/pg_ctl" -D "$data" stop -m immediate -w -t 30 >/dev/null 2>&1 \
             || stop_pid "$(head -n1 "$data/postmaster.pid")"
     fi
 }

@@ -482,3 +482,68 @@ async fn pgbench_prepared_with_16_clients_across_four_flips_has_no_failed_transa
         "every committed transaction left its row on one side"
     );
 }
+
+#[tokio::test]
+async fn a_flip_after_prepare_uses_the_standby_connections_opened_before_the_hold() {
+    let (blue, green) = blue_green("select 1");
+    let proxy = RunningProxy::start(blue.config_with_green(&green, "")).await;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let c = connect(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB)).await.unwrap();
+        c.batch_execute("SET application_name = 'standby-test'").await.unwrap();
+        clients.push(c);
+    }
+    let (code, body) = http(
+        proxy.admin,
+        "POST",
+        "/prepare",
+        Some(ADMIN_TOKEN),
+        "{\"target\":\"green\"}",
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        (body["ready"].as_u64(), body["sessions"].as_u64()),
+        (Some(4), Some(4)),
+        "{body}"
+    );
+    // The standbys are real, logged-in backends on green, before any hold.
+    let standby_pids: Vec<String> = green
+        .sql(&format!(
+            "select string_agg(pid::text, ',') from pg_stat_activity where usename = '{SCRAM_USER}'"
+        ))
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(standby_pids.len(), 4, "{standby_pids:?}");
+    for (path, body) in [("/hold", ""), ("/route", "{\"target\":\"green\"}"), ("/resume", "")] {
+        let (code, reply) = http(proxy.admin, "POST", path, Some(ADMIN_TOKEN), body).await;
+        assert_eq!(code, 200, "{path}: {reply}");
+    }
+    for c in &clients {
+        let row = c
+            .query_one(
+                "select pg_backend_pid()::text, current_setting('application_name')",
+                &[],
+            )
+            .await
+            .unwrap();
+        let pid: String = row.get(0);
+        assert!(
+            standby_pids.contains(&pid),
+            "backend {pid} is not one of the standbys {standby_pids:?}"
+        );
+        assert_eq!(
+            row.get::<_, String>(1),
+            "standby-test",
+            "state was replayed on the standby"
+        );
+    }
+    // No extra logins to green happened at flip time.
+    assert_eq!(
+        green.sql(&format!(
+            "select count(*) from pg_stat_activity where usename = '{SCRAM_USER}'"
+        )),
+        "4"
+    );
+}

@@ -84,6 +84,7 @@ pub(crate) async fn move_to(
     ctx: &SessionCtx,
     pump: &mut Pump,
     route: Route,
+    prepared: Option<ServerConn>,
 ) -> Result<(), MoveError> {
     let started = std::time::Instant::now();
     let old_target = ctx.registration.handle.target().name();
@@ -91,8 +92,8 @@ pub(crate) async fn move_to(
     // right now) is read here, and reaches the client below either way.
     server.conn.rbuf = pump.take_server_buffer();
     let mut to_client = BytesMut::new();
-    let moved = login_and_replay(shared, server, pump, ctx, route, &mut to_client).await;
-    let (mut new, snapshot) = match moved {
+    let moved = login_and_replay(shared, server, pump, ctx, route, prepared, &mut to_client).await;
+    let (mut new, snapshot, timings) = match moved {
         Ok(m) => m,
         Err(e) => {
             pump.set_server_buffer(std::mem::take(&mut server.conn.rbuf));
@@ -132,10 +133,20 @@ pub(crate) async fn move_to(
         statements = snapshot.protocol_statements.len() + snapshot.sql_prepares.len(),
         channels = snapshot.channels.len(),
         ms = started.elapsed().as_millis() as u64,
+        snapshot_ms = timings.snapshot.as_millis() as u64,
+        login_ms = timings.login.as_millis() as u64,
+        replay_ms = timings.replay.as_millis() as u64,
         "session moved"
     );
     *server = new;
     Ok(())
+}
+
+/// Where a move's time went.
+struct Timings {
+    snapshot: Duration,
+    login: Duration,
+    replay: Duration,
 }
 
 /// Snapshot on the old server, refusal if pinned, login and replay on the new one.
@@ -145,9 +156,11 @@ async fn login_and_replay(
     pump: &Pump,
     ctx: &SessionCtx,
     route: Route,
+    prepared: Option<ServerConn>,
     to_client: &mut BytesMut,
-) -> Result<(ServerConn, Snapshot), MoveError> {
+) -> Result<(ServerConn, Snapshot, Timings), MoveError> {
     let old_target = ctx.registration.handle.target().name();
+    let t0 = std::time::Instant::now();
     let backend = shared.backend(route.target);
     let snapshot = match tokio::time::timeout(STEP_TIMEOUT, snapshot(&mut server.conn, to_client)).await {
         Ok(Ok(s)) => s,
@@ -170,15 +183,27 @@ async fn login_and_replay(
         }
         return Err(MoveError::Pinned(snapshot.pinned.join(", ")));
     }
-    let mut new = server::connect(backend, &shared.login, &ctx.params, &ctx.credential)
-        .await
-        .map_err(|e| MoveError::Login {
-            target: backend.name,
-            reason: e.to_string(),
-        })?;
-    let replayed = tokio::time::timeout(STEP_TIMEOUT, replay(&mut new.conn, &snapshot, pump))
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {STEP_TIMEOUT:?}")));
+    let t1 = std::time::Instant::now();
+    let login = || async {
+        server::connect(backend, &shared.login, &ctx.params, &ctx.credential)
+            .await
+            .map_err(|e| MoveError::Login {
+                target: backend.name,
+                reason: e.to_string(),
+            })
+    };
+    let used_standby = prepared.is_some();
+    let mut new = match prepared {
+        Some(standby) => standby,
+        None => login().await?,
+    };
+    let t2 = std::time::Instant::now();
+    let mut replayed = replay_within(&mut new.conn, &snapshot, pump).await;
+    if replayed.is_err() && used_standby {
+        // The standby may have died while it waited (idle timeout, restart): log in afresh once.
+        new = login().await?;
+        replayed = replay_within(&mut new.conn, &snapshot, pump).await;
+    }
     if let Err(reason) = replayed {
         build::terminate(&mut new.conn.wbuf);
         let _ = tokio::time::timeout(Duration::from_secs(1), new.conn.flush()).await;
@@ -187,7 +212,12 @@ async fn login_and_replay(
             reason,
         });
     }
-    Ok((new, snapshot))
+    let timings = Timings {
+        snapshot: t1 - t0,
+        login: t2 - t1,
+        replay: t2.elapsed(),
+    };
+    Ok((new, snapshot, timings))
 }
 
 async fn forward(client: &mut Conn, bytes: &[u8]) {
@@ -247,6 +277,13 @@ async fn snapshot(conn: &mut Conn, to_client: &mut BytesMut) -> Result<Snapshot,
             _ => {}
         }
     }
+}
+
+/// [`replay`], bounded by [`STEP_TIMEOUT`].
+async fn replay_within(conn: &mut Conn, snap: &Snapshot, pump: &Pump) -> Result<(), String> {
+    tokio::time::timeout(STEP_TIMEOUT, replay(conn, snap, pump))
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {STEP_TIMEOUT:?}")))
 }
 
 /// Recreates the snapshot on the new server in one round trip: one Query per setting,

@@ -9,6 +9,7 @@ use crate::auth::{authenticate_client, AuthFailure, Secret, ServerCredential};
 use crate::config::{AuthType, PinnedPolicy, TlsMode};
 use crate::pump::{Pump, PumpEnd, PumpError, RunMode};
 use crate::registry::Registration;
+use crate::route::Target;
 use crate::server::{self, ServerConn};
 use crate::wire::Conn;
 use crate::{ClientSlot, Shared, ShutdownPhase};
@@ -187,10 +188,39 @@ enum DataEnd {
     ShutdownForced,
 }
 
+/// A logged-in connection to another target, opened ahead of a flip.
+enum Standby {
+    None,
+    Connecting(Target, tokio::task::JoinHandle<Result<ServerConn, server::LoginError>>),
+    Ready(Target, Box<ServerConn>),
+    /// The login failed; not retried until another target is asked for.
+    Failed(Target),
+}
+
+impl Standby {
+    fn target(&self) -> Option<Target> {
+        match self {
+            Standby::None => None,
+            Standby::Connecting(t, _) | Standby::Ready(t, _) | Standby::Failed(t) => Some(*t),
+        }
+    }
+}
+
+/// Resolves when a standby login finishes; never while there is none.
+async fn standby_login(standby: &mut Standby) -> Result<ServerConn, String> {
+    match standby {
+        Standby::Connecting(_, task) => match task.await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+        _ => std::future::pending().await,
+    }
+}
+
 /// The data phase: pump, and at transaction boundaries obey the hold gate, move to
 /// the routed target when the route changed, and close on shutdown.
 async fn serve(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     client: &mut Conn,
     server: &mut ServerConn,
     ctx: &SessionCtx,
@@ -205,8 +235,28 @@ async fn serve(
     );
     let mut route_rx = shared.control.watch_route();
     let mut gate_rx = shared.control.watch_gate();
+    let mut standby_rx = shared.control.watch_standby();
+    let mut standby = Standby::None;
     let handle = &ctx.registration.handle;
     let end = loop {
+        let wanted = (*standby_rx.borrow_and_update()).filter(|t| *t != handle.target());
+        if standby.target() != wanted {
+            if let Standby::Connecting(_, task) = &standby {
+                task.abort();
+            }
+            handle.set_standby_ready(false);
+            standby = match wanted {
+                Some(target) => {
+                    let (backend, opts) = (shared.backend(target).clone(), shared.login.clone());
+                    let (params, credential) = (ctx.params.clone(), ctx.credential.clone());
+                    Standby::Connecting(
+                        target,
+                        tokio::spawn(async move { server::connect(&backend, &opts, &params, &credential).await }),
+                    )
+                }
+                None => Standby::None,
+            };
+        }
         let phase = *shutdown.borrow_and_update();
         if phase == ShutdownPhase::Forced {
             break DataEnd::ShutdownForced;
@@ -215,7 +265,15 @@ async fn serve(
         let held = gate_rx.borrow_and_update().held;
         let must_move = route.epoch != handle.epoch() && route.epoch != handle.declined();
         if must_move && pump.at_boundary() && phase == ShutdownPhase::Running {
-            match migrate::move_to(shared, client, server, ctx, &mut pump, route).await {
+            let prepared = match std::mem::replace(&mut standby, Standby::None) {
+                Standby::Ready(t, conn) if t == route.target => Some(*conn),
+                other => {
+                    standby = other;
+                    None
+                }
+            };
+            handle.set_standby_ready(false);
+            match migrate::move_to(shared, client, server, ctx, &mut pump, route, prepared).await {
                 Ok(()) => continue,
                 Err(migrate::MoveError::Pinned(reason))
                     if shared.config.switchover.pinned_policy == PinnedPolicy::Close =>
@@ -247,6 +305,20 @@ async fn serve(
             },
             _ = route_rx.changed() => {}
             _ = gate_rx.changed() => {}
+            _ = standby_rx.changed() => {}
+            login = standby_login(&mut standby) => {
+                let target = standby.target().unwrap_or(Target::Blue);
+                standby = match login {
+                    Ok(conn) => {
+                        handle.set_standby_ready(true);
+                        Standby::Ready(target, Box::new(conn))
+                    }
+                    Err(e) => {
+                        warn!(target = target.name(), "standby connection failed: {e}");
+                        Standby::Failed(target)
+                    }
+                };
+            }
             changed = shutdown.changed() => {
                 if changed.is_err() {
                     // The listener is gone without saying why: treat as a forced shutdown.
