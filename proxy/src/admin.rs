@@ -127,7 +127,10 @@ async fn handle(
     Ok(match path.as_str() {
         "/hold" => {
             control.hold();
-            let report = control.drain(shared.config.switchover.drain_timeout.0).await;
+            let sw = &shared.config.switchover;
+            let report = control
+                .drain(sw.drain_timeout.0, sw.drain_policy, sw.drain_cancel_grace.0)
+                .await;
             let body = json!({
                 "held": true,
                 "drained": report.drained,

@@ -41,6 +41,9 @@ pub struct SwitchoverConfig {
     pub drain_timeout: HumanDuration,
     /// What a drain that times out does. Default `abort`.
     pub drain_policy: DrainPolicy,
+    /// With `drain_policy = "cancel"`: how long cancelled stragglers get to end their
+    /// transactions before they are closed. Default `2s`.
+    pub drain_cancel_grace: HumanDuration,
     /// What happens to a session whose state cannot move (temporary tables, session
     /// advisory locks, WITH HOLD cursors). Default `close`.
     pub pinned_policy: PinnedPolicy,
@@ -52,6 +55,7 @@ impl Default for SwitchoverConfig {
             timeout: HumanDuration(Duration::from_secs(30)),
             drain_timeout: HumanDuration(Duration::from_secs(10)),
             drain_policy: DrainPolicy::Abort,
+            drain_cancel_grace: HumanDuration(Duration::from_secs(2)),
             pinned_policy: PinnedPolicy::Close,
         }
     }
@@ -63,6 +67,9 @@ impl Default for SwitchoverConfig {
 pub enum DrainPolicy {
     /// Report failure and stay held; the caller resumes (or retries).
     Abort,
+    /// Cancel the stragglers' running queries; after `drain_cancel_grace`, close the
+    /// sessions still in a transaction with FATAL 57P01 naming the switchover.
+    Cancel,
 }
 
 /// What happens to a session whose state cannot move.
@@ -607,6 +614,8 @@ mod tests {
         assert_eq!(c.switchover.timeout, sw.timeout);
         assert_eq!(c.switchover.drain_timeout, sw.drain_timeout);
         assert_eq!(c.switchover.pinned_policy, sw.pinned_policy);
+        assert_eq!(c.switchover.drain_policy, sw.drain_policy);
+        assert_eq!(c.switchover.drain_cancel_grace, sw.drain_cancel_grace);
     }
 
     #[test]

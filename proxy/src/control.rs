@@ -2,6 +2,7 @@
 //! of the route and the hold gate; sessions only watch them, and report back through
 //! the session registry.
 
+use crate::config::DrainPolicy;
 use crate::metrics::Metrics;
 use crate::registry::SessionRegistry;
 use crate::route::{Route, Target};
@@ -77,6 +78,8 @@ pub struct Control {
     route: watch::Sender<Route>,
     gate: watch::Sender<Gate>,
     standby: watch::Sender<Option<Target>>,
+    /// Bumped to make sessions look at their termination requests.
+    kick: watch::Sender<u64>,
     sessions: Arc<SessionRegistry>,
     generations: AtomicU64,
     held_since: Mutex<Option<Instant>>,
@@ -103,6 +106,7 @@ impl Control {
                 generation: 0,
             }),
             standby: watch::Sender::new(None),
+            kick: watch::Sender::new(0),
             sessions,
             generations: AtomicU64::new(0),
             held_since: Mutex::new(None),
@@ -120,6 +124,11 @@ impl Control {
     /// Watches the hold gate.
     pub fn watch_gate(&self) -> watch::Receiver<Gate> {
         self.gate.subscribe()
+    }
+
+    /// Watches for termination requests (drain_policy = cancel).
+    pub fn watch_kick(&self) -> watch::Receiver<u64> {
+        self.kick.subscribe()
     }
 
     /// Watches which target sessions should hold a standby connection to.
@@ -235,8 +244,42 @@ impl Control {
         }
     }
 
-    /// Waits until no session is inside a transaction, up to `timeout`.
-    pub async fn drain(&self, timeout: Duration) -> DrainReport {
+    /// Waits until no session is inside a transaction, up to `timeout`. With
+    /// [`DrainPolicy::Cancel`], stragglers are then cancelled and, after `grace`,
+    /// closed, and the drain waits for them to be gone.
+    pub async fn drain(&self, timeout: Duration, policy: DrainPolicy, grace: Duration) -> DrainReport {
+        let report = self.wait_drained(timeout).await;
+        if report.drained || policy == DrainPolicy::Abort {
+            return report;
+        }
+        let stragglers: Vec<_> = self
+            .sessions
+            .handles()
+            .into_iter()
+            .filter(|h| h.in_transaction())
+            .collect();
+        warn!(
+            sessions = stragglers.len(),
+            "drain_timeout passed: cancelling the stragglers' queries (drain_policy = cancel)"
+        );
+        for h in &stragglers {
+            if let Err(e) = h.send_cancel().await {
+                warn!("could not cancel a straggler's query: {e}");
+            }
+        }
+        let after_cancel = self.wait_drained(grace).await;
+        if !after_cancel.drained {
+            for h in stragglers.iter().filter(|h| h.in_transaction()) {
+                h.request_termination();
+            }
+            self.kick.send_modify(|k| *k += 1);
+        }
+        let mut last = self.wait_drained(grace).await;
+        last.waited = report.waited + after_cancel.waited + last.waited;
+        last
+    }
+
+    async fn wait_drained(&self, timeout: Duration) -> DrainReport {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + timeout;
         let watch = self.sessions.watch();

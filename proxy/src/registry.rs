@@ -32,6 +32,8 @@ pub struct SessionHandle {
     declined: AtomicU64,
     /// The session holds a logged-in standby connection to the prepared target.
     standby_ready: AtomicBool,
+    /// The drain gave up on this session's transaction (drain_policy = cancel).
+    terminate: AtomicBool,
     changed: Arc<Changes>,
 }
 
@@ -108,6 +110,31 @@ impl SessionHandle {
         self.changed.notify();
     }
 
+    /// Cancels the query running on the session's current server, if one is.
+    pub async fn send_cancel(&self) -> std::io::Result<CancelOutcome> {
+        if !self.busy.load(Ordering::Relaxed) {
+            return Ok(CancelOutcome::DroppedIdle);
+        }
+        let (addr, server_key) = *self.server.lock().expect("session handle lock");
+        // Servers accept cancels in plaintext whatever the session used, so no TLS here.
+        let mut tcp = TcpStream::connect(addr).await?;
+        let mut packet = BytesMut::with_capacity(16);
+        encode_cancel_request(server_key, &mut packet);
+        tcp.write_all(&packet).await?;
+        tcp.shutdown().await?;
+        Ok(CancelOutcome::Forwarded)
+    }
+
+    /// Asks the session to end its open transaction by closing (drain_policy = cancel).
+    pub fn request_termination(&self) {
+        self.terminate.store(true, Ordering::Release);
+    }
+
+    /// Whether the session was asked to end its open transaction.
+    pub fn termination_requested(&self) -> bool {
+        self.terminate.load(Ordering::Acquire)
+    }
+
     /// Records whether the session holds a ready standby connection.
     pub fn set_standby_ready(&self, ready: bool) {
         if self.standby_ready.swap(ready, Ordering::AcqRel) != ready {
@@ -182,6 +209,7 @@ impl SessionRegistry {
             epoch: AtomicU64::new(epoch),
             declined: AtomicU64::new(0),
             standby_ready: AtomicBool::new(false),
+            terminate: AtomicBool::new(false),
             changed: self.changed.clone(),
         });
         let mut sessions = self.sessions.lock().expect("session registry lock");
@@ -209,17 +237,7 @@ impl SessionRegistry {
         let Some(handle) = self.sessions.lock().expect("session registry lock").get(&key).cloned() else {
             return Ok(CancelOutcome::UnknownKey);
         };
-        if !handle.busy.load(Ordering::Relaxed) {
-            return Ok(CancelOutcome::DroppedIdle);
-        }
-        let (addr, server_key) = *handle.server.lock().expect("session handle lock");
-        // Servers accept cancels in plaintext whatever the session used, so no TLS here.
-        let mut tcp = TcpStream::connect(addr).await?;
-        let mut packet = BytesMut::with_capacity(16);
-        encode_cancel_request(server_key, &mut packet);
-        tcp.write_all(&packet).await?;
-        tcp.shutdown().await?;
-        Ok(CancelOutcome::Forwarded)
+        handle.send_cancel().await
     }
 
     /// Number of registered sessions.

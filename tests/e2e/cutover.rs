@@ -3,6 +3,7 @@
 //! No replication here: both databases get the same schema from the test.
 
 use crate::support::*;
+use pgcutover_proxy::config::DrainPolicy;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +28,10 @@ const SCHEMA: &str = "create schema app_schema;
 /// Hold, drain (must succeed), flip, resume: what the switchover will do.
 async fn switch(proxy: &RunningProxy, target: pgcutover_proxy::route::Target) {
     proxy.control.hold();
-    let drain = proxy.control.drain(Duration::from_secs(20)).await;
+    let drain = proxy
+        .control
+        .drain(Duration::from_secs(20), DrainPolicy::Abort, Duration::ZERO)
+        .await;
     assert!(drain.drained, "drain: {drain:?}");
     let flip = proxy.control.flip(target, Duration::from_secs(20)).await.unwrap();
     assert_eq!(flip.not_moved, 0, "flip: {flip:?}");
@@ -184,7 +188,11 @@ async fn an_open_transaction_finishes_on_blue_and_the_next_runs_on_green() {
 
     proxy.control.hold();
     let control = proxy.control.clone();
-    let drain = tokio::spawn(async move { control.drain(Duration::from_secs(20)).await });
+    let drain = tokio::spawn(async move {
+        control
+            .drain(Duration::from_secs(20), DrainPolicy::Abort, Duration::ZERO)
+            .await
+    });
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!drain.is_finished(), "the drain waits for the open transaction");
     c.batch_execute("INSERT INTO t VALUES (2); COMMIT").await.unwrap();
@@ -370,7 +378,13 @@ async fn a_session_with_a_temp_table_is_closed_under_close_and_stays_under_wait(
         let free = connect(&proxy.conninfo(PLAIN_USER, PLAIN_PASSWORD, DB)).await.unwrap();
         free.simple_query("select 1").await.unwrap();
         proxy.control.hold();
-        assert!(proxy.control.drain(Duration::from_secs(10)).await.drained);
+        assert!(
+            proxy
+                .control
+                .drain(Duration::from_secs(10), DrainPolicy::Abort, Duration::ZERO)
+                .await
+                .drained
+        );
         let flip = proxy
             .control
             .flip(Target::Green, Duration::from_secs(10))
@@ -546,4 +560,67 @@ async fn a_flip_after_prepare_uses_the_standby_connections_opened_before_the_hol
         )),
         "4"
     );
+}
+
+#[tokio::test]
+async fn drain_policy_cancel_ends_stragglers_with_a_clear_error_and_moves_everyone_else() {
+    let (blue, green) = blue_green("create table t (id int primary key); grant all on t to public;");
+    let proxy = RunningProxy::start(blue.config_with_green(
+        &green,
+        "drain_timeout = \"300ms\"\ndrain_policy = \"cancel\"\ndrain_cancel_grace = \"500ms\"",
+    ))
+    .await;
+    let (busy, _, busy_conn) = connect_listening(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB)).await;
+    busy.batch_execute("BEGIN; INSERT INTO t VALUES (1)").await.unwrap();
+    let sleeper = tokio::spawn(async move {
+        let r = busy.batch_execute("select pg_sleep(30)").await;
+        (busy, r)
+    });
+    let (idle_in_tx, _, idle_conn) = connect_listening(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB)).await;
+    idle_in_tx
+        .batch_execute("BEGIN; INSERT INTO t VALUES (2)")
+        .await
+        .unwrap();
+    let bystander = connect(&proxy.conninfo(PLAIN_USER, PLAIN_PASSWORD, DB)).await.unwrap();
+    bystander.simple_query("select 1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let (code, body) = http(proxy.admin, "POST", "/hold", Some(ADMIN_TOKEN), "").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["drained"], true, "{body}");
+    // The running query was cancelled first...
+    let (_busy, r) = tokio::time::timeout(Duration::from_secs(10), sleeper)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sqlstate(&r.unwrap_err()), "57014");
+    // ...and both stragglers were then closed with an error that names the switchover.
+    for conn in [busy_conn, idle_conn] {
+        let e = tokio::time::timeout(Duration::from_secs(10), conn)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "57P01", "{e}");
+        assert!(e.as_db_error().unwrap().message().contains("switchover"), "{e}");
+    }
+    let (code, body) = http(
+        proxy.admin,
+        "POST",
+        "/route",
+        Some(ADMIN_TOKEN),
+        "{\"target\":\"green\"}",
+    )
+    .await;
+    assert_eq!((code, &body["not_moved"]), (200, &serde_json::json!(0)), "{body}");
+    http(proxy.admin, "POST", "/resume", Some(ADMIN_TOKEN), "").await;
+    let v: String = bystander
+        .query_one("show server_version_num", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(major(&v), 17, "the bystander moved");
+    // Neither straggler's transaction committed: nothing is half on each side.
+    assert_eq!(blue.sql("select count(*) from t"), "0");
+    assert_eq!(green.sql("select count(*) from t"), "0");
 }

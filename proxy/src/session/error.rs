@@ -39,6 +39,8 @@ pub(crate) enum SessionError {
     Shutdown,
     #[error("session holds {0}, which cannot move to another server")]
     Pinned(String),
+    #[error("transaction still open after the switchover's drain")]
+    DrainCancelled,
 }
 
 impl SessionError {
@@ -148,6 +150,12 @@ impl SessionError {
                 "57P01",
                 &format!("terminating connection for a database switchover: the session holds {reason}, which cannot move to the new server"),
                 Some("reconnect; to keep such sessions on the old server until they end, set [switchover] pinned_policy = \"wait\""),
+            ),
+            SessionError::DrainCancelled => fatal(
+                out,
+                "57P01",
+                "terminating connection for a database switchover: its transaction was still open when the drain timed out, and was rolled back",
+                Some("reconnect and retry the transaction; [switchover] drain_timeout bounds how long a switchover waits for open transactions"),
             ),
             SessionError::Shutdown => fatal(
                 out,

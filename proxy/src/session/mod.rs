@@ -185,6 +185,8 @@ enum DataEnd {
     ServerClosedWithError,
     /// The session holds state that cannot move, and pinned_policy is close.
     Pinned(String),
+    /// Its transaction outlived the drain under drain_policy = cancel.
+    DrainCancelled,
     ShutdownForced,
 }
 
@@ -236,6 +238,7 @@ async fn serve(
     let mut route_rx = shared.control.watch_route();
     let mut gate_rx = shared.control.watch_gate();
     let mut standby_rx = shared.control.watch_standby();
+    let mut kick_rx = shared.control.watch_kick();
     let mut standby = Standby::None;
     let handle = &ctx.registration.handle;
     let end = loop {
@@ -306,6 +309,11 @@ async fn serve(
             _ = route_rx.changed() => {}
             _ = gate_rx.changed() => {}
             _ = standby_rx.changed() => {}
+            _ = kick_rx.changed() => {
+                if handle.termination_requested() && !pump.tx().idle() {
+                    break DataEnd::DrainCancelled;
+                }
+            }
             login = standby_login(&mut standby) => {
                 let target = standby.target().unwrap_or(Target::Blue);
                 standby = match login {
@@ -330,12 +338,10 @@ async fn serve(
     if matches!(end, DataEnd::Pump(Ok(PumpEnd::ServerClosed))) && pump.server_said_error_last() {
         return DataEnd::ServerClosedWithError;
     }
-    if let DataEnd::ShutdownForced = end {
-        if !pump.client_at_message_boundary() {
-            // Mid-message: an error of ours would corrupt the stream; just close.
-            client.wbuf.clear();
-            return DataEnd::Pump(Err(PumpError::ClientIo(std::io::ErrorKind::Interrupted.into())));
-        }
+    if matches!(end, DataEnd::ShutdownForced | DataEnd::DrainCancelled) && !pump.client_at_message_boundary() {
+        // Mid-message: an error of ours would corrupt the stream; just close.
+        client.wbuf.clear();
+        return DataEnd::Pump(Err(PumpError::ClientIo(std::io::ErrorKind::Interrupted.into())));
     }
     end
 }
@@ -347,6 +353,7 @@ async fn finish(shared: &Shared, client: &mut Conn, server: &mut ServerConn, ctx
         DataEnd::Pump(Ok(PumpEnd::ClientClosed)) => (None, true),
         DataEnd::Pump(Ok(PumpEnd::ServerClosed)) => (Some(SessionError::ServerClosed(target)), false),
         DataEnd::Pinned(reason) => (Some(SessionError::Pinned(reason.clone())), true),
+        DataEnd::DrainCancelled => (Some(SessionError::DrainCancelled), true),
         DataEnd::Pump(Ok(PumpEnd::AtBoundary)) | DataEnd::ShutdownForced => (Some(SessionError::Shutdown), true),
         DataEnd::Pump(Err(PumpError::ClientProtocol(e))) => (Some(SessionError::ClientProtocol(e.to_string())), true),
         DataEnd::Pump(Err(PumpError::ClientIo(_))) => (None, true),
@@ -359,6 +366,9 @@ async fn finish(shared: &Shared, client: &mut Conn, server: &mut ServerConn, ctx
         DataEnd::Pump(Err(e)) => info!("session ended: {e}"),
         DataEnd::ServerClosedWithError => info!("session ended: the server closed it with an error"),
         DataEnd::Pinned(reason) => info!("session closed for the switchover: it holds {reason}"),
+        DataEnd::DrainCancelled => {
+            warn!("session closed: its transaction was still open after the drain (drain_policy = cancel)")
+        }
         DataEnd::ShutdownForced => info!("session closed by shutdown"),
     }
     if tell_server {
