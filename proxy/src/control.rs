@@ -4,7 +4,7 @@
 
 use crate::config::DrainPolicy;
 use crate::metrics::Metrics;
-use crate::registry::SessionRegistry;
+use crate::registry::{SessionHandle, SessionRegistry};
 use crate::route::{Route, Target};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -159,25 +159,19 @@ impl Control {
                 control.standby.send_replace(None);
             }
         });
-        let deadline = tokio::time::Instant::now() + timeout;
-        let watch = self.sessions.watch();
-        loop {
-            let changed = watch.changed();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            let handles = self.sessions.handles();
-            let needing: Vec<_> = handles.iter().filter(|h| h.target() != target).collect();
-            let ready = needing.iter().filter(|h| h.standby_ready()).count();
-            if ready == needing.len() || tokio::time::Instant::now() >= deadline {
-                return Ok(PrepareReport {
+        Ok(self
+            .wait_for_sessions(timeout, |handles| {
+                let needing: Vec<_> = handles.iter().filter(|h| h.target() != target).collect();
+                let ready = needing.iter().filter(|h| h.standby_ready()).count();
+                let report = PrepareReport {
                     target,
                     ready,
                     sessions: needing.len(),
                     waited: started.elapsed(),
-                });
-            }
-            let _ = tokio::time::timeout_at(deadline, changed).await;
-        }
+                };
+                (ready == needing.len(), report)
+            })
+            .await)
     }
 
     /// The current route.
@@ -281,22 +275,39 @@ impl Control {
 
     async fn wait_drained(&self, timeout: Duration) -> DrainReport {
         let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + timeout;
-        let watch = self.sessions.watch();
-        loop {
-            let changed = watch.changed();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            let handles = self.sessions.handles();
-            let in_flight = handles.iter().filter(|h| h.in_transaction()).count();
-            if in_flight == 0 || tokio::time::Instant::now() >= deadline {
-                self.metrics.drain_seconds.observe(started.elapsed().as_secs_f64());
-                return DrainReport {
+        let report = self
+            .wait_for_sessions(timeout, |handles| {
+                let in_flight = handles.iter().filter(|h| h.in_transaction()).count();
+                let report = DrainReport {
                     drained: in_flight == 0,
                     in_flight,
                     sessions: handles.len(),
                     waited: started.elapsed(),
                 };
+                (report.drained, report)
+            })
+            .await;
+        self.metrics.drain_seconds.observe(report.waited.as_secs_f64());
+        report
+    }
+
+    /// Re-evaluates `check` over every session's handle each time one changes, until
+    /// it says done or `timeout` passes; returns its last report.
+    async fn wait_for_sessions<R>(
+        &self,
+        timeout: Duration,
+        mut check: impl FnMut(&[Arc<SessionHandle>]) -> (bool, R),
+    ) -> R {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let watch = self.sessions.watch();
+        loop {
+            // Registered before the check, so a change between the two is not missed.
+            let changed = watch.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let (done, report) = check(&self.sessions.handles());
+            if done || tokio::time::Instant::now() >= deadline {
+                return report;
             }
             let _ = tokio::time::timeout_at(deadline, changed).await;
         }
@@ -320,20 +331,14 @@ impl Control {
         });
         self.metrics.route_flipped(target);
         info!(target = target.name(), epoch, "flip");
-        let deadline = tokio::time::Instant::now() + timeout;
-        let watch = self.sessions.watch();
-        loop {
-            let changed = watch.changed();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            let handles = self.sessions.handles();
-            let moved = handles.iter().filter(|h| h.epoch() == epoch).count();
-            // Sessions inside a transaction move at their next boundary, after the flip returns.
-            let waiting = handles
-                .iter()
-                .filter(|h| h.epoch() != epoch && h.declined() != epoch && !h.in_transaction())
-                .count();
-            if waiting == 0 || tokio::time::Instant::now() >= deadline {
+        let report = self
+            .wait_for_sessions(timeout, |handles| {
+                let moved = handles.iter().filter(|h| h.epoch() == epoch).count();
+                // Sessions inside a transaction move at their next boundary, after the flip returns.
+                let waiting = handles
+                    .iter()
+                    .filter(|h| h.epoch() != epoch && h.declined() != epoch && !h.in_transaction())
+                    .count();
                 let report = FlipReport {
                     target,
                     epoch,
@@ -341,15 +346,15 @@ impl Control {
                     not_moved: handles.len() - moved,
                     waited: started.elapsed(),
                 };
-                info!(
-                    moved,
-                    not_moved = report.not_moved,
-                    ms = report.waited.as_millis() as u64,
-                    "flip done"
-                );
-                return Ok(report);
-            }
-            let _ = tokio::time::timeout_at(deadline, changed).await;
-        }
+                (waiting == 0, report)
+            })
+            .await;
+        info!(
+            moved = report.moved,
+            not_moved = report.not_moved,
+            ms = report.waited.as_millis() as u64,
+            "flip done"
+        );
+        Ok(report)
     }
 }

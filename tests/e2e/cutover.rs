@@ -221,7 +221,7 @@ async fn drain_timeout_with_abort_stays_held_then_resumes_on_blue() {
         .await
         .unwrap();
 
-    let (code, body) = http(proxy.admin, "POST", "/hold", Some(ADMIN_TOKEN), "").await;
+    let (code, body) = proxy.post("/hold", "").await;
     assert_eq!(code, 409, "{body}");
     assert_eq!(body["drained"], false);
     assert_eq!(body["in_flight"], 1);
@@ -229,7 +229,7 @@ async fn drain_timeout_with_abort_stays_held_then_resumes_on_blue() {
     assert_eq!(code, 200);
     assert_eq!(status["phase"], "held");
     assert_eq!(status["route"], "blue");
-    let (code, _) = http(proxy.admin, "POST", "/resume", Some(ADMIN_TOKEN), "").await;
+    let (code, _) = proxy.post("/resume", "").await;
     assert_eq!(code, 200);
 
     straggler
@@ -261,38 +261,17 @@ async fn admin_api_flips_with_the_token_and_refuses_without_it() {
         assert_eq!(code, 401, "{path}");
     }
     // Flips only while held.
-    let (code, body) = http(
-        proxy.admin,
-        "POST",
-        "/route",
-        Some(ADMIN_TOKEN),
-        "{\"target\":\"green\"}",
-    )
-    .await;
+    let (code, body) = proxy.post("/route", "{\"target\":\"green\"}").await;
     assert_eq!(code, 409, "{body}");
     assert!(body["error"].as_str().unwrap().contains("hold"), "{body}");
-    let (code, body) = http(proxy.admin, "POST", "/hold", Some(ADMIN_TOKEN), "").await;
+    let (code, body) = proxy.post("/hold", "").await;
     assert_eq!((code, &body["drained"]), (200, &serde_json::json!(true)), "{body}");
-    let (code, body) = http(
-        proxy.admin,
-        "POST",
-        "/route",
-        Some(ADMIN_TOKEN),
-        "{\"target\":\"purple\"}",
-    )
-    .await;
+    let (code, body) = proxy.post("/route", "{\"target\":\"purple\"}").await;
     assert_eq!(code, 400, "{body}");
-    let (code, body) = http(
-        proxy.admin,
-        "POST",
-        "/route",
-        Some(ADMIN_TOKEN),
-        "{\"target\":\"green\"}",
-    )
-    .await;
+    let (code, body) = proxy.post("/route", "{\"target\":\"green\"}").await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["moved"], 1);
-    let (code, _) = http(proxy.admin, "POST", "/resume", Some(ADMIN_TOKEN), "").await;
+    let (code, _) = proxy.post("/resume", "").await;
     assert_eq!(code, 200);
     let v: String = c.query_one("show server_version_num", &[]).await.unwrap().get(0);
     assert_eq!(major(&v), 17);
@@ -507,14 +486,7 @@ async fn a_flip_after_prepare_uses_the_standby_connections_opened_before_the_hol
         c.batch_execute("SET application_name = 'standby-test'").await.unwrap();
         clients.push(c);
     }
-    let (code, body) = http(
-        proxy.admin,
-        "POST",
-        "/prepare",
-        Some(ADMIN_TOKEN),
-        "{\"target\":\"green\"}",
-    )
-    .await;
+    let (code, body) = proxy.post("/prepare", "{\"target\":\"green\"}").await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(
         (body["ready"].as_u64(), body["sessions"].as_u64()),
@@ -531,7 +503,7 @@ async fn a_flip_after_prepare_uses_the_standby_connections_opened_before_the_hol
         .collect();
     assert_eq!(standby_pids.len(), 4, "{standby_pids:?}");
     for (path, body) in [("/hold", ""), ("/route", "{\"target\":\"green\"}"), ("/resume", "")] {
-        let (code, reply) = http(proxy.admin, "POST", path, Some(ADMIN_TOKEN), body).await;
+        let (code, reply) = proxy.post(path, body).await;
         assert_eq!(code, 200, "{path}: {reply}");
     }
     for c in &clients {
@@ -585,7 +557,7 @@ async fn drain_policy_cancel_ends_stragglers_with_a_clear_error_and_moves_everyo
     bystander.simple_query("select 1").await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let (code, body) = http(proxy.admin, "POST", "/hold", Some(ADMIN_TOKEN), "").await;
+    let (code, body) = proxy.post("/hold", "").await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["drained"], true, "{body}");
     // The running query was cancelled first...
@@ -604,16 +576,9 @@ async fn drain_policy_cancel_ends_stragglers_with_a_clear_error_and_moves_everyo
         assert_eq!(sqlstate(&e), "57P01", "{e}");
         assert!(e.as_db_error().unwrap().message().contains("switchover"), "{e}");
     }
-    let (code, body) = http(
-        proxy.admin,
-        "POST",
-        "/route",
-        Some(ADMIN_TOKEN),
-        "{\"target\":\"green\"}",
-    )
-    .await;
+    let (code, body) = proxy.post("/route", "{\"target\":\"green\"}").await;
     assert_eq!((code, &body["not_moved"]), (200, &serde_json::json!(0)), "{body}");
-    http(proxy.admin, "POST", "/resume", Some(ADMIN_TOKEN), "").await;
+    proxy.post("/resume", "").await;
     let v: String = bystander
         .query_one("show server_version_num", &[])
         .await

@@ -224,6 +224,13 @@ impl RunningProxy {
     }
 }
 
+impl RunningProxy {
+    /// A mutating admin call with the test token (configs from `config_with_green`).
+    pub async fn post(&self, path: &str, body: &str) -> (u16, serde_json::Value) {
+        http(self.admin, "POST", path, Some(ADMIN_TOKEN), body).await
+    }
+}
+
 impl Drop for RunningProxy {
     fn drop(&mut self) {
         if let Some(s) = self.stop.take() {
