@@ -589,3 +589,20 @@ async fn drain_policy_cancel_ends_stragglers_with_a_clear_error_and_moves_everyo
     assert_eq!(blue.sql("select count(*) from t"), "0");
     assert_eq!(green.sql("select count(*) from t"), "0");
 }
+
+#[tokio::test]
+async fn auth_query_runs_on_the_active_database_after_a_flip() {
+    use pgcutover_proxy::route::Target;
+    let (blue, green) = blue_green("select 1");
+    let mut config = blue.config_with_green(&green, "");
+    config.auth.auth_user = Some(pg_harness::SUPERUSER.to_owned());
+    let proxy = RunningProxy::start(config).await;
+    switch(&proxy, Target::Green).await;
+    // A role that exists only on green, known to neither auth_file nor blue.
+    green.sql("create role only_on_green login password 'green-secret'");
+    let c = connect(&proxy.conninfo("only_on_green", "green-secret", DB))
+        .await
+        .unwrap();
+    let v: String = c.query_one("show server_version_num", &[]).await.unwrap().get(0);
+    assert_eq!(major(&v), 17);
+}

@@ -165,13 +165,19 @@ async fn login(
     Ok((server, ctx))
 }
 
+/// The user's secret: auth_file first, then auth_query on the active database.
 async fn lookup_secret(shared: &Shared, user: &str, database: &str) -> Result<Option<Secret>, SessionError> {
     if let Some(s) = shared.userlist.as_ref().and_then(|u| u.get(user)) {
         return Ok(Some(s.clone()));
     }
     match &shared.auth_query {
         Some(q) => q
-            .lookup(&shared.blue, &shared.login, user, database)
+            .lookup(
+                shared.backend(shared.control.route().target),
+                &shared.login,
+                user,
+                database,
+            )
             .await
             .map_err(SessionError::AuthQuery),
         None => Ok(None),
