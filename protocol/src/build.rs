@@ -149,6 +149,43 @@ pub fn negotiate_protocol_version(out: &mut BytesMut, minor: i32, unrecognized: 
     });
 }
 
+/// Appends a RowDescription of text columns (type `text`, OID 25).
+pub fn row_description(out: &mut BytesMut, columns: &[&str]) {
+    frame(out, crate::backend::ROW_DESCRIPTION, |b| {
+        b.put_i16(columns.len() as i16);
+        for c in columns {
+            put_cstr(b, c.as_bytes());
+            b.put_i32(0); // table OID
+            b.put_i16(0); // column number
+            b.put_i32(25); // text
+            b.put_i16(-1); // variable length
+            b.put_i32(-1); // no type modifier
+            b.put_i16(0); // text format
+        }
+    });
+}
+
+/// Appends a DataRow of text values (`None` for NULL).
+pub fn data_row(out: &mut BytesMut, values: &[Option<&str>]) {
+    frame(out, crate::backend::DATA_ROW, |b| {
+        b.put_i16(values.len() as i16);
+        for v in values {
+            match v {
+                Some(v) => {
+                    b.put_i32(v.len() as i32);
+                    b.put_slice(v.as_bytes());
+                }
+                None => b.put_i32(-1),
+            }
+        }
+    });
+}
+
+/// Appends CommandComplete with `tag` (e.g. "SHOW").
+pub fn command_complete(out: &mut BytesMut, tag: &str) {
+    frame(out, crate::backend::COMMAND_COMPLETE, |b| put_cstr(b, tag.as_bytes()));
+}
+
 /// Appends a PasswordMessage (cleartext or md5 response).
 pub fn password_message(out: &mut BytesMut, password: &[u8]) {
     frame(out, crate::frontend::PASSWORD, |b| put_cstr(b, password));
@@ -235,6 +272,23 @@ mod tests {
         assert_eq!(fields.severity(), Some("FATAL"));
         assert_eq!(fields.get(b'H'), Some("raise max_client_conn"));
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn rows_round_trip_through_the_views() {
+        let mut out = BytesMut::new();
+        row_description(&mut out, &["route", "clients"]);
+        data_row(&mut out, &[Some("blue"), None]);
+        command_complete(&mut out, "SHOW");
+        let f = decode_frame(&mut out, 1024).unwrap().unwrap();
+        assert_eq!((f.tag, &f.body[..2]), (b'T', &b"\0\x02"[..]));
+        let f = decode_frame(&mut out, 1024).unwrap().unwrap();
+        assert_eq!(
+            crate::backend::parse_data_row(&f.body).unwrap(),
+            vec![Some(&b"blue"[..]), None]
+        );
+        let f = decode_frame(&mut out, 1024).unwrap().unwrap();
+        assert_eq!((f.tag, &f.body[..]), (b'C', &b"SHOW\0"[..]));
     }
 
     #[test]

@@ -245,21 +245,16 @@ fn authorize(token: &Option<String>, req: &Request<Incoming>) -> Option<Response
 }
 
 fn status(shared: &Shared) -> Value {
-    let control = &shared.control;
-    let handles = control.sessions().handles();
-    let in_flight = handles.iter().filter(|h| h.in_transaction()).count();
-    let held = control.is_held();
-    let on = |t: Target| handles.iter().filter(|h| h.target() == t).count();
-    let route = control.route();
+    let s = shared.control.status();
     json!({
-        "route": route.target.name(),
-        "epoch": route.epoch,
-        "phase": if held { "held" } else { "serving" },
-        "held_ms": control.held_for().map(|d| d.as_secs_f64() * 1000.0),
-        "held_clients": if held { handles.len() - in_flight } else { 0 },
-        "in_flight": in_flight,
-        "clients": handles.len(),
-        "server_connections": { "blue": on(Target::Blue), "green": on(Target::Green) },
+        "route": s.route.target.name(),
+        "epoch": s.route.epoch,
+        "phase": if s.held { "held" } else { "serving" },
+        "held_ms": s.held_ms,
+        "held_clients": s.held_clients,
+        "in_flight": s.in_flight,
+        "clients": s.clients,
+        "server_connections": { "blue": s.blue_servers, "green": s.green_servers },
     })
 }
 

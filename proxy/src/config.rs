@@ -114,6 +114,8 @@ pub struct ProxyConfig {
     /// File holding the bearer token that mutating admin calls must present; without
     /// it they are refused.
     pub admin_token_file: Option<PathBuf>,
+    /// Users allowed into the SQL admin console (database `pgcutover` on `listen`).
+    pub admin_users: Vec<String>,
 }
 
 impl Default for ProxyConfig {
@@ -132,6 +134,7 @@ impl Default for ProxyConfig {
             max_message_bytes: pgcutover_protocol::frame::DEFAULT_MAX_MESSAGE_LEN,
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9187)),
             admin_token_file: None,
+            admin_users: Vec::new(),
         }
     }
 }

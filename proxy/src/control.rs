@@ -62,6 +62,27 @@ pub struct PrepareReport {
     pub waited: Duration,
 }
 
+/// The proxy's state at one moment, for the admin API and console.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    /// The route.
+    pub route: Route,
+    /// Whether new transactions are held.
+    pub held: bool,
+    /// How long the current hold has lasted, in milliseconds.
+    pub held_ms: Option<f64>,
+    /// Sessions in all.
+    pub clients: usize,
+    /// Sessions inside a transaction or with work in flight.
+    pub in_flight: usize,
+    /// Sessions waiting at a boundary while held.
+    pub held_clients: usize,
+    /// Server connections on blue.
+    pub blue_servers: usize,
+    /// Server connections on green.
+    pub green_servers: usize,
+}
+
 /// A control call that cannot be carried out.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ControlError {
@@ -187,6 +208,24 @@ impl Control {
     /// How long the current hold has lasted.
     pub fn held_for(&self) -> Option<Duration> {
         self.held_since.lock().expect("hold lock").map(|t| t.elapsed())
+    }
+
+    /// The proxy's state now.
+    pub fn status(&self) -> Status {
+        let handles = self.sessions.handles();
+        let in_flight = handles.iter().filter(|h| h.in_transaction()).count();
+        let held = self.is_held();
+        let on = |t: Target| handles.iter().filter(|h| h.target() == t).count();
+        Status {
+            route: self.route(),
+            held,
+            held_ms: self.held_for().map(|d| d.as_secs_f64() * 1000.0),
+            clients: handles.len(),
+            in_flight,
+            held_clients: if held { handles.len() - in_flight } else { 0 },
+            blue_servers: on(Target::Blue),
+            green_servers: on(Target::Green),
+        }
     }
 
     /// The registry of live sessions.

@@ -18,9 +18,22 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+/// Who a session is, for the admin console.
+#[derive(Debug, Clone)]
+pub struct SessionIdentity {
+    /// The client's user.
+    pub user: String,
+    /// The client's database.
+    pub database: String,
+    /// The client's address.
+    pub peer: SocketAddr,
+}
+
 /// What the rest of the proxy may know about one session.
 #[derive(Debug)]
 pub struct SessionHandle {
+    /// Who the session is.
+    pub identity: SessionIdentity,
     server: Mutex<(SocketAddr, CancelKey)>,
     /// Work sent to the server and not yet answered: only then may a cancel go through.
     busy: AtomicBool,
@@ -108,6 +121,12 @@ impl SessionHandle {
     pub fn decline(&self, epoch: u64) {
         self.declined.store(epoch, Ordering::Release);
         self.changed.notify();
+    }
+
+    /// The current server's address and backend pid.
+    pub fn server(&self) -> (SocketAddr, i32) {
+        let (addr, key) = *self.server.lock().expect("session handle lock");
+        (addr, key.pid)
     }
 
     /// Cancels the query running on the session's current server, if one is.
@@ -200,8 +219,10 @@ impl SessionRegistry {
         server_key: CancelKey,
         target: Target,
         epoch: u64,
+        identity: SessionIdentity,
     ) -> Registration {
         let handle = Arc::new(SessionHandle {
+            identity,
             server: Mutex::new((addr, server_key)),
             busy: AtomicBool::new(false),
             in_transaction: AtomicBool::new(false),

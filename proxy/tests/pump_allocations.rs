@@ -7,7 +7,7 @@ use pgcutover_protocol::backend::TransactionStatus;
 use pgcutover_protocol::{build, CancelKey};
 use pgcutover_proxy::metrics::Metrics;
 use pgcutover_proxy::pump::{Pump, PumpEnd, RunMode};
-use pgcutover_proxy::registry::SessionRegistry;
+use pgcutover_proxy::registry::{SessionIdentity, SessionRegistry};
 use pgcutover_proxy::route::Target;
 use pgcutover_proxy::stream::Stream;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -67,6 +67,11 @@ fn pump_allocates_nothing_per_message_in_the_steady_state() {
             CancelKey { pid: 1, secret: 2 },
             Target::Blue,
             0,
+            SessionIdentity {
+                user: "u".into(),
+                database: "d".into(),
+                peer: listener.local_addr().unwrap(),
+            },
         );
         let mut pump = Pump::new(
             BytesMut::new(),

@@ -606,3 +606,83 @@ async fn auth_query_runs_on_the_active_database_after_a_flip() {
     let v: String = c.query_one("show server_version_num", &[]).await.unwrap().get(0);
     assert_eq!(major(&v), 17);
 }
+
+#[tokio::test]
+async fn sql_admin_console_shows_status_and_holds_and_resumes() {
+    let (blue, green) = blue_green("select 1");
+    let mut config = blue.config_with_green(&green, "");
+    config.proxy.admin_users = vec![PLAIN_USER.to_owned()];
+    let proxy = RunningProxy::start(config).await;
+    let app = connect(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB)).await.unwrap();
+    app.simple_query("select 1").await.unwrap();
+
+    let console = connect(&proxy.conninfo(PLAIN_USER, PLAIN_PASSWORD, "pgcutover"))
+        .await
+        .unwrap();
+    let rows = |msgs: Vec<tokio_postgres::SimpleQueryMessage>| -> Vec<Vec<String>> {
+        msgs.iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    Some((0..r.len()).map(|i| r.get(i).unwrap_or("").to_owned()).collect())
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let status = rows(console.simple_query("SHOW STATUS").await.unwrap());
+    assert_eq!(&status[0][..3], ["blue", "0", "serving"], "{status:?}");
+    assert_eq!(status[0][4], "1", "one application client: {status:?}");
+    let clients = rows(console.simple_query("show clients;").await.unwrap());
+    assert_eq!(clients.len(), 1, "{clients:?}");
+    assert_eq!(&clients[0][..2], [SCRAM_USER, DB]);
+    let servers = rows(console.simple_query("SHOW SERVERS").await.unwrap());
+    assert_eq!(servers[0][0], "blue");
+    let held = rows(console.simple_query("HOLD").await.unwrap());
+    assert_eq!(&held[0][..2], ["true", "true"], "held and drained: {held:?}");
+    assert_eq!(rows(console.simple_query("SHOW STATUS").await.unwrap())[0][2], "held");
+    let resumed = rows(console.simple_query("RESUME").await.unwrap());
+    assert_eq!(resumed[0][0], "false");
+    let e = console.simple_query("DROP TABLE everything").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "42601", "{e}");
+    // Still usable after an error.
+    console.simple_query("SHOW HELP").await.unwrap();
+    app.simple_query("select 1").await.unwrap();
+
+    // psql, as operators use it.
+    let port = proxy.addr.port().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(pg_harness::psql_path())
+            .args([
+                "-X",
+                "-At",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                PLAIN_USER,
+                "-d",
+                "pgcutover",
+                "-c",
+                "SHOW STATUS",
+            ])
+            .env("PGPASSWORD", PLAIN_PASSWORD)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("blue|0|serving|"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // Only admin_users get in.
+    let e = connect(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, "pgcutover"))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "28000", "{e}");
+    assert!(e.as_db_error().unwrap().message().contains("admin console"), "{e}");
+}

@@ -41,6 +41,8 @@ pub(crate) enum SessionError {
     Pinned(String),
     #[error("transaction still open after the switchover's drain")]
     DrainCancelled,
+    #[error("user \"{0}\" is not an admin console user")]
+    NotAdmin(String),
 }
 
 impl SessionError {
@@ -150,6 +152,12 @@ impl SessionError {
                 "57P01",
                 &format!("terminating connection for a database switchover: the session holds {reason}, which cannot move to the new server"),
                 Some("reconnect; to keep such sessions on the old server until they end, set [switchover] pinned_policy = \"wait\""),
+            ),
+            SessionError::NotAdmin(user) => fatal(
+                out,
+                "28000",
+                &format!("user \"{user}\" may not use the pgcutover admin console"),
+                Some("add the user to [proxy] admin_users"),
             ),
             SessionError::DrainCancelled => fatal(
                 out,

@@ -1,6 +1,7 @@
 //! One client connection from accept to close: the startup phase, authentication,
 //! the server login, then the pump, then a clean goodbye on both sides.
 
+mod console;
 mod error;
 mod migrate;
 mod opening;
@@ -66,7 +67,10 @@ pub(crate) async fn run(
         tracing::Span::current().record("user", user.as_str());
         tracing::Span::current().record("db", startup.param("database").unwrap_or(&user));
 
-        let logged_in = tokio::time::timeout(login_timeout, login(&shared, &mut client, &startup, &slot)).await;
+        if startup.param("database") == Some(console::DATABASE) {
+            return console::serve(&shared, &mut client, &startup, &slot, login_timeout).await;
+        }
+        let logged_in = tokio::time::timeout(login_timeout, login(&shared, &mut client, &startup, &slot, peer)).await;
         let (mut server, ctx) = match logged_in {
             Err(_) => return goodbye(&mut client, SessionError::LoginTimeout(login_timeout)).await,
             Ok(Err(e)) => return goodbye(&mut client, e).await,
@@ -80,27 +84,14 @@ pub(crate) async fn run(
     .await
 }
 
-/// What a session needs to log in again elsewhere, and its place in the registry.
-pub(crate) struct SessionCtx {
-    /// The client's startup parameters (database filled in).
-    params: Vec<(String, String)>,
-    /// What the client's authentication lets the proxy log in with.
-    credential: ServerCredential,
-    /// The session's entry in the registry.
-    registration: Registration,
-    /// The backend pid the client was given.
-    client_pid: i32,
-}
-
-/// Authenticates the client, logs into the routed server, and sends the client the
-/// rest of its startup: AuthenticationOk, the server's parameters, our
-/// BackendKeyData and ReadyForQuery.
-async fn login(
+/// The checks every client passes, then its password exchange with the proxy:
+/// returns its user, its database and what the proxy may log into servers with.
+async fn authenticate(
     shared: &Shared,
     client: &mut Conn,
     startup: &StartupMessage,
     slot: &ClientSlot,
-) -> Result<(ServerConn, SessionCtx), SessionError> {
+) -> Result<(String, String, ServerCredential), SessionError> {
     let cfg = &shared.config;
     if cfg.proxy.tls_mode == TlsMode::Require && !client.stream.is_tls() {
         return Err(SessionError::TlsRequired);
@@ -131,7 +122,33 @@ async fn login(
         (None, AuthType::Trust) => ServerCredential::None,
         (None, _) => return Err(SessionError::UnknownUser(user.to_owned())),
     };
+    Ok((user.to_owned(), database.to_owned(), credential))
+}
 
+/// What a session needs to log in again elsewhere, and its place in the registry.
+pub(crate) struct SessionCtx {
+    /// The client's startup parameters (database filled in).
+    params: Vec<(String, String)>,
+    /// What the client's authentication lets the proxy log in with.
+    credential: ServerCredential,
+    /// The session's entry in the registry.
+    registration: Registration,
+    /// The backend pid the client was given.
+    client_pid: i32,
+}
+
+/// Authenticates the client, logs into the routed server, and sends the client the
+/// rest of its startup: AuthenticationOk, the server's parameters, our
+/// BackendKeyData and ReadyForQuery.
+async fn login(
+    shared: &Shared,
+    client: &mut Conn,
+    startup: &StartupMessage,
+    slot: &ClientSlot,
+    peer: SocketAddr,
+) -> Result<(ServerConn, SessionCtx), SessionError> {
+    let (user, database, credential) = authenticate(shared, client, startup, slot).await?;
+    let (user, database) = (user.as_str(), database.as_str());
     let mut params: Vec<(String, String)> = startup.params.clone();
     if startup.param("database").is_none() {
         params.push(("database".into(), database.to_owned()));
@@ -145,9 +162,14 @@ async fn login(
     let server = server::connect(backend, &shared.login, &params, &credential)
         .await
         .map_err(SessionError::Server)?;
+    let identity = crate::registry::SessionIdentity {
+        user: user.to_owned(),
+        database: database.to_owned(),
+        peer,
+    };
     let registration = shared
         .registry
-        .register(server.addr, server.key, route.target, route.epoch);
+        .register(server.addr, server.key, route.target, route.epoch, identity);
     build::authentication_ok(&mut client.wbuf);
     client.wbuf.extend_from_slice(&server.login_messages);
     build::backend_key_data(&mut client.wbuf, registration.client_key);

@@ -1,0 +1,236 @@
+//! The SQL admin console: the virtual database `pgcutover` on the proxy's own port,
+//! for the users in `admin_users`, as PgBouncer users expect:
+//! `psql -h proxy -p 6432 -U admin pgcutover -c 'SHOW STATUS'`. Commands: SHOW STATUS,
+//! SHOW CLIENTS, SHOW SERVERS, HOLD (hold and drain), RESUME, SHOW HELP.
+
+use super::error::SessionError;
+use super::{authenticate, goodbye};
+use crate::wire::Conn;
+use crate::{ClientSlot, Shared};
+use bytes::BytesMut;
+use pgcutover_protocol::backend::TransactionStatus;
+use pgcutover_protocol::build::{self, ProxyError, Severity};
+use pgcutover_protocol::frontend;
+use pgcutover_protocol::{CancelKey, StartupMessage};
+use std::time::Duration;
+
+/// The console's database name.
+pub(super) const DATABASE: &str = "pgcutover";
+
+const HELP: &str = "SHOW STATUS | SHOW CLIENTS | SHOW SERVERS | HOLD | RESUME | SHOW HELP";
+
+/// Authenticates an admin user and answers console commands until they leave.
+pub(super) async fn serve(
+    shared: &Shared,
+    client: &mut Conn,
+    startup: &StartupMessage,
+    slot: &ClientSlot,
+    login_timeout: Duration,
+) {
+    let user = match tokio::time::timeout(login_timeout, authenticate(shared, client, startup, slot)).await {
+        Err(_) => return goodbye(client, SessionError::LoginTimeout(login_timeout)).await,
+        Ok(Err(e)) => return goodbye(client, e).await,
+        Ok(Ok((user, _, _))) => user,
+    };
+    if !shared.config.proxy.admin_users.contains(&user) {
+        return goodbye(client, SessionError::NotAdmin(user)).await;
+    }
+    build::authentication_ok(&mut client.wbuf);
+    let version = format!("pgcutover {}", env!("CARGO_PKG_VERSION"));
+    for (name, value) in [
+        ("server_version", version.as_str()),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO, MDY"),
+        ("integer_datetimes", "on"),
+        ("standard_conforming_strings", "on"),
+    ] {
+        build::parameter_status(&mut client.wbuf, name, value);
+    }
+    // Nothing here can be cancelled.
+    build::backend_key_data(&mut client.wbuf, CancelKey { pid: 0, secret: 0 });
+    build::ready_for_query(&mut client.wbuf, TransactionStatus::Idle);
+    if client.flush().await.is_err() {
+        return;
+    }
+    tracing::info!(%user, "admin console session");
+    // After an extended-protocol message, everything up to Sync is skipped, as a server does after an error.
+    let mut skipping = false;
+    loop {
+        let Ok(f) = client.read_frame().await else { return };
+        match f.tag {
+            frontend::QUERY => {
+                let sql = frontend::parse_query(&f.body).unwrap_or_default();
+                for command in sql.split(';').map(str::trim).filter(|c| !c.is_empty()) {
+                    if !run(shared, command, &mut client.wbuf).await {
+                        break;
+                    }
+                }
+                if sql.trim().trim_matches(';').trim().is_empty() {
+                    build::frame(&mut client.wbuf, b'I', |_| {}); // EmptyQueryResponse
+                }
+                build::ready_for_query(&mut client.wbuf, TransactionStatus::Idle);
+            }
+            frontend::TERMINATE => return,
+            frontend::SYNC => {
+                skipping = false;
+                build::ready_for_query(&mut client.wbuf, TransactionStatus::Idle);
+            }
+            _ if !skipping => {
+                skipping = true;
+                error(
+                    &mut client.wbuf,
+                    "0A000",
+                    "the pgcutover admin console speaks the simple query protocol only",
+                    "use psql, or a driver's simple-query call",
+                );
+            }
+            _ => {}
+        }
+        if client.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Runs one command; false when it failed (the rest of the query string is skipped).
+async fn run(shared: &Shared, command: &str, out: &mut BytesMut) -> bool {
+    let upper = command.to_ascii_uppercase();
+    let words: Vec<&str> = upper.split_whitespace().collect();
+    let control = &shared.control;
+    match words.as_slice() {
+        ["SHOW", "STATUS"] => {
+            let s = control.status();
+            let held_ms = s.held_ms.map(|ms| format!("{ms:.1}"));
+            rows(
+                out,
+                &[
+                    "route",
+                    "epoch",
+                    "phase",
+                    "held_ms",
+                    "clients",
+                    "in_flight",
+                    "held_clients",
+                    "blue_servers",
+                    "green_servers",
+                ],
+                &[vec![
+                    Some(s.route.target.name().to_owned()),
+                    Some(s.route.epoch.to_string()),
+                    Some(if s.held { "held" } else { "serving" }.to_owned()),
+                    held_ms,
+                    Some(s.clients.to_string()),
+                    Some(s.in_flight.to_string()),
+                    Some(s.held_clients.to_string()),
+                    Some(s.blue_servers.to_string()),
+                    Some(s.green_servers.to_string()),
+                ]],
+            );
+        }
+        ["SHOW", "CLIENTS"] => {
+            let list: Vec<Vec<Option<String>>> = control
+                .sessions()
+                .handles()
+                .iter()
+                .map(|h| {
+                    vec![
+                        Some(h.identity.user.clone()),
+                        Some(h.identity.database.clone()),
+                        Some(h.identity.peer.to_string()),
+                        Some(if h.in_transaction() { "in_transaction" } else { "idle" }.to_owned()),
+                        Some(h.target().name().to_owned()),
+                    ]
+                })
+                .collect();
+            rows(out, &["user", "database", "address", "state", "target"], &list);
+        }
+        ["SHOW", "SERVERS"] => {
+            let list: Vec<Vec<Option<String>>> = control
+                .sessions()
+                .handles()
+                .iter()
+                .map(|h| {
+                    let (addr, pid) = h.server();
+                    vec![
+                        Some(h.target().name().to_owned()),
+                        Some(addr.to_string()),
+                        Some(pid.to_string()),
+                        Some(h.identity.user.clone()),
+                        Some(h.identity.database.clone()),
+                        Some(h.epoch().to_string()),
+                    ]
+                })
+                .collect();
+            rows(
+                out,
+                &["target", "address", "pid", "user", "database", "route_epoch"],
+                &list,
+            );
+        }
+        ["HOLD"] => {
+            control.hold();
+            let sw = &shared.config.switchover;
+            let r = control
+                .drain(sw.drain_timeout.0, sw.drain_policy, sw.drain_cancel_grace.0)
+                .await;
+            rows(
+                out,
+                &["held", "drained", "in_flight", "sessions", "drain_ms"],
+                &[vec![
+                    Some("true".to_owned()),
+                    Some(r.drained.to_string()),
+                    Some(r.in_flight.to_string()),
+                    Some(r.sessions.to_string()),
+                    Some(format!("{:.1}", r.waited.as_secs_f64() * 1000.0)),
+                ]],
+            );
+        }
+        ["RESUME"] => {
+            let held_ms = control.held_for().map(|d| format!("{:.1}", d.as_secs_f64() * 1000.0));
+            control.resume();
+            rows(
+                out,
+                &["held", "route", "held_ms"],
+                &[vec![
+                    Some("false".to_owned()),
+                    Some(control.route().target.name().to_owned()),
+                    held_ms,
+                ]],
+            );
+        }
+        ["SHOW", "HELP"] | ["HELP"] => rows(out, &["command"], &[vec![Some(HELP.to_owned())]]),
+        _ => {
+            error(
+                out,
+                "42601",
+                &format!("unknown pgcutover admin command \"{command}\""),
+                &format!("the console knows {HELP}"),
+            );
+            return false;
+        }
+    }
+    true
+}
+
+fn rows(out: &mut BytesMut, columns: &[&str], rows: &[Vec<Option<String>>]) {
+    build::row_description(out, columns);
+    for row in rows {
+        let values: Vec<Option<&str>> = row.iter().map(|v| v.as_deref()).collect();
+        build::data_row(out, &values);
+    }
+    build::command_complete(out, "SHOW");
+}
+
+fn error(out: &mut BytesMut, code: &str, message: &str, hint: &str) {
+    build::error_response(
+        out,
+        &ProxyError {
+            severity: Severity::Error,
+            code,
+            message,
+            detail: None,
+            hint: Some(hint),
+        },
+    );
+}
