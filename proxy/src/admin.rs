@@ -126,11 +126,7 @@ async fn handle(
     let control = &shared.control;
     Ok(match path.as_str() {
         "/hold" => {
-            control.hold();
-            let sw = &shared.config.switchover;
-            let report = control
-                .drain(sw.drain_timeout.0, sw.drain_policy, sw.drain_cancel_grace.0)
-                .await;
+            let report = control.hold_and_drain().await;
             let body = json!({
                 "held": true,
                 "drained": report.drained,
@@ -175,8 +171,7 @@ async fn handle(
             }
         }
         "/resume" => {
-            let held_ms = control.held_for().map(|d| d.as_secs_f64() * 1000.0);
-            control.resume();
+            let held_ms = control.resume().map(|d| d.as_secs_f64() * 1000.0);
             reply(
                 StatusCode::OK,
                 json!({ "held": false, "route": control.route().target.name(), "held_ms": held_ms }),

@@ -2,7 +2,7 @@
 //! of the route and the hold gate; sessions only watch them, and report back through
 //! the session registry.
 
-use crate::config::DrainPolicy;
+use crate::config::{DrainPolicy, SwitchoverConfig};
 use crate::metrics::Metrics;
 use crate::registry::{SessionHandle, SessionRegistry};
 use crate::route::{Route, Target};
@@ -104,16 +104,18 @@ pub struct Control {
     sessions: Arc<SessionRegistry>,
     generations: AtomicU64,
     held_since: Mutex<Option<Instant>>,
-    max_hold: Duration,
+    /// Hold limit (`timeout`) and drain settings.
+    settings: SwitchoverConfig,
     has_green: bool,
     metrics: Arc<Metrics>,
 }
 
 impl Control {
-    /// Controls starting on blue, released, with holds lasting at most `max_hold`.
+    /// Controls starting on blue, released, bounded by `settings` (a hold lasts at
+    /// most its `timeout`; drains follow its drain settings).
     pub fn new(
         sessions: Arc<SessionRegistry>,
-        max_hold: Duration,
+        settings: SwitchoverConfig,
         has_green: bool,
         metrics: Arc<Metrics>,
     ) -> Arc<Control> {
@@ -131,7 +133,7 @@ impl Control {
             sessions,
             generations: AtomicU64::new(0),
             held_since: Mutex::new(None),
-            max_hold,
+            settings,
             has_green,
             metrics,
         })
@@ -160,7 +162,7 @@ impl Control {
     /// Has every session open a logged-in standby connection to `target` now, so
     /// that a later flip only has to move state, not log in (the login is most of a
     /// move's time). Waits up to `timeout` for them; standbys are dropped at the next
-    /// resume, or after `max_hold` if no flip uses them.
+    /// resume, or after the switchover timeout if no flip uses them.
     pub async fn prepare(self: &Arc<Self>, target: Target, timeout: Duration) -> Result<PrepareReport, ControlError> {
         if target == Target::Green && !self.has_green {
             return Err(ControlError::NoGreen);
@@ -169,7 +171,7 @@ impl Control {
         self.standby.send_replace(Some(target));
         info!(target = target.name(), "prepare: sessions open standby connections");
         let control = self.clone();
-        let max = self.max_hold;
+        let max = self.settings.timeout.0;
         tokio::spawn(async move {
             tokio::time::sleep(max).await;
             if *control.standby.borrow() == Some(target) && !control.is_held() && control.route().target != target {
@@ -234,7 +236,7 @@ impl Control {
     }
 
     /// Stops new transactions from starting. The hold ends by itself after
-    /// `max_hold` (the switchover timeout), so a lost orchestrator cannot stall
+    /// the switchover timeout, so a lost orchestrator cannot stall
     /// clients forever.
     pub fn hold(self: &Arc<Self>) {
         if self.is_held() {
@@ -245,7 +247,7 @@ impl Control {
         self.gate.send_replace(Gate { held: true, generation });
         info!(generation, "hold: new transactions wait");
         let control = self.clone();
-        let max_hold = self.max_hold;
+        let max_hold = self.settings.timeout.0;
         tokio::spawn(async move {
             tokio::time::sleep(max_hold).await;
             if control.gate.borrow().generation == generation && control.is_held() {
@@ -259,7 +261,8 @@ impl Control {
     }
 
     /// Lets held transactions start, wherever the route points now.
-    pub fn resume(&self) {
+    /// Returns how long the hold lasted, if there was one.
+    pub fn resume(&self) -> Option<Duration> {
         let held_for = self.held_since.lock().expect("hold lock").take().map(|t| t.elapsed());
         self.gate.send_modify(|g| g.held = false);
         // Standbys have served their flip, or the switchover was called off.
@@ -275,6 +278,16 @@ impl Control {
                 "resume"
             );
         }
+        held_for
+    }
+
+    /// Holds, then drains with the configured `drain_timeout`, `drain_policy` and
+    /// `drain_cancel_grace`: what every front end (HTTP, SQL console) means by HOLD.
+    pub async fn hold_and_drain(self: &Arc<Self>) -> DrainReport {
+        self.hold();
+        let s = &self.settings;
+        self.drain(s.drain_timeout.0, s.drain_policy, s.drain_cancel_grace.0)
+            .await
     }
 
     /// Waits until no session is inside a transaction, up to `timeout`. With

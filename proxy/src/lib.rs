@@ -192,7 +192,7 @@ impl Proxy {
         let metrics = Arc::new(Metrics::new());
         let control = Control::new(
             registry.clone(),
-            config.switchover.timeout.0,
+            config.switchover.clone(),
             green.is_some(),
             metrics.clone(),
         );
@@ -265,7 +265,7 @@ impl Proxy {
         drop(listener);
         admin_task.abort();
         // A hold must not keep sessions from reaching the boundary they close at.
-        shared.control.resume();
+        let _ = shared.control.resume();
         let timeout = shared.config.proxy.shutdown_timeout.0;
         info!(
             sessions = sessions.len(),

@@ -375,11 +375,6 @@ impl Pump {
         self.tx.idle() && self.c2s.ready == 0 && self.c2s.frame_left == 0 && self.client_at_message_boundary()
     }
 
-    /// Whether the client has sent nothing the proxy has not forwarded.
-    pub fn client_quiet(&self) -> bool {
-        self.c2s.buf.is_empty()
-    }
-
     /// Whether the proxy may write a message of its own to the client now without
     /// cutting one of the server's messages in half.
     pub fn client_at_message_boundary(&self) -> bool {

@@ -47,10 +47,18 @@ pub struct ServerConn {
     pub addr: SocketAddr,
     /// ParameterStatus and NoticeResponse frames from the login, in order, for the client.
     pub login_messages: BytesMut,
-    /// The server_version it reported.
-    pub server_version: String,
     /// Every ParameterStatus it reported, in order.
     pub params: Vec<(String, String)>,
+}
+
+impl ServerConn {
+    /// The server_version it reported at login.
+    pub fn server_version(&self) -> &str {
+        self.params
+            .iter()
+            .find(|(name, _)| name == "server_version")
+            .map_or("", |(_, value)| value.as_str())
+    }
 }
 
 /// Why a server connection could not be made.
@@ -169,16 +177,12 @@ async fn connect_inner(
 
     let mut login_messages = BytesMut::new();
     let mut key = None;
-    let mut server_version = String::new();
     let mut reported = Vec::new();
     loop {
         let f = conn.read_frame().await.map_err(protocol)?;
         match f.tag {
             backend::PARAMETER_STATUS => {
                 if let Ok((name, value)) = backend::parse_parameter_status(&f.body) {
-                    if name == "server_version" {
-                        server_version = value.to_owned();
-                    }
                     reported.push((name.to_owned(), value.to_owned()));
                 }
                 build::frame(&mut login_messages, f.tag, |b| b.extend_from_slice(&f.body));
@@ -213,7 +217,6 @@ async fn connect_inner(
         key,
         addr,
         login_messages,
-        server_version,
         params: reported,
     })
 }

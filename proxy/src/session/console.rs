@@ -169,11 +169,7 @@ async fn run(shared: &Shared, command: &str, out: &mut BytesMut) -> bool {
             );
         }
         ["HOLD"] => {
-            control.hold();
-            let sw = &shared.config.switchover;
-            let r = control
-                .drain(sw.drain_timeout.0, sw.drain_policy, sw.drain_cancel_grace.0)
-                .await;
+            let r = control.hold_and_drain().await;
             rows(
                 out,
                 &["held", "drained", "in_flight", "sessions", "drain_ms"],
@@ -187,8 +183,7 @@ async fn run(shared: &Shared, command: &str, out: &mut BytesMut) -> bool {
             );
         }
         ["RESUME"] => {
-            let held_ms = control.held_for().map(|d| format!("{:.1}", d.as_secs_f64() * 1000.0));
-            control.resume();
+            let held_ms = control.resume().map(|d| format!("{:.1}", d.as_secs_f64() * 1000.0));
             rows(
                 out,
                 &["held", "route", "held_ms"],

@@ -76,7 +76,7 @@ pub(crate) async fn run(
             Ok(Err(e)) => return goodbye(&mut client, e).await,
             Ok(Ok(s)) => s,
         };
-        info!(server_pid = server.key.pid, server_version = %server.server_version, tls = client.stream.is_tls(), target = ctx.registration.handle.target().name(), "session started");
+        info!(server_pid = server.key.pid, server_version = %server.server_version(), tls = client.stream.is_tls(), target = ctx.registration.handle.target().name(), "session started");
         let end = serve(&shared, &mut client, &mut server, &ctx, shutdown).await;
         finish(&shared, &mut client, &mut server, &ctx, end).await;
     }
