@@ -14,42 +14,17 @@ async fn psql_runs_queries_through_the_proxy() {
     let db = Db::pg15();
     let proxy = RunningProxy::start(db.default_config()).await;
     let port = proxy.addr.port().to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(pg_harness::psql_path())
-            .args([
-                "-X",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-At",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                PLAIN_USER,
-                "-d",
-                DB,
-            ])
-            .args(["-c", "create table p (id serial primary key, v text)"])
-            .args([
-                "-c",
-                "insert into p (v) select 'row ' || g from generate_series(1, 1000) g",
-            ])
-            .args(["-c", "\\copy p (v) from program 'seq 1 500'"])
-            .args(["-c", "select count(*), max(id) from p"])
-            .env("PGPASSWORD", PLAIN_PASSWORD)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "psql failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(stdout.lines().last(), Some("1500|1500"), "{stdout}");
+    #[rustfmt::skip]
+    let out = client_tool(pg_harness::psql_path(), PLAIN_PASSWORD, &[
+        "-X", "-v", "ON_ERROR_STOP=1", "-At", "-h", "127.0.0.1", "-p", &port, "-U", PLAIN_USER, "-d", DB,
+        "-c", "create table p (id serial primary key, v text)",
+        "-c", "insert into p (v) select 'row ' || g from generate_series(1, 1000) g",
+        "-c", "\\copy p (v) from program 'seq 1 500'",
+        "-c", "select count(*), max(id) from p",
+    ])
+    .await;
+    assert!(out.success, "psql failed: {}", out.output);
+    assert_eq!(out.stdout.lines().last(), Some("1500|1500"), "{}", out.stdout);
 }
 
 #[tokio::test]
@@ -57,35 +32,24 @@ async fn pgbench_prepared_with_8_clients_has_no_failed_transactions() {
     let db = Db::pg15();
     let proxy = RunningProxy::start(db.default_config()).await;
     let port = proxy.addr.port().to_string();
-    let run = move |args: &[&str]| {
-        let out = Command::new(pg_harness::pgbench_path())
-            .args(["-h", "127.0.0.1", "-p", &port, "-U", PLAIN_USER])
-            .args(args)
-            .arg(DB)
-            .env("PGPASSWORD", PLAIN_PASSWORD)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
-        text
-    };
-    let report = tokio::task::spawn_blocking(move || {
-        run(&["-i", "-s", "1", "-q"]);
-        run(&["-c", "8", "-j", "2", "-T", "10", "-M", "prepared", "-n"])
-    })
-    .await
-    .unwrap();
+    let conn = ["-h", "127.0.0.1", "-p", port.as_str(), "-U", PLAIN_USER];
+    let init = client_tool(
+        pg_harness::pgbench_path(),
+        PLAIN_PASSWORD,
+        &[&conn[..], &["-i", "-s", "1", "-q", DB]].concat(),
+    )
+    .await;
+    assert!(init.success, "pgbench -i failed:\n{}", init.output);
+    let bench = [
+        &conn[..],
+        &["-c", "8", "-j", "2", "-T", "10", "-M", "prepared", "-n", DB],
+    ]
+    .concat();
+    let run = client_tool(pg_harness::pgbench_path(), PLAIN_PASSWORD, &bench).await;
+    let report = run.output;
+    assert!(run.success, "pgbench failed:\n{report}");
     assert!(report.contains("number of failed transactions: 0 "), "{report}");
-    let processed: u64 = report
-        .lines()
-        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
-        .and_then(|v| v.split('/').next())
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no transaction count in:\n{report}"));
+    let processed = pgbench_processed(&report);
     assert!(processed > 100, "{report}");
     // Every transaction pgbench counted left its history row.
     let history: u64 = db

@@ -403,68 +403,32 @@ async fn pgbench_prepared_with_16_clients_across_four_flips_has_no_failed_transa
     let proxy = RunningProxy::start(blue.config_with_green(&green, "")).await;
     // The same pgbench schema on both, loaded directly.
     for db in [&blue, &green] {
-        let out = std::process::Command::new(pg_harness::pgbench_path())
-            .args([
-                "-i",
-                "-s",
-                "1",
-                "-q",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &db.cluster.port().to_string(),
-                "-U",
-                PLAIN_USER,
-                DB,
-            ])
-            .env("PGPASSWORD", PLAIN_PASSWORD)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let port = db.cluster.port().to_string();
+        #[rustfmt::skip]
+        let init = client_tool(pg_harness::pgbench_path(), PLAIN_PASSWORD, &[
+            "-i", "-s", "1", "-q", "-h", "127.0.0.1", "-p", &port, "-U", PLAIN_USER, DB,
+        ])
+        .await;
+        assert!(init.success, "{}", init.output);
     }
     let port = proxy.addr.port().to_string();
-    let bench = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(pg_harness::pgbench_path())
-            .args([
-                "-n",
-                "-M",
-                "prepared",
-                "-c",
-                "16",
-                "-j",
-                "2",
-                "-T",
-                "25",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                PLAIN_USER,
-                DB,
-            ])
-            .env("PGPASSWORD", PLAIN_PASSWORD)
-            .output()
-            .unwrap()
-    });
-    for target in [Target::Green, Target::Blue, Target::Green, Target::Blue] {
-        tokio::time::sleep(Duration::from_secs(4)).await;
-        switch(&proxy, target).await;
-    }
-    let out = bench.await.unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{report}");
+    #[rustfmt::skip]
+    let bench_args = [
+        "-n", "-M", "prepared", "-c", "16", "-j", "2", "-T", "25",
+        "-h", "127.0.0.1", "-p", &port, "-U", PLAIN_USER, DB,
+    ];
+    let bench = client_tool(pg_harness::pgbench_path(), PLAIN_PASSWORD, &bench_args);
+    let flips = async {
+        for target in [Target::Green, Target::Blue, Target::Green, Target::Blue] {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            switch(&proxy, target).await;
+        }
+    };
+    let (out, ()) = tokio::join!(bench, flips);
+    let report = out.output;
+    assert!(out.success, "{report}");
     assert!(report.contains("number of failed transactions: 0 "), "{report}");
-    let processed: u64 = report
-        .lines()
-        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
-        .and_then(|v| v.split('/').next())
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap();
+    let processed = pgbench_processed(&report);
     let history: u64 = blue.sql("select count(*) from pgbench_history").parse::<u64>().unwrap()
         + green
             .sql("select count(*) from pgbench_history")
@@ -650,34 +614,13 @@ async fn sql_admin_console_shows_status_and_holds_and_resumes() {
 
     // psql, as operators use it.
     let port = proxy.addr.port().to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(pg_harness::psql_path())
-            .args([
-                "-X",
-                "-At",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                PLAIN_USER,
-                "-d",
-                "pgcutover",
-                "-c",
-                "SHOW STATUS",
-            ])
-            .env("PGPASSWORD", PLAIN_PASSWORD)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).starts_with("blue|0|serving|"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    #[rustfmt::skip]
+    let out = client_tool(pg_harness::psql_path(), PLAIN_PASSWORD, &[
+        "-X", "-At", "-h", "127.0.0.1", "-p", &port, "-U", PLAIN_USER, "-d", "pgcutover", "-c", "SHOW STATUS",
+    ])
+    .await;
+    assert!(out.success, "{}", out.output);
+    assert!(out.stdout.starts_with("blue|0|serving|"), "{}", out.stdout);
 
     // Only admin_users get in.
     let e = connect(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, "pgcutover"))

@@ -370,3 +370,45 @@ pub async fn connect_listening(
     });
     (client, rx, task)
 }
+
+/// What a client tool printed.
+pub struct ToolRun {
+    /// It exited 0.
+    pub success: bool,
+    /// Its standard output.
+    pub stdout: String,
+    /// Standard output then standard error, for assertions and failure messages.
+    pub output: String,
+}
+
+/// Runs psql or pgbench with `password`, off the runtime thread (which also runs the
+/// in-process proxy, so a blocking call there would stall the proxy).
+pub async fn client_tool(program: std::path::PathBuf, password: &str, args: &[&str]) -> ToolRun {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let password = password.to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(program)
+            .args(args)
+            .env("PGPASSWORD", password)
+            .output()
+            .expect("client tool runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    ToolRun {
+        success: out.status.success(),
+        output: format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)),
+        stdout,
+    }
+}
+
+/// The "transactions actually processed" count from a pgbench report.
+pub fn pgbench_processed(report: &str) -> u64 {
+    report
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|v| v.split('/').next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no transaction count in:\n{report}"))
+}

@@ -62,22 +62,17 @@ async fn tls_client_connects_and_queries() {
         .unwrap();
     assert_eq!(rows.len(), 30);
 
-    // psql (libpq + OpenSSL) too; off the runtime thread, which also runs the proxy.
+    // psql (libpq + OpenSSL) too.
     let port = proxy.addr.port();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(pg_harness::psql_path())
-            .args(["-X", "-At", "-c", "select 'tls ok'"])
-            .arg(format!(
-                "host=127.0.0.1 port={port} user={PLAIN_USER} dbname={DB} sslmode=require"
-            ))
-            .env("PGPASSWORD", PLAIN_PASSWORD)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "tls ok");
+    let conninfo = format!("host=127.0.0.1 port={port} user={PLAIN_USER} dbname={DB} sslmode=require");
+    let out = client_tool(
+        pg_harness::psql_path(),
+        PLAIN_PASSWORD,
+        &["-X", "-At", "-c", "select 'tls ok'", &conninfo],
+    )
+    .await;
+    assert!(out.success, "{}", out.output);
+    assert_eq!(out.stdout.trim(), "tls ok");
 }
 
 #[tokio::test]
