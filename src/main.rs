@@ -1,13 +1,14 @@
 //! The `pgcutover` command: parses the command line, sets up logging, loads the
-//! configuration and hands over to the proxy (and, as they arrive, the
-//! orchestrator's commands).
+//! configuration and hands over to the proxy or the orchestrator's commands.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use pgcutover_orchestrator::{CheckStatus, Progress, ReplicateOptions, Targets, VerifyOptions};
 use pgcutover_proxy::config::Config;
 use pgcutover_proxy::Proxy;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
 /// Zero-downtime PostgreSQL blue/green switchover.
@@ -41,6 +42,101 @@ enum Command {
     ///
     /// Log verbosity follows RUST_LOG (default "info"), e.g. RUST_LOG=pgcutover_proxy=debug.
     Proxy(ProxyArgs),
+
+    /// Preflight: check blue and green for everything replication and the switchover
+    /// need (wal_level, privileges, capacity, keys on every table, large objects,
+    /// conflicting slots and publications, extensions, green's schema, whether green
+    /// reaches blue). Prints each check with its status (ok / warn / fail), the objects
+    /// involved and the exact fix. Exits 0 only when nothing fails.
+    Check(CheckArgs),
+
+    /// Set up logical replication blue → green for every [replication] database:
+    /// copy method (default): roles with their password hashes, the schema (pg_dump),
+    /// a publication FOR ALL TABLES on blue, a subscription on green that copies the
+    /// data, then wait until every table is ready. Clone method: --prepare-clone first
+    /// (publication and slot on blue), take the clone, then run again to start
+    /// replication at the clone's start LSN. Safe to re-run: it continues where it
+    /// stopped, and refuses (changing nothing) when a preflight check fails.
+    Replicate(ReplicateArgs),
+
+    /// Replication status per database: slot lag in bytes and time, WAL kept for the
+    /// slot, the subscription worker, table sync states, DDL run on blue since
+    /// replication began, and a one-line verdict.
+    Status(StatusArgs),
+
+    /// Compare blue's and green's data: row counts and hashes over primary-key ranges,
+    /// in parallel; tables without a primary key as a whole. Run it after writes stop
+    /// (ranges still receiving writes are re-checked a few times). Exits 0 only when
+    /// the data is identical.
+    Verify(VerifyArgs),
+}
+
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// Configuration file (TOML); [blue], [green] and [replication] are used.
+    #[arg(long, short, env = "PGCUTOVER_CONFIG", default_value = "pgcutover.toml")]
+    config: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Print the checks as JSON (an array of {name, scope, status, message, objects, fix}).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct ReplicateArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Clone method, step 1: create the publication and the slot on blue, print the
+    /// next steps and stop. Take the clone after this.
+    #[arg(long, conflicts_with_all = ["clone_log", "start_lsn"])]
+    prepare_clone: bool,
+    /// Clone method: the clone's first start-up log; its "redo done at X/Y" (or
+    /// "invalid record length at X/Y") line gives the start LSN.
+    #[arg(long, value_name = "FILE")]
+    clone_log: Option<PathBuf>,
+    /// Clone method: the start LSN (X/Y) when neither Aurora's
+    /// aurora_volume_logical_start_lsn() nor --clone-log gives it.
+    #[arg(long, value_name = "LSN", value_parser = parse_lsn)]
+    start_lsn: Option<pgcutover_orchestrator::Lsn>,
+    /// Return once the subscription exists instead of waiting for the initial copy.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Print the status as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Concurrent range comparisons (each uses one connection to blue and one to green).
+    #[arg(long, default_value_t = 4)]
+    jobs: usize,
+    /// Rows per primary-key range.
+    #[arg(long, default_value_t = 20_000)]
+    chunk_rows: i64,
+    /// Re-checks of a range that differs (rows still in flight), one second apart.
+    #[arg(long, default_value_t = 3)]
+    retries: u32,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_lsn(s: &str) -> Result<pgcutover_orchestrator::Lsn, String> {
+    s.parse()
 }
 
 #[derive(clap::Args)]
@@ -55,26 +151,30 @@ struct ProxyArgs {
     listen: Option<SocketAddr>,
 }
 
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
+            return ExitCode::FAILURE;
         }
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Proxy(args) => run_proxy(args).await,
+            Command::Proxy(args) => run_proxy(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Check(args) => run_check(args).await,
+            Command::Replicate(args) => run_replicate(args).await,
+            Command::Status(args) => run_status(args).await,
+            Command::Verify(args) => run_verify(args).await,
         }
     });
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }
@@ -115,4 +215,101 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
     }
+}
+
+fn targets(config: &ConfigArg) -> anyhow::Result<Targets> {
+    let config = Config::load(&config.config)?;
+    Ok(Targets::from_config(&config)?)
+}
+
+async fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let targets = targets(&args.config)?;
+    let results = pgcutover_orchestrator::run_checks(&targets).await;
+    let failed = results.iter().filter(|r| r.status == CheckStatus::Fail).count();
+    let warned = results.iter().filter(|r| r.status == CheckStatus::Warn).count();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        let width = results.iter().map(|r| r.name.len()).max().unwrap_or(0);
+        let scope_width = results.iter().map(|r| r.scope.len()).max().unwrap_or(0);
+        for r in &results {
+            let status = match r.status {
+                CheckStatus::Ok => "ok  ",
+                CheckStatus::Warn => "WARN",
+                CheckStatus::Fail => "FAIL",
+            };
+            println!("{status}  {:width$}  {:scope_width$}  {}", r.name, r.scope, r.message);
+            let indent = " ".repeat(6 + width + 2 + scope_width + 2);
+            if r.status != CheckStatus::Ok && !r.objects.is_empty() {
+                println!("{indent}objects: {}", r.objects.join(", "));
+            }
+            if !r.fix.is_empty() {
+                println!("{indent}fix: {}", r.fix);
+            }
+        }
+        println!(
+            "{} checks: {} ok, {warned} warning(s), {failed} failed",
+            results.len(),
+            results.len() - failed - warned
+        );
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn run_replicate(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
+    let targets = targets(&args.config)?;
+    let opts = ReplicateOptions {
+        prepare_clone: args.prepare_clone,
+        clone_log: args.clone_log,
+        start_lsn: args.start_lsn,
+        no_wait: args.no_wait,
+    };
+    pgcutover_orchestrator::replicate(&targets, &opts, &Progress::stderr()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&args.config.config)?;
+    let targets = Targets::from_config(&config)?;
+    let status = pgcutover_orchestrator::replication_status(&targets, config.switchover.max_lag_bytes).await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", pgcutover_orchestrator::status::render(&status));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let targets = targets(&args.config)?;
+    let opts = VerifyOptions {
+        jobs: args.jobs.max(1),
+        chunk_rows: args.chunk_rows.max(1),
+        retries: args.retries,
+        ..VerifyOptions::default()
+    };
+    let report = pgcutover_orchestrator::verify(&targets, &opts, &Progress::stderr()).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for d in &report.differences {
+            match &d.error {
+                Some(e) => println!("DIFFERS  {}/{}  {}: {e}", d.database, d.table, d.range),
+                None => println!(
+                    "DIFFERS  {}/{}  {}: {} rows on blue, {} on green",
+                    d.database, d.table, d.range, d.blue_rows, d.green_rows
+                ),
+            }
+        }
+        println!("{}", report.summary());
+    }
+    Ok(if report.identical {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

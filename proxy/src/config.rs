@@ -10,7 +10,7 @@ use std::time::Duration;
 
 /// Environment variable prefix for overrides.
 pub const ENV_PREFIX: &str = "PGCUTOVER_";
-const SECTIONS: &[&str] = &["proxy", "auth", "blue", "green", "switchover"];
+const SECTIONS: &[&str] = &["proxy", "auth", "blue", "green", "replication", "switchover"];
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -26,9 +26,53 @@ pub struct Config {
     pub blue: TargetConfig,
     /// The database clients move to (used by the switchover).
     pub green: Option<TargetConfig>,
+    /// What the orchestrator replicates from blue to green, and how.
+    #[serde(default)]
+    pub replication: ReplicationConfig,
     /// Bounds of hold, drain and flip.
     #[serde(default)]
     pub switchover: SwitchoverConfig,
+}
+
+/// `[replication]`: what `pgcutover replicate` sets up from blue to green.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationConfig {
+    /// Databases to replicate; each gets its own publication, slot and subscription.
+    /// Default: the database of `[blue] url` (or `postgres` when it names none).
+    pub databases: Vec<String>,
+    /// How green gets blue's existing data. Default `copy`.
+    pub method: ReplicationMethod,
+    /// libpq conninfo (`host=... port=... user=... password=...`) green's subscription
+    /// uses to reach blue; `dbname=<database>` is appended per database. Default: built
+    /// from `[blue] url`, password included.
+    pub source_conninfo: Option<String>,
+    /// Directory holding `pg_dump`, `pg_restore` and `psql` (at least blue's major
+    /// version) for the copy method. Default: `PATH`, then `/usr/lib/postgresql/<N>/bin`.
+    pub bindir: Option<PathBuf>,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            databases: Vec::new(),
+            method: ReplicationMethod::Copy,
+            source_conninfo: None,
+            bindir: None,
+        }
+    }
+}
+
+/// How green gets blue's existing data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplicationMethod {
+    /// Copy roles and schema with pg_dump, then the data through the subscription
+    /// (`copy_data = true`). For self-managed servers and any version pair.
+    Copy,
+    /// Green is a snapshot/clone of blue made after `replicate --prepare-clone`; the
+    /// subscription starts at the clone's start LSN (`copy_data = false`).
+    Clone,
 }
 
 /// `[switchover]`: the proxy's part of a switchover.
@@ -47,6 +91,12 @@ pub struct SwitchoverConfig {
     /// What happens to a session whose state cannot move (temporary tables, session
     /// advisory locks, WITH HOLD cursors). Default `close`.
     pub pinned_policy: PinnedPolicy,
+    /// The switchover starts only while every slot's lag is at most this many bytes.
+    /// Default 16777216 (16 MiB).
+    pub max_lag_bytes: u64,
+    /// Set up replication green → blue at the flip, so `rollback` loses nothing.
+    /// Default `true`.
+    pub reverse_replication: bool,
 }
 
 impl Default for SwitchoverConfig {
@@ -57,6 +107,8 @@ impl Default for SwitchoverConfig {
             drain_policy: DrainPolicy::Abort,
             drain_cancel_grace: HumanDuration(Duration::from_secs(2)),
             pinned_policy: PinnedPolicy::Close,
+            max_lag_bytes: 16 * 1024 * 1024,
+            reverse_replication: true,
         }
     }
 }
@@ -429,6 +481,10 @@ impl Config {
             }
         })?;
         config.resolve_paths(base_dir);
+        if config.replication.databases.is_empty() {
+            let db = config.blue.url.database.clone().unwrap_or_else(|| "postgres".into());
+            config.replication.databases.push(db);
+        }
         config.validate().map_err(invalid)?;
         Ok(config)
     }
@@ -440,6 +496,7 @@ impl Config {
             &mut self.proxy.server_tls_ca_file,
             &mut self.proxy.admin_token_file,
             &mut self.auth.auth_file,
+            &mut self.replication.bindir,
         ]
         .into_iter()
         .flatten()
@@ -476,6 +533,18 @@ impl Config {
                     _ => "scram-sha-256",
                 }
             ));
+        }
+        let r = &self.replication;
+        if let Some(db) = r.databases.iter().find(|d| d.is_empty() || d.contains('\0')) {
+            return Err(format!("[replication] databases: {db:?} is not a database name"));
+        }
+        if let Some(d) = r
+            .databases
+            .iter()
+            .enumerate()
+            .find_map(|(i, d)| r.databases[..i].contains(d).then_some(d))
+        {
+            return Err(format!("[replication] databases lists {d:?} twice"));
         }
         if a.auth_user.is_some() && a.auth_file.is_none() {
             return Err("[auth] auth_user needs auth_file holding that user's secret".into());
@@ -543,6 +612,27 @@ mod tests {
         assert_eq!(c.blue.url.host_port(), "db1:5433");
         assert_eq!(c.blue.url.database.as_deref(), Some("app"));
         assert!(c.green.is_none());
+        assert_eq!(c.replication.databases, ["app"]);
+        assert_eq!(c.replication.method, ReplicationMethod::Copy);
+        assert_eq!(c.switchover.max_lag_bytes, 16777216);
+        assert!(c.switchover.reverse_replication);
+    }
+
+    #[test]
+    fn replication_section_and_env() {
+        let c = load(
+            &format!("{MINIMAL}[replication]\ndatabases = [\"a\", \"b\"]\nmethod = \"clone\"\nbindir = \"bin\"\n"),
+            &[("PGCUTOVER_REPLICATION_SOURCE_CONNINFO", "host=blue port=5432")],
+        )
+        .unwrap();
+        assert_eq!(c.replication.databases, ["a", "b"]);
+        assert_eq!(c.replication.method, ReplicationMethod::Clone);
+        assert_eq!(c.replication.source_conninfo.as_deref(), Some("host=blue port=5432"));
+        assert_eq!(c.replication.bindir.as_deref(), Some(Path::new("/etc/pgcutover/bin")));
+        let e = load(&format!("{MINIMAL}[replication]\ndatabases = [\"a\", \"a\"]\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("twice"), "{e}");
     }
 
     #[test]
@@ -565,10 +655,14 @@ mod tests {
 
     #[test]
     fn bad_values_name_key_value_and_form() {
-        let e = load(&format!("{MINIMAL}[replication]\nmethod = \"copy\"\n"), &[])
+        let e = load(&format!("{MINIMAL}[replication]\nmethod = \"rsync\"\n"), &[])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("replication"), "{e}");
+        assert!(e.contains("replication.method") && e.contains("clone"), "{e}");
+        let e = load(&format!("{MINIMAL}[replication]\nmethd = \"copy\"\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("methd"), "{e}");
         let e = load(&format!("{MINIMAL}[switchover]\npinned_policy = \"maybe\"\n"), &[])
             .unwrap_err()
             .to_string();
@@ -619,6 +713,11 @@ mod tests {
         assert_eq!(c.switchover.pinned_policy, sw.pinned_policy);
         assert_eq!(c.switchover.drain_policy, sw.drain_policy);
         assert_eq!(c.switchover.drain_cancel_grace, sw.drain_cancel_grace);
+        assert_eq!(c.switchover.max_lag_bytes, sw.max_lag_bytes);
+        assert_eq!(c.switchover.reverse_replication, sw.reverse_replication);
+        assert_eq!(c.replication.method, ReplicationConfig::default().method);
+        assert_eq!(c.replication.databases, ["app"]);
+        assert!(c.replication.source_conninfo.is_none() && c.replication.bindir.is_none());
     }
 
     #[test]

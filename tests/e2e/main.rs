@@ -7,5 +7,6 @@ mod bad_input;
 mod cli;
 mod cutover;
 mod data_path;
+mod orchestrator;
 mod support;
 mod tls;

@@ -1231,6 +1231,84 @@ impl Cluster {
         Ok(())
     }
 
+    /// A physical copy of this running cluster (`pg_basebackup -X stream -c fast`, run
+    /// as the server user), started on a free port: what a storage snapshot or a cloud
+    /// clone of it would be. Its server log ([`Cluster::log_path`]) is the copy's first
+    /// start-up log. It carries this cluster's replication slots.
+    pub fn basebackup_clone(&self) -> Result<Cluster, HarnessError> {
+        let dir = temp_root().join(format!("{CLUSTER_PREFIX}{}", unique_suffix()));
+        mkdir_mode(&dir, 0o755)?;
+        let mut clone = Cluster {
+            bin: self.bin.clone(),
+            who: self.who,
+            data: dir.join("data"),
+            dir,
+            port: 0,
+            stopped: false,
+        };
+        chown_to(&clone.dir, self.who)?;
+        fs::write(clone.dir.join("bindir"), self.bin.bindir.as_os_str().as_encoded_bytes())
+            .map_err(|e| io_err("write bindir marker", e))?;
+        let port = self.port.to_string();
+        let out = run(
+            server_command(&self.bin, "pg_basebackup", self.who, &clone.dir)
+                .arg("-D")
+                .arg(&clone.data)
+                .args([
+                    "-X",
+                    "stream",
+                    "-c",
+                    "fast",
+                    "--no-sync",
+                    "-h",
+                    HOST,
+                    "-p",
+                    &port,
+                    "-U",
+                    SUPERUSER,
+                ])
+                .env("PGPASSWORD", SUPERUSER_PASSWORD),
+            None,
+            Duration::from_secs(300),
+        )
+        .map_err(|e| io_err("pg_basebackup", e))?;
+        if !out.status.success() {
+            return Err(HarnessError(format!("pg_basebackup failed: {}", describe(&out))));
+        }
+        let base_conf =
+            fs::read_to_string(clone.data.join("postgresql.conf")).map_err(|e| io_err("read postgresql.conf", e))?;
+        let mut last_err = String::new();
+        for attempt in 1..=START_ATTEMPTS {
+            clone.port = free_port();
+            let conf = format!(
+                "{base_conf}\n# ---- pg-harness clone ----\nport = {}\nunix_socket_directories = {}\n",
+                clone.port,
+                conf_value(&clone.dir.to_string_lossy())
+            );
+            clone.write_data_file("postgresql.conf", &conf)?;
+            let log_before = fs::metadata(clone.log_path()).map(|m| m.len()).unwrap_or(0);
+            let out = clone.pg_ctl(&["start", "-W"], true)?;
+            let failure = if out.status.success() {
+                match clone.wait_ready(log_before, Duration::from_secs(60)) {
+                    Ok(()) => return Ok(clone),
+                    Err(why) => why,
+                }
+            } else {
+                describe(&out)
+            };
+            let log = clone.log_since(log_before);
+            last_err = format!(
+                "starting the basebackup copy (attempt {attempt}) failed: {failure}\n--- server log tail ---\n{}",
+                tail(&log, 30)
+            );
+            clone.stop_now();
+            if !log.contains("could not bind") && !log.contains("Address already in use") {
+                break;
+            }
+        }
+        Err(HarnessError(last_err))
+    }
+
     /// Stops the server now (`-m immediate`) and removes its directory (also done on drop).
     pub fn stop(self) {
         drop(self)
