@@ -297,7 +297,7 @@ async fn split(blue: &Client, shared: &Shared, t: Arc<Table>) -> Result<(), Orch
             .join(", ");
         let q = format!(
             "SELECT {texts} FROM (SELECT {cols}, row_number() OVER (ORDER BY {cols}) AS pgcutover_rn FROM {} ) s
-              WHERE pgcutover_rn % $1 = 0 ORDER BY {cols}",
+              WHERE pgcutover_rn % $1 = 0 ORDER BY pgcutover_rn",
             t.name
         );
         let rows = blue.query(&q, &[&shared.opts.chunk_rows.max(1)]).await.ctx(

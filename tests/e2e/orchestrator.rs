@@ -280,6 +280,12 @@ async fn orchestrator_copy_method_replicates_every_row_written_during_setup_and_
     assert!(report.tables.len() >= 8, "{:#?}", report.tables);
     let events = report.tables.iter().find(|t| t.table == "public.events").unwrap();
     assert!(events.chunks > 3, "events was compared in key ranges: {events:?}");
+    let blue_events: i64 = blue.psql(DB, "SELECT count(*) FROM events").unwrap().parse().unwrap();
+    assert_eq!(
+        (events.rows_blue, events.rows_green),
+        (blue_events, blue_events),
+        "ranges cover each row once"
+    );
     let audit = report.tables.iter().find(|t| t.table == "public.audit").unwrap();
     assert_eq!(audit.method, "whole table");
     // Roles came over with their exact password hashes (SCRAM pass-through needs them).
@@ -368,11 +374,9 @@ async fn orchestrator_replicate_rerun_after_being_killed_mid_copy_completes_with
     // Kill it while green's tables are still being copied.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
+        // pg_subscription_rel is per database; green's app database appears during the run.
         let syncing = green
-            .psql(
-                "postgres",
-                "SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'",
-            )
+            .psql(DB, "SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'")
             .unwrap_or_default();
         if syncing.parse::<i64>().unwrap_or(0) > 0 {
             break;
