@@ -61,7 +61,8 @@ enum Command {
 
     /// Replication status per database: slot lag in bytes and time, WAL kept for the
     /// slot, the subscription worker, table sync states, DDL run on blue since
-    /// replication began, and a one-line verdict.
+    /// replication began, and a one-line verdict. Exits 1 only when blue or green
+    /// cannot be read.
     Status(StatusArgs),
 
     /// Compare blue's and green's data: row counts and hashes over primary-key ranges,
@@ -281,7 +282,16 @@ async fn run_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     } else {
         print!("{}", pgcutover_orchestrator::status::render(&status));
     }
-    Ok(ExitCode::SUCCESS)
+    // 0 also when replication is not (fully) set up; 1 when a server could not be read.
+    let unreadable = status
+        .databases
+        .iter()
+        .any(|d| d.blue_error.is_some() || d.green_error.is_some());
+    Ok(if unreadable {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {

@@ -619,3 +619,51 @@ async fn orchestrator_replicate_refuses_when_blue_wal_level_is_not_logical() {
     );
     assert_nothing_created(&blue, &green, &dir);
 }
+
+/// The figure in the README: `verify` time per GB, on identical data generated on a
+/// PostgreSQL 15 blue and a 17 green (`VERIFY_BENCH_ROWS`, default 2 000 000 rows of
+/// ~200 bytes). Run with `cargo nextest run --run-ignored only -E 'test(verify_throughput)' --no-capture`.
+#[tokio::test]
+#[ignore = "benchmark"]
+async fn orchestrator_verify_throughput() {
+    let rows: i64 = std::env::var("VERIFY_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000_000);
+    let fill = format!(
+        "CREATE TABLE wide (id bigint PRIMARY KEY, a text, b int, c timestamptz, d numeric);
+         INSERT INTO wide SELECT g, repeat(md5(g::text), 5), g % 1000, TIMESTAMPTZ '2025-01-01' + g * interval '1 s', g / 3.0
+           FROM generate_series(1, {rows}) g;
+         CREATE TABLE nokey (a text, b int);
+         INSERT INTO nokey SELECT md5(g::text), g FROM generate_series(1, {rows} / 10) g;
+         VACUUM ANALYZE;"
+    );
+    let blue = Cluster::start(&Binaries::pg15().unwrap()).unwrap();
+    let green = Cluster::start(&Binaries::pg17().unwrap()).unwrap();
+    for c in [&blue, &green] {
+        c.psql("postgres", &format!("CREATE DATABASE {DB}")).unwrap();
+        c.psql(DB, &fill).unwrap();
+    }
+    let dir = Scratch::new();
+    let (_, config) = write_config(&dir, &url(&blue, DB), &url(&green, DB), "");
+    let targets = orch::Targets::from_config(&config).unwrap();
+    for jobs in [1, 2, 4] {
+        let opts = orch::VerifyOptions {
+            jobs,
+            ..Default::default()
+        };
+        let report = orch::verify(&targets, &opts, &orch::Progress::quiet()).await.unwrap();
+        assert!(report.identical);
+        eprintln!("verify --jobs {jobs}: {}", report.summary());
+    }
+    // replicate (copy method) of the same data into an empty PostgreSQL 17.
+    blue.psql(DB, "ALTER TABLE nokey REPLICA IDENTITY FULL").unwrap();
+    let empty = Cluster::start(&Binaries::pg17().unwrap()).unwrap();
+    let (_, config) = write_config(&dir, &url(&blue, DB), &url(&empty, "postgres"), "");
+    let targets = orch::Targets::from_config(&config).unwrap();
+    let t = Instant::now();
+    orch::replicate(&targets, &orch::ReplicateOptions::default(), &orch::Progress::quiet())
+        .await
+        .unwrap();
+    eprintln!("replicate (copy) of {rows} + {} rows: {:?}", rows / 10, t.elapsed());
+}
