@@ -196,9 +196,48 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.proxy.listen = listen;
     }
+    let monitor = replication_monitor(&config);
     let proxy = Proxy::bind(config).await.context("cannot start the proxy")?;
     proxy.run(shutdown_signal()).await;
+    if let Some(m) = monitor {
+        m.abort();
+    }
     Ok(())
+}
+
+/// With [green] configured: reads replication status every 10 s and exports it as the
+/// `pgcutover_replication_lag_bytes` and `pgcutover_ddl_drift` gauges.
+fn replication_monitor(config: &Config) -> Option<tokio::task::JoinHandle<()>> {
+    config.green.as_ref()?;
+    let targets = match Targets::from_config(config) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!("replication gauges disabled: {e}");
+            return None;
+        }
+    };
+    let max_lag = config.switchover.max_lag_bytes;
+    Some(tokio::spawn(async move {
+        let mut last_problem = String::new();
+        loop {
+            let status = pgcutover_orchestrator::replication_status(&targets, max_lag).await;
+            let mut problems = Vec::new();
+            for d in &status.databases {
+                if let Some(e) = d.blue_error.as_ref().or(d.green_error.as_ref()) {
+                    problems.push(format!("{}: {e}", d.database));
+                    continue;
+                }
+                let lag = d.slot.as_ref().map(|s| s.lag_bytes).unwrap_or(-1);
+                pgcutover_proxy::metrics::set_replication_status(&d.database, lag, d.drift as i64);
+            }
+            let problem = problems.join("; ");
+            if problem != last_problem && !problem.is_empty() {
+                tracing::warn!("replication status not readable: {problem}");
+            }
+            last_problem = problem;
+            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        }
+    }))
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

@@ -13,9 +13,24 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 type Labels = [(&'static str, &'static str); 1];
+type DatabaseLabels = [(&'static str, String); 1];
+
+/// Replication figures per database (lag bytes, DDL drift), set by the orchestrator's
+/// monitor task: one per process, shown by every proxy of the process.
+static REPLICATION: Mutex<BTreeMap<String, (i64, i64)>> = Mutex::new(BTreeMap::new());
+
+/// Sets `pgcutover_replication_lag_bytes{database}` and `pgcutover_ddl_drift{database}`
+/// (DDL statements run on blue since replication began) for this process's proxies.
+pub fn set_replication_status(database: &str, lag_bytes: i64, ddl_drift: i64) {
+    REPLICATION
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(database.to_owned(), (lag_bytes, ddl_drift));
+}
 
 /// Every metric the proxy exports.
 pub struct Metrics {
@@ -40,6 +55,8 @@ pub struct Metrics {
     pub messages_to_server: Counter,
     /// Messages forwarded server → client.
     pub messages_to_client: Counter,
+    replication_lag_bytes: Family<DatabaseLabels, Gauge>,
+    ddl_drift: Family<DatabaseLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -73,6 +90,8 @@ impl Metrics {
             bytes_to_client: bytes(&bytes_family, "to_client"),
             messages_to_server: bytes(&messages_family, "to_server"),
             messages_to_client: bytes(&messages_family, "to_client"),
+            replication_lag_bytes: Family::default(),
+            ddl_drift: Family::default(),
             registry: Mutex::new(Registry::default()),
         };
         registry.register(
@@ -119,6 +138,16 @@ impl Metrics {
             "Protocol messages forwarded, by direction",
             messages_family,
         );
+        registry.register(
+            "replication_lag_bytes",
+            "Bytes of blue's WAL the subscription has not confirmed, per database (-1: no slot; set by the replication monitor)",
+            m.replication_lag_bytes.clone(),
+        );
+        registry.register(
+            "ddl_drift",
+            "DDL statements run on blue since replication began, per database (set by the replication monitor)",
+            m.ddl_drift.clone(),
+        );
         *m.registry.lock().expect("metrics registry lock") = registry;
         m
     }
@@ -158,6 +187,12 @@ impl Metrics {
         self.in_flight.set(in_transaction);
         self.held_clients.set(if held { idle } else { 0 });
         self.held.set(held as i64);
+        for (db, (lag, drift)) in REPLICATION.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            self.replication_lag_bytes
+                .get_or_create(&[("database", db.clone())])
+                .set(*lag);
+            self.ddl_drift.get_or_create(&[("database", db.clone())]).set(*drift);
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry.lock().expect("metrics registry lock"));
@@ -177,6 +212,7 @@ mod tests {
         m.pinned("temporary tables");
         m.bytes_to_server.inc_by(10);
         m.drain_seconds.observe(0.004);
+        set_replication_status("app", 4096, 2);
         let text = m.render(&SessionRegistry::default(), true);
         for needle in [
             "pgcutover_client_connections{state=\"idle\"} 0",
@@ -191,6 +227,8 @@ mod tests {
             "pgcutover_pinned_sessions_total{reason=\"temporary tables\"} 1",
             "pgcutover_bytes_proxied_total{direction=\"to_server\"} 10",
             "pgcutover_messages_proxied_total{direction=\"to_client\"} 0",
+            "pgcutover_replication_lag_bytes{database=\"app\"} 4096",
+            "pgcutover_ddl_drift{database=\"app\"} 2",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

@@ -667,3 +667,59 @@ async fn orchestrator_verify_throughput() {
         .unwrap();
     eprintln!("replicate (copy) of {rows} + {} rows: {:?}", rows / 10, t.elapsed());
 }
+
+#[tokio::test]
+async fn orchestrator_running_proxy_exports_replication_lag_and_ddl_drift_gauges() {
+    let blue = blue_with_schema(&Binaries::pg15().unwrap());
+    blue.psql(DB, "ALTER TABLE audit REPLICA IDENTITY FULL").unwrap();
+    let green = Cluster::start(&Binaries::pg17().unwrap()).unwrap();
+    let dir = Scratch::new();
+    let (listen, admin) = (pg_harness::free_port(), pg_harness::free_port());
+    let extra = format!("[replication]\ndatabases = [\"{DB}\"]\n");
+    let (_, config) = write_config(&dir, &url(&blue, DB), &url(&green, "postgres"), &extra);
+    let targets = orch::Targets::from_config(&config).unwrap();
+    orch::replicate(&targets, &orch::ReplicateOptions::default(), &orch::Progress::quiet())
+        .await
+        .unwrap();
+    let text = format!(
+        "[proxy]\nlisten = \"127.0.0.1:{listen}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nserver_tls_mode = \"disable\"\n[auth]\nauth_type = \"trust\"\n[blue]\nurl = \"{}\"\n[green]\nurl = \"{}\"\n{extra}",
+        url(&blue, DB),
+        url(&green, "postgres")
+    );
+    let path = dir.write("proxy.toml", &text);
+    let mut proxy = pgcutover()
+        .args(["proxy", "-c"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let metrics = |want: &'static str| async move {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await
+            {
+                let (code, body) = crate::support::http_text(addr, "GET", "/metrics", None, "").await;
+                if code == 200 && body.contains(want) {
+                    return body;
+                }
+            }
+            assert!(Instant::now() < deadline, "no {want} in /metrics");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let body = metrics("pgcutover_ddl_drift{database=\"app\"} 0").await;
+    assert!(
+        body.contains("pgcutover_replication_lag_bytes{database=\"app\"} "),
+        "{body}"
+    );
+    assert!(
+        !body.contains("pgcutover_replication_lag_bytes{database=\"app\"} -1"),
+        "{body}"
+    );
+    blue.psql(DB, "ALTER TABLE items ADD COLUMN color text").unwrap();
+    metrics("pgcutover_ddl_drift{database=\"app\"} 1").await;
+    proxy.kill().unwrap();
+    proxy.wait().unwrap();
+}
