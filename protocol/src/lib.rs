@@ -5,7 +5,8 @@
 //! untagged startup-phase packets ([`startup`]), lazy views of the handful of
 //! messages whose fields it reads ([`backend`], [`frontend`]), builders for the
 //! messages it writes itself ([`build`]), and the password exchanges it speaks on
-//! both sides ([`scram`], [`md5`]).
+//! both sides ([`scram`], [`md5`]), and a lexer that follows session state through
+//! SQL text ([`sql`]).
 
 pub mod backend;
 pub mod build;
@@ -13,6 +14,7 @@ pub mod frame;
 pub mod frontend;
 pub mod md5;
 pub mod scram;
+pub mod sql;
 pub mod startup;
 mod view;
 
