@@ -10,6 +10,7 @@
 #   --runs     runs per client count; medians are reported (default 3)
 #   --seconds  pgbench duration per run; the flip happens at 40% of it (default 10)
 #   --no-build use the existing release binary (PGCUTOVER_BIN or target/release)
+#   --proxy-log FILE  keep the proxy's log (per-move timings: "session moved ... ms")
 #
 # Workload: pgbench select-only with -M prepared (named prepared statements, so every
 # session carries state that must be replayed on green), scale 10, loaded on both
@@ -21,13 +22,15 @@ CLIENTS="16 64 256"
 RUNS=3
 SECS=10
 BUILD=1
+PROXY_LOG=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --clients) CLIENTS="${2:?}"; shift 2 ;;
         --runs) RUNS="${2:?}"; shift 2 ;;
         --seconds) SECS="${2:?}"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
-        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --proxy-log) PROXY_LOG="${2:?}"; shift 2 ;;
+        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -58,6 +61,7 @@ cleanup() {
     trap - EXIT INT TERM
     set +e
     if [ -n "$PROXY_PID" ]; then stop_pid "$PROXY_PID"; wait "$PROXY_PID" 2>/dev/null; fi
+    [ -n "$PROXY_LOG" ] && cp "$WORK/pgcutover.log" "$PROXY_LOG"
     stop_pg "$PG15_BINDIR" "$WORK/blue"
     stop_pg "$PG17" "$WORK/green"
     rm -rf "$WORK"

@@ -15,6 +15,7 @@ pub mod registry;
 pub mod route;
 pub mod server;
 mod session;
+pub mod state_log;
 pub mod statements;
 pub mod stream;
 pub mod tls;

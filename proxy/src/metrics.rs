@@ -47,6 +47,7 @@ pub struct Metrics {
     route_flips: Family<Labels, Counter>,
     session_replays: Family<Labels, Counter>,
     pinned_sessions: Family<Labels, Counter>,
+    server_reconnects: Family<Labels, Counter>,
     /// Bytes forwarded client → server.
     pub bytes_to_server: Counter,
     /// Bytes forwarded server → client.
@@ -86,6 +87,7 @@ impl Metrics {
             route_flips: Family::default(),
             session_replays: Family::default(),
             pinned_sessions: Family::default(),
+            server_reconnects: Family::default(),
             bytes_to_server: bytes(&bytes_family, "to_server"),
             bytes_to_client: bytes(&bytes_family, "to_client"),
             messages_to_server: bytes(&messages_family, "to_server"),
@@ -132,6 +134,11 @@ impl Metrics {
             "Sessions that could not move, by what pinned them",
             m.pinned_sessions.clone(),
         );
+        registry.register(
+            "server_reconnects",
+            "Server connections lost while their session was idle, by outcome (reconnected: the client noticed nothing; failed: it got the error)",
+            m.server_reconnects.clone(),
+        );
         registry.register("bytes_proxied", "Bytes forwarded, by direction", bytes_family);
         registry.register(
             "messages_proxied",
@@ -162,6 +169,11 @@ impl Metrics {
         if n > 0 {
             self.session_replays.get_or_create(&[("kind", kind)]).inc_by(n as u64);
         }
+    }
+
+    /// Counts a lost server connection by what became of its session.
+    pub fn server_reconnect(&self, outcome: &'static str) {
+        self.server_reconnects.get_or_create(&[("outcome", outcome)]).inc();
     }
 
     /// Counts a session pinned by `reason`.

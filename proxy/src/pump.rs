@@ -9,7 +9,7 @@
 
 use crate::metrics::Metrics;
 use crate::registry::SessionHandle;
-use crate::statements::StatementLog;
+use crate::state_log::{StateLog, MAX_INSPECTED_QUERY};
 use crate::stream::Stream;
 use crate::wire::BUF_SIZE;
 use bytes::{Buf, BufMut, BytesMut};
@@ -64,6 +64,10 @@ pub struct TxState {
     pub open_pipeline: bool,
     /// The client sent Terminate.
     terminated: bool,
+    /// The server said FATAL while the session was idle: it is going away. The
+    /// error is held back (the session may reconnect instead) and nothing new is
+    /// sent to it.
+    pub server_leaving: bool,
 }
 
 impl TxState {
@@ -173,25 +177,31 @@ impl Direction {
             let Some(h) = parse_header(&self.buf[self.ready..], max_message_len).map_err(ScanError::Frame)? else {
                 return Ok(());
             };
-            self.last_tag = h.tag;
-            self.messages += 1;
-            let go_on = if inspector.wants_body(h.tag) {
+            let step = if inspector.wants_body(h.tag, h.body_len) {
                 if unscanned < h.frame_len() {
-                    // Inspected messages are small; the length was checked above.
+                    // Inspected messages are small (or capped by the inspector); the
+                    // length was checked above.
                     self.buf.reserve(h.frame_len() - unscanned);
                     return Ok(());
                 }
                 let frame = &mut self.buf[self.ready..self.ready + h.frame_len()];
-                let go_on = inspector.on_frame(h.tag, frame).map_err(ScanError::Message)?;
-                self.ready += h.frame_len();
-                go_on
+                let step = inspector.on_frame(h.tag, frame).map_err(ScanError::Message)?;
+                if step != Step::HoldBack {
+                    self.ready += h.frame_len();
+                }
+                step
             } else {
-                let go_on = inspector.on_frame(h.tag, &mut []).map_err(ScanError::Message)?;
+                let step = inspector.on_frame(h.tag, &mut []).map_err(ScanError::Message)?;
                 self.ready += HEADER_LEN;
                 self.frame_left = h.body_len;
-                go_on
+                step
             };
-            if !go_on {
+            if step == Step::HoldBack {
+                return Ok(());
+            }
+            self.last_tag = h.tag;
+            self.messages += 1;
+            if step == Step::Stop {
                 return Ok(());
             }
         }
@@ -202,55 +212,79 @@ impl Direction {
 trait Inspector {
     /// Whether a new message may start being forwarded now.
     fn may_start(&self) -> bool;
-    /// Whether a message of this type must be seen whole before it is forwarded.
-    fn wants_body(&self, tag: u8) -> bool;
+    /// Whether a message of this type and size must be seen whole before it is forwarded.
+    fn wants_body(&self, tag: u8, body_len: usize) -> bool;
     /// Sees one message: the whole frame (header included) when wanted, else an
-    /// empty slice. Returns false to stop scanning after it.
-    fn on_frame(&mut self, tag: u8, frame: &mut [u8]) -> Result<bool, String>;
+    /// empty slice.
+    fn on_frame(&mut self, tag: u8, frame: &mut [u8]) -> Result<Step, String>;
+}
+
+/// What the scan does after an inspector saw a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Forward it and go on.
+    Forward,
+    /// Forward it and stop scanning.
+    Stop,
+    /// Keep it where it is, unforwarded, and stop (only for wanted bodies).
+    HoldBack,
 }
 
 /// Client to server: counts what will be answered, logs named statements, and
 /// holds new transactions back while the gate is closed.
 struct ClientSide<'a> {
     tx: &'a mut TxState,
-    statements: &'a mut StatementLog,
+    log: &'a mut StateLog,
     hold: bool,
 }
 
 impl Inspector for ClientSide<'_> {
     fn may_start(&self) -> bool {
-        // Held sessions finish what they started (the drain) but start nothing new.
-        !(self.hold && self.tx.idle())
+        // Held sessions finish what they started (the drain) but start nothing new;
+        // a server that is going away gets nothing new either.
+        !(self.tx.server_leaving || self.hold && self.tx.idle())
     }
 
-    fn wants_body(&self, tag: u8) -> bool {
-        matches!(tag, frontend::PARSE | frontend::CLOSE)
+    fn wants_body(&self, tag: u8, body_len: usize) -> bool {
+        match tag {
+            frontend::PARSE | frontend::CLOSE => true,
+            frontend::QUERY => body_len <= MAX_INSPECTED_QUERY,
+            _ => false,
+        }
     }
 
-    fn on_frame(&mut self, tag: u8, frame: &mut [u8]) -> Result<bool, String> {
+    fn on_frame(&mut self, tag: u8, frame: &mut [u8]) -> Result<Step, String> {
         let tx = &mut *self.tx;
         match tag {
             frontend::TERMINATE => {
                 tx.terminated = true;
-                return Ok(false);
+                return Ok(Step::Stop);
             }
             t if frontend::ends_with_ready_for_query(t) => {
+                match t {
+                    frontend::QUERY => self.log.on_query(frame),
+                    frontend::FUNCTION_CALL => {
+                        self.log.on_function_call();
+                        self.log.on_sync();
+                    }
+                    _ => self.log.on_sync(),
+                }
                 tx.awaiting_ready += 1;
                 tx.open_pipeline = false;
             }
             frontend::PARSE => {
                 tx.open_pipeline = true;
-                self.statements.record_parse(frame);
+                self.log.on_parse(frame);
             }
             frontend::CLOSE => {
                 tx.open_pipeline = true;
-                self.statements.record_close(frame);
+                self.log.on_close(frame);
             }
             frontend::BIND | frontend::DESCRIBE | frontend::EXECUTE | frontend::FLUSH => tx.open_pipeline = true,
             // COPY data and anything else belongs to a message already counted.
             _ => {}
         }
-        Ok(true)
+        Ok(Step::Forward)
     }
 }
 
@@ -258,24 +292,40 @@ impl Inspector for ClientSide<'_> {
 /// session's own (replacement) backend carry the pid the client was given.
 struct ServerSide<'a> {
     tx: &'a mut TxState,
+    log: &'a mut StateLog,
     pid_rewrite: Option<PidRewrite>,
 }
 
 impl Inspector for ServerSide<'_> {
     fn may_start(&self) -> bool {
-        true
+        !self.tx.server_leaving
     }
 
-    fn wants_body(&self, tag: u8) -> bool {
-        tag == backend::READY_FOR_QUERY || (tag == backend::NOTIFICATION_RESPONSE && self.pid_rewrite.is_some())
+    fn wants_body(&self, tag: u8, _body_len: usize) -> bool {
+        match tag {
+            backend::READY_FOR_QUERY => true,
+            backend::NOTIFICATION_RESPONSE => self.pid_rewrite.is_some(),
+            // Unsolicited: the server is about to close the connection.
+            backend::ERROR_RESPONSE => self.tx.idle(),
+            _ => false,
+        }
     }
 
-    fn on_frame(&mut self, tag: u8, frame: &mut [u8]) -> Result<bool, String> {
+    fn on_frame(&mut self, tag: u8, frame: &mut [u8]) -> Result<Step, String> {
         match tag {
             backend::READY_FOR_QUERY => {
                 let body = frame.get(HEADER_LEN..).unwrap_or_default();
                 self.tx.status = backend::parse_ready_for_query(body).map_err(|e| e.to_string())?;
                 self.tx.awaiting_ready = self.tx.awaiting_ready.saturating_sub(1);
+                self.log.on_ready(self.tx.status);
+            }
+            backend::ERROR_RESPONSE => {
+                self.log.on_error();
+                let fields = backend::ErrorFields::new(frame.get(HEADER_LEN..).unwrap_or_default());
+                if !frame.is_empty() && matches!(fields.severity(), Some("FATAL" | "PANIC")) {
+                    self.tx.server_leaving = true;
+                    return Ok(Step::HoldBack);
+                }
             }
             backend::NOTIFICATION_RESPONSE => {
                 if let (Some(rw), Some(pid)) = (self.pid_rewrite, frame.get_mut(HEADER_LEN..HEADER_LEN + 4)) {
@@ -286,7 +336,7 @@ impl Inspector for ServerSide<'_> {
             }
             _ => {}
         }
-        Ok(true)
+        Ok(Step::Forward)
     }
 }
 
@@ -319,7 +369,7 @@ pub struct Pump {
     c2s: Direction,
     s2c: Direction,
     tx: TxState,
-    statements: StatementLog,
+    log: StateLog,
     pid_rewrite: Option<PidRewrite>,
     max_message_len: usize,
     handle: Arc<SessionHandle>,
@@ -349,8 +399,9 @@ impl Pump {
                 awaiting_ready: 0,
                 open_pipeline: false,
                 terminated: false,
+                server_leaving: false,
             },
-            statements: StatementLog::default(),
+            log: StateLog::default(),
             pid_rewrite: None,
             max_message_len,
             handle,
@@ -363,9 +414,24 @@ impl Pump {
         self.tx
     }
 
-    /// Named statements the client prepared with Parse, for replay elsewhere.
-    pub fn statements(&self) -> &StatementLog {
-        &self.statements
+    /// The session's state as followed from its messages, for replay elsewhere.
+    pub fn state_log(&self) -> &StateLog {
+        &self.log
+    }
+
+    /// See [`state_log`](Self::state_log).
+    pub fn state_log_mut(&mut self) -> &mut StateLog {
+        &mut self.log
+    }
+
+    /// The FATAL a server sent while the session was idle, held back from the
+    /// client (see [`TxState::server_leaving`]).
+    pub fn server_farewell(&self) -> Option<&[u8]> {
+        if !self.tx.server_leaving {
+            return None;
+        }
+        let h = parse_header(&self.s2c.buf, self.max_message_len).ok().flatten()?;
+        self.s2c.buf.get(..h.frame_len())
     }
 
     /// Whether the session is idle and every byte it had was delivered both ways, so
@@ -392,6 +458,7 @@ impl Pump {
     pub fn set_server_buffer(&mut self, buf: BytesMut) {
         self.flush_counters();
         self.s2c = Direction::new(buf);
+        self.tx.server_leaving = false;
     }
 
     /// Adds what this session forwarded since the last call to the shared counters.
@@ -454,7 +521,7 @@ impl Pump {
             let was = self.tx;
             let mut side = ClientSide {
                 tx: &mut self.tx,
-                statements: &mut self.statements,
+                log: &mut self.log,
                 hold,
             };
             self.c2s.scan(self.max_message_len, &mut side).map_err(|e| match e {
@@ -489,6 +556,7 @@ impl Pump {
             let was = self.tx;
             let mut side = ServerSide {
                 tx: &mut self.tx,
+                log: &mut self.log,
                 pid_rewrite: self.pid_rewrite,
             };
             self.s2c.scan(self.max_message_len, &mut side).map_err(|e| match e {

@@ -35,6 +35,26 @@ impl StatementLog {
         }
     }
 
+    /// Forgets `name` (DEALLOCATE).
+    pub(crate) fn forget(&mut self, name: &str) {
+        self.parses.remove(name);
+    }
+
+    /// Forgets everything (DEALLOCATE ALL, DISCARD ALL).
+    pub(crate) fn clear(&mut self) {
+        self.parses.clear();
+    }
+
+    /// Keeps only the statements `keep` says yes to.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.parses.retain(|name, _| keep(name));
+    }
+
+    /// Every statement, by name and Parse frame.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Bytes)> {
+        self.parses.iter().map(|(n, f)| (n.as_str(), f))
+    }
+
     /// The Parse frame that created `name`.
     pub fn parse_frame(&self, name: &str) -> Option<&Bytes> {
         self.parses.get(name)

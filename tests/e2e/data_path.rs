@@ -4,6 +4,7 @@ use crate::support::*;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt, TryStreamExt};
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 
 #[tokio::test]
 async fn simple_and_extended_protocol_round_trip() {
@@ -216,16 +217,16 @@ async fn server_side_termination_reaches_the_client_as_the_servers_own_error_onl
     // trust, so a raw socket can log in and see every byte the proxy sends.
     let proxy =
         RunningProxy::start(db.config("", &format!("auth_type = \"trust\"\nauth_file = {:?}", db.userlist()))).await;
-    let raw = raw_login(&proxy).await;
-    let pid: i64 = db
-        .cluster
-        .psql(
-            "postgres",
-            &format!("select pid from pg_stat_activity where usename = '{PLAIN_USER}'"),
-        )
-        .unwrap()
-        .parse()
-        .unwrap();
+    let mut raw = raw_login(&proxy).await;
+    // Inside a transaction: an idle session would be reconnected instead (reconnect.rs).
+    raw.write_all(b"Q\0\0\0\x0aBEGIN\0").await.unwrap();
+    let in_transaction =
+        format!("select pid from pg_stat_activity where usename = '{PLAIN_USER}' and state = 'idle in transaction'");
+    wait_for("the session to be in its transaction", Duration::from_secs(10), || {
+        !db.cluster.psql("postgres", &in_transaction).unwrap().is_empty()
+    })
+    .await;
+    let pid: i64 = db.cluster.psql("postgres", &in_transaction).unwrap().parse().unwrap();
     db.cluster
         .psql("postgres", &format!("select pg_terminate_backend({pid})"))
         .unwrap();

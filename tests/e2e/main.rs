@@ -8,5 +8,6 @@ mod cli;
 mod cutover;
 mod data_path;
 mod orchestrator;
+mod reconnect;
 mod support;
 mod tls;

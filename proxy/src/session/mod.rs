@@ -221,8 +221,8 @@ enum DataEnd {
 /// A logged-in connection to another target, opened ahead of a flip.
 enum Standby {
     None,
-    Connecting(Target, tokio::task::JoinHandle<Result<ServerConn, server::LoginError>>),
-    Ready(Target, Box<ServerConn>),
+    Connecting(Target, tokio::task::JoinHandle<Result<migrate::Warm, String>>),
+    Ready(Target, Box<migrate::Warm>),
     /// The login failed; not retried until another target is asked for.
     Failed(Target),
 }
@@ -237,10 +237,10 @@ impl Standby {
 }
 
 /// Resolves when a standby login finishes; never while there is none.
-async fn standby_login(standby: &mut Standby) -> Result<ServerConn, String> {
+async fn standby_login(standby: &mut Standby) -> Result<migrate::Warm, String> {
     match standby {
         Standby::Connecting(_, task) => match task.await {
-            Ok(r) => r.map_err(|e| e.to_string()),
+            Ok(r) => r,
             Err(e) => Err(e.to_string()),
         },
         _ => std::future::pending().await,
@@ -269,7 +269,15 @@ async fn serve(
     let mut kick_rx = shared.control.watch_kick();
     let mut standby = Standby::None;
     let handle = &ctx.registration.handle;
+    // Set when the server connection ended: the session may live on elsewhere.
+    let mut lost: Option<Result<PumpEnd, PumpError>> = None;
     let end = loop {
+        if let Some(r) = lost.take() {
+            match server_lost(shared, client, server, ctx, &mut pump).await {
+                Ok(()) => continue,
+                Err(()) => break DataEnd::Pump(r),
+            }
+        }
         let wanted = (*standby_rx.borrow_and_update()).filter(|t| *t != handle.target());
         if standby.target() != wanted {
             if let Standby::Connecting(_, task) = &standby {
@@ -280,10 +288,10 @@ async fn serve(
                 Some(target) => {
                     let (backend, opts) = (shared.backend(target).clone(), shared.login.clone());
                     let (params, credential) = (ctx.params.clone(), ctx.credential.clone());
-                    Standby::Connecting(
-                        target,
-                        tokio::spawn(async move { server::connect(&backend, &opts, &params, &credential).await }),
-                    )
+                    let statements = pump.state_log().statements().iter();
+                    let statements = statements.map(|(n, f)| (n.to_owned(), f.clone())).collect();
+                    let warm = migrate::warm_standby(backend, opts, params, credential, statements);
+                    Standby::Connecting(target, tokio::spawn(warm))
                 }
                 None => Standby::None,
             };
@@ -332,6 +340,7 @@ async fn serve(
                 Ok(PumpEnd::AtBoundary) if phase == ShutdownPhase::Draining => break DataEnd::Pump(r),
                 // At a boundary with a move pending: the loop moves the session.
                 Ok(PumpEnd::AtBoundary) => continue,
+                lost_server @ (Ok(PumpEnd::ServerClosed) | Err(PumpError::ServerIo(_))) => lost = Some(lost_server),
                 other => break DataEnd::Pump(other),
             },
             _ = route_rx.changed() => {}
@@ -363,6 +372,12 @@ async fn serve(
             }
         }
     };
+    if let Some(farewell) = pump.server_farewell() {
+        // The FATAL the server sent before it went away, held back for a reconnect
+        // that did not happen: the client gets it as it would directly.
+        client.wbuf.extend_from_slice(farewell);
+        return DataEnd::ServerClosedWithError;
+    }
     if matches!(end, DataEnd::Pump(Ok(PumpEnd::ServerClosed))) && pump.server_said_error_last() {
         return DataEnd::ServerClosedWithError;
     }
@@ -372,6 +387,38 @@ async fn serve(
         return DataEnd::Pump(Err(PumpError::ClientIo(std::io::ErrorKind::Interrupted.into())));
     }
     end
+}
+
+/// The server connection ended. If the session was idle and its state log knows
+/// everything it set up, it is recreated on the active target and the client
+/// notices nothing; otherwise (inside a transaction, or state the log could not
+/// follow) the client gets the error, as with a direct connection.
+async fn server_lost(
+    shared: &Shared,
+    client: &mut Conn,
+    server: &mut ServerConn,
+    ctx: &SessionCtx,
+    pump: &mut Pump,
+) -> Result<(), ()> {
+    if !pump.at_boundary() {
+        return Err(());
+    }
+    if let Some(why) = pump.state_log().opaque() {
+        info!("server connection lost while idle; not reconnecting: the session's state is not fully known ({why})");
+        shared.metrics.server_reconnect("not_attempted");
+        return Err(());
+    }
+    match migrate::reconnect(shared, client, server, ctx, pump).await {
+        Ok(()) => {
+            shared.metrics.server_reconnect("reconnected");
+            Ok(())
+        }
+        Err(e) => {
+            warn!("server connection lost while idle; reconnecting failed: {e}");
+            shared.metrics.server_reconnect("failed");
+            Err(())
+        }
+    }
 }
 
 async fn finish(shared: &Shared, client: &mut Conn, server: &mut ServerConn, ctx: &SessionCtx, end: DataEnd) {
