@@ -23,6 +23,12 @@ use tracing::{debug, info, warn};
 /// How long the old server gets to answer the state snapshot, and the new one the replay.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The longest an old server connection is kept open after its session moved.
+const RETIRE_WAIT: Duration = Duration::from_secs(30);
+
+/// Old server connections are closed over this long after the hold ends.
+const RETIRE_SPREAD: Duration = Duration::from_secs(5);
+
 /// Why a session did not move.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum MoveError {
@@ -329,8 +335,6 @@ async fn switch(
     }
     forward(client, &to_client).await;
 
-    build::terminate(&mut server.conn.wbuf);
-    let _ = tokio::time::timeout(Duration::from_secs(1), server.conn.flush()).await;
     ctx.registration
         .handle
         .set_server(new.addr, new.key, route.target, route.epoch);
@@ -344,8 +348,23 @@ async fn switch(
     m.replayed("prepared_statement", snapshot.protocol_statements.len());
     m.replayed("sql_prepare", snapshot.state.sql_prepares.len());
     m.replayed("listen", snapshot.state.channels.len());
-    *server = new;
+    retire(std::mem::replace(server, new), shared.control.watch_gate());
     Ok(())
+}
+
+/// Closes a server connection the session no longer uses (Terminate), once the
+/// hold is over and spread over [`RETIRE_SPREAD`]: every old backend exiting at
+/// once would compete for the CPU with the moves still running, or with the
+/// released clients right after the resume.
+fn retire(mut old: ServerConn, mut gate: tokio::sync::watch::Receiver<crate::control::Gate>) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(RETIRE_WAIT, gate.wait_for(|g| !g.held)).await;
+        // Backend pids are as good a spread as any.
+        let spread = RETIRE_SPREAD.as_millis() as u64;
+        tokio::time::sleep(Duration::from_millis((old.key.pid as u64).wrapping_mul(7919) % spread)).await;
+        build::terminate(&mut old.conn.wbuf);
+        let _ = tokio::time::timeout(Duration::from_secs(1), old.conn.flush()).await;
+    });
 }
 
 async fn forward(client: &mut Conn, bytes: &[u8]) {
