@@ -19,6 +19,7 @@ pub mod replicate;
 mod roles;
 mod setup;
 pub mod status;
+pub mod switchover;
 mod targets;
 mod tools;
 pub mod verify;

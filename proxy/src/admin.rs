@@ -4,6 +4,7 @@
 
 use crate::config::Config;
 use crate::route::Target;
+use crate::SwitchoverRequest;
 use crate::{Shared, StartError};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -101,11 +102,11 @@ async fn handle(
         );
         return Ok(r);
     }
-    let mutating = ["/prepare", "/hold", "/resume", "/route"].contains(&path.as_str());
+    let mutating = ["/prepare", "/hold", "/resume", "/route", "/switchover"].contains(&path.as_str());
     if !mutating {
         return Ok(error(
             StatusCode::NOT_FOUND,
-            &format!("no such endpoint: {method} {path}; see GET /status, GET /metrics, POST /prepare, POST /hold, POST /resume, POST /route"),
+            &format!("no such endpoint: {method} {path}; see GET /status, GET /metrics, POST /switchover, POST /prepare, POST /hold, POST /resume, POST /route"),
         ));
     }
     if method != Method::POST {
@@ -125,6 +126,28 @@ async fn handle(
     };
     let control = &shared.control;
     Ok(match path.as_str() {
+        "/switchover" => {
+            let Some(hook) = shared.switchover.get() else {
+                return Ok(error(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "this proxy cannot run a switchover: it needs [green] and [replication] in its configuration",
+                ));
+            };
+            let request: SwitchoverRequest = match serde_json::from_slice(if body.is_empty() { b"{}" } else { &body }) {
+                Ok(r) => r,
+                Err(e) => return Ok(error(
+                    StatusCode::BAD_REQUEST,
+                    &format!(
+                        "POST /switchover takes an optional JSON body {{\"dry_run\": true, \"timeout\": \"30s\"}}: {e}"
+                    ),
+                )),
+            };
+            let (code, body) = hook(request).await;
+            reply(
+                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                body,
+            )
+        }
         "/hold" => {
             let report = control.hold_and_drain().await;
             let body = json!({
@@ -244,12 +267,16 @@ fn status(shared: &Shared) -> Value {
     json!({
         "route": s.route.target.name(),
         "epoch": s.route.epoch,
-        "phase": if s.held { "held" } else { "serving" },
+        "phase": shared.control.phase().unwrap_or(if s.held { "held" } else { "serving" }),
         "held_ms": s.held_ms,
         "held_clients": s.held_clients,
         "in_flight": s.in_flight,
         "clients": s.clients,
         "server_connections": { "blue": s.blue_servers, "green": s.green_servers },
+        "server_pids": {
+            "blue": shared.control.server_pids(Target::Blue),
+            "green": shared.control.server_pids(Target::Green),
+        },
     })
 }
 

@@ -168,6 +168,10 @@ pub struct ProxyConfig {
     pub admin_token_file: Option<PathBuf>,
     /// Users allowed into the SQL admin console (database `pgcutover` on `listen`).
     pub admin_users: Vec<String>,
+    /// Admin API base URLs of the other proxy instances serving the same
+    /// application (`["http://10.0.0.2:9187"]`); a switchover holds, flips and
+    /// resumes them with this one. They must accept this instance's admin token.
+    pub peers: Vec<String>,
 }
 
 impl Default for ProxyConfig {
@@ -187,6 +191,7 @@ impl Default for ProxyConfig {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9187)),
             admin_token_file: None,
             admin_users: Vec::new(),
+            peers: Vec::new(),
         }
     }
 }

@@ -104,6 +104,7 @@ pub struct Control {
     sessions: Arc<SessionRegistry>,
     generations: AtomicU64,
     held_since: Mutex<Option<Instant>>,
+    phase: Mutex<Option<&'static str>>,
     /// Hold limit (`timeout`) and drain settings.
     settings: SwitchoverConfig,
     has_green: bool,
@@ -133,6 +134,7 @@ impl Control {
             sessions,
             generations: AtomicU64::new(0),
             held_since: Mutex::new(None),
+            phase: Mutex::new(None),
             settings,
             has_green,
             metrics,
@@ -228,6 +230,27 @@ impl Control {
             blue_servers: on(Target::Blue),
             green_servers: on(Target::Green),
         }
+    }
+
+    /// Backend pids of the sessions' server connections on `target`: the
+    /// orchestrator's fence spares these (they are held, and move at the flip).
+    pub fn server_pids(&self, target: Target) -> Vec<i32> {
+        let handles = self.sessions.handles();
+        handles
+            .iter()
+            .filter(|h| h.target() == target)
+            .map(|h| h.server_pid())
+            .collect()
+    }
+
+    /// What a switchover driving this proxy is doing now, for `/status`.
+    pub fn set_phase(&self, phase: Option<&'static str>) {
+        *self.phase.lock().expect("phase lock") = phase;
+    }
+
+    /// See [`set_phase`](Self::set_phase).
+    pub fn phase(&self) -> Option<&'static str> {
+        *self.phase.lock().expect("phase lock")
     }
 
     /// The registry of live sessions.

@@ -105,7 +105,26 @@ pub(crate) struct Shared {
     control: Arc<Control>,
     metrics: Arc<Metrics>,
     clients: AtomicUsize,
+    /// Runs `POST /switchover`: installed by the binary, which owns the orchestrator.
+    switchover: std::sync::OnceLock<SwitchoverHook>,
 }
+
+/// What `POST /switchover` asks for.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchoverRequest {
+    /// Run the preflight and predict the hold, change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Overrides `[switchover] timeout` (e.g. "30s").
+    #[serde(default)]
+    pub timeout: Option<config::HumanDuration>,
+}
+
+/// Runs a switchover for `POST /switchover`: (HTTP status, report JSON).
+pub type SwitchoverHook = Arc<
+    dyn Fn(SwitchoverRequest) -> std::pin::Pin<Box<dyn Future<Output = (u16, serde_json::Value)> + Send>> + Send + Sync,
+>;
 
 impl Shared {
     /// The server a target stands for; green falls back to blue when not configured
@@ -213,6 +232,7 @@ impl Proxy {
                 control,
                 metrics,
                 clients: AtomicUsize::new(0),
+                switchover: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -230,6 +250,11 @@ impl Proxy {
     /// The cutover controls (what the admin API drives).
     pub fn control(&self) -> Arc<Control> {
         self.shared.control.clone()
+    }
+
+    /// Installs what `POST /switchover` runs (once; later calls are ignored).
+    pub fn set_switchover_hook(&self, hook: SwitchoverHook) {
+        let _ = self.shared.switchover.set(hook);
     }
 
     /// Serves clients until `shutdown` completes; then stops accepting, lets each

@@ -107,6 +107,11 @@ impl SessionHandle {
         self.in_transaction.load(Ordering::Acquire)
     }
 
+    /// The backend pid of the session's current server connection.
+    pub fn server_pid(&self) -> i32 {
+        self.server.lock().expect("session handle lock").1.pid
+    }
+
     /// The target of the session's current server.
     pub fn target(&self) -> Target {
         Target::from_u8(self.target.load(Ordering::Relaxed))
