@@ -10,4 +10,5 @@ mod data_path;
 mod orchestrator;
 mod reconnect;
 mod support;
+mod switchover;
 mod tls;
