@@ -350,7 +350,7 @@ reverse_replication = false
         format!(
             "\nStill running (--keep); Ctrl-C stops everything and removes the files.\n\
              \x20 through the proxy:  PGPASSWORD={app} psql -h 127.0.0.1 -p {port} -U {APP_USER} {DATABASE}\n\
-             \x20 blue (PostgreSQL {bv}, fenced):  PGPASSWORD={adm} psql -h 127.0.0.1 -p {bp} -U {ADMIN_USER} {DATABASE}\n\
+             \x20 blue (PostgreSQL {bv}):  PGPASSWORD={adm} psql -h 127.0.0.1 -p {bp} -U {ADMIN_USER} {DATABASE}\n\
              \x20 green (PostgreSQL {gv}):  PGPASSWORD={adm} psql -h 127.0.0.1 -p {gp} -U {ADMIN_USER} {DATABASE}\n\
              \x20 proxy admin API:  curl -s http://{admin}/status   (token in {dir}/admin.token)\n\
              \x20 config:           {dir}/pgcutover.toml\n",
