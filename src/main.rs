@@ -3,9 +3,10 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use pgcutover_orchestrator::switchover::{self, Direction, ProxyEndpoint, SwitchoverOptions};
 use pgcutover_orchestrator::{CheckStatus, Progress, ReplicateOptions, Targets, VerifyOptions};
 use pgcutover_proxy::config::Config;
-use pgcutover_proxy::Proxy;
+use pgcutover_proxy::{Proxy, SwitchoverRequest};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,6 +71,15 @@ enum Command {
     /// (ranges still receiving writes are re-checked a few times). Exits 0 only when
     /// the data is identical.
     Verify(VerifyArgs),
+    /// Move the application from blue to green now: preflight guardrails, hold and
+    /// drain every proxy (this one at [proxy] admin_listen and [proxy] peers), fence
+    /// blue, wait for green to apply the sentinel, sync sequences, flip, resume. Any
+    /// failure or the timeout before the flip rolls everything back; clients see only
+    /// a pause. Prints the report; exit 0 only when completed (or --dry-run passed).
+    Switchover(SwitchoverArgs),
+    /// After a completed switchover with reverse_replication: the same protocol from
+    /// green back to blue, with the writes made on green.
+    Rollback(SwitchoverArgs),
 
     /// See it work: starts a local blue (PostgreSQL 15) and green (PostgreSQL 17,
     /// installed into the cache dir if missing), loads a sample schema, starts the
@@ -130,6 +140,21 @@ struct ReplicateArgs {
     /// Return once the subscription exists instead of waiting for the initial copy.
     #[arg(long)]
     no_wait: bool,
+}
+
+#[derive(clap::Args)]
+struct SwitchoverArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Hard deadline from the hold to the flip (default: [switchover] timeout).
+    #[arg(long, value_name = "DURATION")]
+    timeout: Option<pgcutover_proxy::config::HumanDuration>,
+    /// Run the preflight and predict the hold; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -198,6 +223,8 @@ fn main() -> ExitCode {
             Command::Replicate(args) => run_replicate(args).await,
             Command::Status(args) => run_status(args).await,
             Command::Verify(args) => run_verify(args).await,
+            Command::Switchover(args) => run_switchover(args, Direction::Forward).await,
+            Command::Rollback(args) => run_switchover(args, Direction::Rollback).await,
             Command::Demo(args) => run_demo(args).await,
         }
     });
@@ -227,7 +254,11 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         config.proxy.listen = listen;
     }
     let monitor = replication_monitor(&config);
+    let hook_config = config.clone();
     let proxy = Proxy::bind(config).await.context("cannot start the proxy")?;
+    if hook_config.green.is_some() {
+        install_switchover_hook(&proxy, hook_config)?;
+    }
     proxy.run(shutdown_signal()).await;
     if let Some(m) = monitor {
         m.abort();
@@ -268,6 +299,92 @@ fn replication_monitor(config: &Config) -> Option<tokio::task::JoinHandle<()>> {
             tokio::time::sleep(std::time::Duration::from_secs(10)).await;
         }
     }))
+}
+
+/// `POST /switchover` on this proxy runs the switchover with this proxy in-process
+/// and its peers through their admin API.
+fn install_switchover_hook(proxy: &Proxy, config: Config) -> anyhow::Result<()> {
+    let targets = Targets::from_config(&config)?;
+    let token = admin_token(&config)?;
+    let control = proxy.control();
+    let config = std::sync::Arc::new(config);
+    proxy.set_switchover_hook(std::sync::Arc::new(move |request: SwitchoverRequest| {
+        let (config, targets, token, control) = (config.clone(), targets.clone(), token.clone(), control.clone());
+        Box::pin(async move {
+            let mut proxies = vec![ProxyEndpoint::Local(control)];
+            proxies.extend(peers(&config, &token));
+            let opts = SwitchoverOptions {
+                direction: Direction::Forward,
+                timeout: request.timeout.map(|t| t.0).unwrap_or(config.switchover.timeout.0),
+                dry_run: request.dry_run,
+            };
+            let report = switchover::run(&targets, &config, &proxies, &opts, &Progress::quiet()).await;
+            let code = if report.ok() { 200 } else { 409 };
+            (code, serde_json::to_value(&report).unwrap_or_default())
+        })
+    }));
+    Ok(())
+}
+
+fn peers(config: &Config, token: &Option<String>) -> Vec<ProxyEndpoint> {
+    config
+        .proxy
+        .peers
+        .iter()
+        .map(|url| ProxyEndpoint::Remote {
+            url: url.clone(),
+            token: token.clone(),
+        })
+        .collect()
+}
+
+/// The admin token from [proxy] admin_token_file, if configured.
+fn admin_token(config: &Config) -> anyhow::Result<Option<String>> {
+    let Some(path) = &config.proxy.admin_token_file else {
+        return Ok(None);
+    };
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read [proxy] admin_token_file {}", path.display()))?;
+    Ok(Some(token.trim().to_owned()))
+}
+
+/// `pgcutover switchover` / `rollback`: drives the proxy at [proxy] admin_listen and
+/// the peers through their admin API.
+async fn run_switchover(args: SwitchoverArgs, direction: Direction) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&args.config.config)?;
+    let targets = Targets::from_config(&config)?;
+    let token = admin_token(&config)?;
+    if token.is_none() && !args.dry_run {
+        anyhow::bail!(
+            "the proxies' mutating admin calls need a token: set [proxy] admin_token_file (the same file the proxies use)"
+        );
+    }
+    let mut proxies = vec![ProxyEndpoint::Remote {
+        url: format!("http://{}", config.proxy.admin_listen),
+        token: token.clone(),
+    }];
+    proxies.extend(peers(&config, &token));
+    let opts = SwitchoverOptions {
+        direction,
+        timeout: args.timeout.map(|t| t.0).unwrap_or(config.switchover.timeout.0),
+        dry_run: args.dry_run,
+    };
+    let progress = if args.json {
+        Progress::quiet()
+    } else {
+        Progress::stderr()
+    };
+    let report = switchover::run(&targets, &config, &proxies, &opts, &progress).await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", switchover::render(&report));
+    }
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

@@ -135,12 +135,14 @@ async fn handle(
             };
             let request: SwitchoverRequest = match serde_json::from_slice(if body.is_empty() { b"{}" } else { &body }) {
                 Ok(r) => r,
-                Err(e) => return Ok(error(
-                    StatusCode::BAD_REQUEST,
-                    &format!(
+                Err(e) => {
+                    return Ok(error(
+                        StatusCode::BAD_REQUEST,
+                        &format!(
                         "POST /switchover takes an optional JSON body {{\"dry_run\": true, \"timeout\": \"30s\"}}: {e}"
                     ),
-                )),
+                    ))
+                }
             };
             let (code, body) = hook(request).await;
             reply(

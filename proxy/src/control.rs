@@ -253,6 +253,11 @@ impl Control {
         *self.phase.lock().expect("phase lock")
     }
 
+    /// The proxy's metrics (the orchestrator records switchover phases there).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// The registry of live sessions.
     pub fn sessions(&self) -> &SessionRegistry {
         &self.sessions

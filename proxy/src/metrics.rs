@@ -48,6 +48,9 @@ pub struct Metrics {
     session_replays: Family<Labels, Counter>,
     pinned_sessions: Family<Labels, Counter>,
     server_reconnects: Family<Labels, Counter>,
+    switchover_phase: Family<Labels, Gauge>,
+    switchover_phase_seconds: Family<Labels, Histogram>,
+    switchovers: Family<Labels, Counter>,
     /// Bytes forwarded client → server.
     pub bytes_to_server: Counter,
     /// Bytes forwarded server → client.
@@ -88,6 +91,11 @@ impl Metrics {
             session_replays: Family::default(),
             pinned_sessions: Family::default(),
             server_reconnects: Family::default(),
+            switchover_phase: Family::default(),
+            switchover_phase_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 16))
+            }),
+            switchovers: Family::default(),
             bytes_to_server: bytes(&bytes_family, "to_server"),
             bytes_to_client: bytes(&bytes_family, "to_client"),
             messages_to_server: bytes(&messages_family, "to_server"),
@@ -139,6 +147,17 @@ impl Metrics {
             "Server connections lost while their session was idle, by outcome (reconnected: the client noticed nothing; failed: it got the error)",
             m.server_reconnects.clone(),
         );
+        registry.register(
+            "switchover_phase",
+            "1 for the phase a switchover run by this process is in",
+            m.switchover_phase.clone(),
+        );
+        registry.register(
+            "switchover_phase_seconds",
+            "How long each switchover phase took",
+            m.switchover_phase_seconds.clone(),
+        );
+        registry.register("switchovers", "Switchovers by outcome", m.switchovers.clone());
         registry.register("bytes_proxied", "Bytes forwarded, by direction", bytes_family);
         registry.register(
             "messages_proxied",
@@ -174,6 +193,22 @@ impl Metrics {
     /// Counts a lost server connection by what became of its session.
     pub fn server_reconnect(&self, outcome: &'static str) {
         self.server_reconnects.get_or_create(&[("outcome", outcome)]).inc();
+    }
+
+    /// A switchover phase ended after `took`; `next` is the phase now under way.
+    pub fn switchover_phase(&self, ended: &'static str, next: Option<&'static str>, took: std::time::Duration) {
+        self.switchover_phase_seconds
+            .get_or_create(&[("phase", ended)])
+            .observe(took.as_secs_f64());
+        self.switchover_phase.get_or_create(&[("phase", ended)]).set(0);
+        if let Some(next) = next {
+            self.switchover_phase.get_or_create(&[("phase", next)]).set(1);
+        }
+    }
+
+    /// Counts a finished switchover by outcome (completed, rolled_back, refused, dry_run).
+    pub fn switchover_done(&self, outcome: &'static str) {
+        self.switchovers.get_or_create(&[("outcome", outcome)]).inc();
     }
 
     /// Counts a session pinned by `reason`.

@@ -11,4 +11,5 @@ mod demo;
 mod orchestrator;
 mod reconnect;
 mod support;
+mod switchover;
 mod tls;

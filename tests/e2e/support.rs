@@ -169,6 +169,24 @@ impl Db {
         }
     }
 
+    /// A config for a switchover from this cluster (blue) to `green`: admin URLs with
+    /// passwords (green's subscription logs into blue with them), [replication] of the
+    /// test database, an admin token, the full userlist, and `switchover` lines.
+    pub fn config_for_switchover(&self, green: &Db, switchover: &str) -> Config {
+        let token = self.dir.write("admin.token", ADMIN_TOKEN);
+        let url = |db: &Db| {
+            db.cluster
+                .url(pg_harness::SUPERUSER, pg_harness::SUPERUSER_PASSWORD, DB)
+        };
+        let text = format!(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nserver_tls_mode = \"disable\"\nadmin_token_file = {token:?}\n[auth]\nauth_file = {:?}\n[blue]\nurl = \"{}\"\n[green]\nurl = \"{}\"\n[replication]\ndatabases = [\"{DB}\"]\n[switchover]\n{switchover}\n",
+            self.userlist(),
+            url(self),
+            url(green)
+        );
+        Config::from_toml(&text, "test config", &self.dir.0, std::iter::empty()).expect("valid test config")
+    }
+
     /// Runs the same SQL on this cluster's test database.
     pub fn sql(&self, sql: &str) -> String {
         self.cluster.psql(DB, sql).unwrap()

@@ -101,3 +101,712 @@ pub struct Report {
     /// Dry run: predicted hold in milliseconds (drain + catch-up estimate).
     pub predicted_hold_ms: Option<f64>,
 }
+
+mod database;
+mod proxies;
+
+use crate::progress::{human_duration, Progress};
+use crate::quote::conninfo_value;
+use crate::targets::{Side, Targets};
+use crate::{check, replication_status, subscription_name, CheckStatus};
+use database as db;
+use pgcutover_proxy::config::Config;
+use pgcutover_proxy::route::Target;
+use std::time::Instant;
+use tokio_postgres::Client;
+use tracing::{debug, info, warn};
+
+/// The reverse publication on green (forward switchovers with reverse_replication).
+pub const REVERSE_PUBLICATION: &str = "pgcutover_reverse";
+
+/// Blue's subscription to green (and green's slot) for `database`.
+pub fn reverse_subscription_name(database: &str) -> String {
+    let mut name = subscription_name(database).replacen(crate::SUBSCRIPTION_PREFIX, "pgcutover_reverse_", 1);
+    name.truncate(63);
+    name
+}
+
+/// The switchover's states. Transitions are explicit ([`Phase::may_go_to`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Idle,
+    Preflight,
+    Hold,
+    Drain,
+    Fence,
+    CatchUp,
+    SyncSequences,
+    Flip,
+    Resume,
+    Done,
+    RollingBack,
+    RolledBack,
+}
+
+impl Phase {
+    /// The metric / report name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Idle => "idle",
+            Phase::Preflight => "preflight",
+            Phase::Hold => "hold",
+            Phase::Drain => "drain",
+            Phase::Fence => "fence",
+            Phase::CatchUp => "catch_up",
+            Phase::SyncSequences => "sync_sequences",
+            Phase::Flip => "flip",
+            Phase::Resume => "resume",
+            Phase::Done => "done",
+            Phase::RollingBack => "rolling_back",
+            Phase::RolledBack => "rolled_back",
+        }
+    }
+
+    /// Whether the protocol allows `self → to`: forward one step at a time, and
+    /// rollback from any state before the flip (the commit point).
+    pub fn may_go_to(self, to: Phase) -> bool {
+        use Phase::*;
+        matches!(
+            (self, to),
+            (Idle, Preflight)
+                | (Preflight, Hold)
+                | (Hold, Drain)
+                | (Drain, Fence)
+                | (Fence, CatchUp)
+                | (CatchUp, SyncSequences)
+                | (SyncSequences, Flip)
+                | (Flip, Resume)
+                | (Resume, Done)
+                | (Hold | Drain | Fence | CatchUp | SyncSequences | Flip, RollingBack)
+                | (RollingBack, RolledBack)
+        )
+    }
+}
+
+/// What was changed so far, so a rollback undoes exactly that.
+#[derive(Debug, Default)]
+struct Changed {
+    held: bool,
+    fenced: bool,
+    /// Databases whose subscription was disabled at the flip.
+    disabled: Vec<String>,
+    /// Databases with reverse replication objects (publication at preflight, slot
+    /// and subscription at the flip).
+    reverse: Vec<String>,
+    /// The reverse publication was created by this run (forward only).
+    reverse_publication: bool,
+    /// Proxies routed to the new side: past this, no rollback.
+    routed: bool,
+}
+
+/// Per database: the orchestrator's connections to both sides.
+struct DbConns {
+    name: String,
+    source: Client,
+    dest: Client,
+}
+
+/// One run of the protocol.
+struct Run<'a> {
+    targets: &'a Targets,
+    config: &'a Config,
+    proxies: &'a [ProxyEndpoint],
+    opts: &'a SwitchoverOptions,
+    progress: &'a Progress,
+    phase: Phase,
+    phase_started: Instant,
+    hold_started: Option<Instant>,
+    changed: Changed,
+    report: Report,
+    dbs: Vec<DbConns>,
+    own_pids: Vec<i32>,
+}
+
+/// Runs one switchover (or its dry run) and reports what happened. It never
+/// panics and never leaves the proxies held: every path ends with them resumed.
+pub async fn run(
+    targets: &Targets,
+    config: &Config,
+    proxies: &[ProxyEndpoint],
+    opts: &SwitchoverOptions,
+    progress: &Progress,
+) -> Report {
+    let mut run = Run {
+        targets,
+        config,
+        proxies,
+        opts,
+        progress,
+        phase: Phase::Idle,
+        phase_started: Instant::now(),
+        hold_started: None,
+        changed: Changed::default(),
+        report: Report {
+            outcome: Outcome::Refused,
+            reason: None,
+            direction: opts.direction,
+            phases: Vec::new(),
+            max_hold_ms: 0.0,
+            sessions_held: 0,
+            transactions_drained: 0,
+            cut_lsn: Vec::new(),
+            sequences_synced: 0,
+            pinned_sessions: 0,
+            sessions_moved: 0,
+            reverse_replication: false,
+            predicted_hold_ms: None,
+        },
+        dbs: Vec::new(),
+        own_pids: Vec::new(),
+    };
+    run.go(Phase::Preflight);
+    if let Err(reason) = run.preflight().await {
+        run.finish_phase();
+        run.report.outcome = Outcome::Refused;
+        run.report.reason = Some(reason);
+        run.cleanup_refused().await;
+        return run.end();
+    }
+    if opts.dry_run {
+        run.finish_phase();
+        run.report.outcome = Outcome::DryRun;
+        run.cleanup_refused().await;
+        return run.end();
+    }
+    let deadline = tokio::time::Instant::now() + opts.timeout;
+    let to_flip = tokio::time::timeout_at(deadline, run.hold_to_flip()).await;
+    let failure = match to_flip {
+        Ok(Ok(())) => None,
+        Ok(Err(reason)) => Some(reason),
+        Err(_) => Some(format!(
+            "the switchover timeout ({}) expired in phase {}",
+            human_duration(opts.timeout),
+            run.phase.name()
+        )),
+    };
+    match failure {
+        Some(reason) if !run.changed.routed => {
+            run.rollback(reason).await;
+        }
+        other => {
+            if let Some(reason) = other {
+                // Past the commit point: green serves; report what went wrong.
+                warn!("after the flip: {reason}");
+                run.report.reason = Some(reason);
+            }
+            run.go(Phase::Resume);
+            run.resume_all().await;
+            run.go(Phase::Done);
+            run.report.outcome = Outcome::Completed;
+        }
+    }
+    run.end()
+}
+
+impl Run<'_> {
+    fn source(&self) -> Side {
+        match self.opts.direction {
+            Direction::Forward => Side::Blue,
+            Direction::Rollback => Side::Green,
+        }
+    }
+
+    fn dest(&self) -> Side {
+        match self.source() {
+            Side::Blue => Side::Green,
+            Side::Green => Side::Blue,
+        }
+    }
+
+    fn target(side: Side) -> Target {
+        match side {
+            Side::Blue => Target::Blue,
+            Side::Green => Target::Green,
+        }
+    }
+
+    /// The subscription on the destination that replicates from the source.
+    fn subscription(&self, database: &str) -> String {
+        match self.opts.direction {
+            Direction::Forward => subscription_name(database),
+            Direction::Rollback => reverse_subscription_name(database),
+        }
+    }
+
+    fn wants_reverse(&self) -> bool {
+        self.opts.direction == Direction::Forward && self.config.switchover.reverse_replication
+    }
+
+    /// Records the end of the current phase and moves to `to`.
+    fn go(&mut self, to: Phase) {
+        debug_assert!(self.phase.may_go_to(to), "{:?} -> {:?}", self.phase, to);
+        if self.phase != Phase::Idle {
+            self.finish_phase();
+        }
+        self.phase = to;
+        self.phase_started = Instant::now();
+        for p in self.proxies {
+            p.set_phase(Some(to.name()));
+        }
+        self.progress.line(format!("{} ...", to.name()));
+    }
+
+    fn finish_phase(&mut self) {
+        let took = self.phase_started.elapsed();
+        self.report.phases.push(PhaseTime {
+            phase: self.phase.name(),
+            ms: took.as_secs_f64() * 1000.0,
+        });
+        info!(
+            phase = self.phase.name(),
+            ms = took.as_secs_f64() * 1000.0,
+            "switchover phase done"
+        );
+        for p in self.proxies {
+            if let ProxyEndpoint::Local(c) = p {
+                c.metrics()
+                    .switchover_phase(self.phase.name(), to_phase_metric(self.phase), took);
+            }
+        }
+    }
+
+    fn end(mut self) -> Report {
+        if matches!(self.phase, Phase::Done | Phase::RolledBack) {
+            self.finish_phase();
+        }
+        for p in self.proxies {
+            p.set_phase(None);
+            if let ProxyEndpoint::Local(c) = p {
+                c.metrics().switchover_done(outcome_name(self.report.outcome));
+            }
+        }
+        let r = &self.report;
+        match &r.reason {
+            Some(reason) => self
+                .progress
+                .line(format!("switchover {}: {reason}", outcome_name(r.outcome))),
+            None => self.progress.line(format!(
+                "switchover {} (clients held at most {:.0} ms)",
+                outcome_name(r.outcome),
+                r.max_hold_ms
+            )),
+        }
+        self.report
+    }
+
+    /// Guardrails: refuse with reasons, nothing changed (except the reverse
+    /// publication, which is dropped again on refusal).
+    async fn preflight(&mut self) -> Result<(), String> {
+        let (source, dest) = (self.source(), self.dest());
+        // Every proxy reachable, and on the source side.
+        for p in self.proxies {
+            let state = p
+                .state(Self::target(source))
+                .await
+                .map_err(|e| format!("{} is not reachable: {e}", p.name()))?;
+            if state.route != Self::target(source) {
+                return Err(format!(
+                    "{} routes to {} already, not {source}: nothing to switch",
+                    p.name(),
+                    state.route.name()
+                ));
+            }
+        }
+        for database in &self.targets.databases {
+            let s = self
+                .targets
+                .connect(source, database)
+                .await
+                .map_err(|e| e.to_string())?;
+            let d = self.targets.connect(dest, database).await.map_err(|e| e.to_string())?;
+            for c in [&s, &d] {
+                self.own_pids.push(db::backend_pid(c).await?);
+            }
+            self.dbs.push(DbConns {
+                name: database.clone(),
+                source: s,
+                dest: d,
+            });
+        }
+        match self.opts.direction {
+            Direction::Forward => {
+                let status = replication_status(self.targets, self.config.switchover.max_lag_bytes).await;
+                if let Some(d) = status.databases.iter().find(|d| !d.ready) {
+                    return Err(format!("database {}: {}", d.database, d.verdict));
+                }
+                let failing: Vec<String> = check::run_checks(self.targets)
+                    .await
+                    .into_iter()
+                    .filter(|c| c.status == CheckStatus::Fail)
+                    .map(|c| format!("{}: {}", c.name, c.message))
+                    .collect();
+                if !failing.is_empty() {
+                    return Err(format!("pgcutover check fails: {}", failing.join("; ")));
+                }
+            }
+            Direction::Rollback => {
+                for d in &self.dbs {
+                    if let Some(problem) = db::subscription_running(&d.dest, &self.subscription(&d.name)).await? {
+                        return Err(format!(
+                            "database {}: {problem}; rollback needs the reverse replication set up by a completed switchover with reverse_replication = true",
+                            d.name
+                        ));
+                    }
+                }
+            }
+        }
+        // Subscriptions live and applying (forward: also checked by the status verdict).
+        for d in &self.dbs {
+            db::synchronous_apply(&d.dest, &self.subscription(&d.name)).await?;
+            if let Some(problem) = db::subscription_running(&d.dest, &self.subscription(&d.name)).await? {
+                return Err(format!("database {}: {problem}", d.name));
+            }
+        }
+        let drain_timeout = self.config.switchover.drain_timeout.0;
+        if let Some(d) = self.dbs.first() {
+            let old = db::old_writers(&d.source, drain_timeout).await?;
+            if let Some((pid, age, query)) = old.first() {
+                return Err(format!(
+                    "a transaction on {source} (pid {pid}, open {age:.0} s, {query:?}) is older than drain_timeout ({}): it would not drain; end it or wait",
+                    human_duration(drain_timeout)
+                ));
+            }
+        }
+        if self.wants_reverse() {
+            for d in &self.dbs {
+                if db::create_reverse_publication(&d.dest, REVERSE_PUBLICATION).await? {
+                    self.changed.reverse_publication = true;
+                }
+            }
+        }
+        if self.opts.dry_run {
+            // Drain: the longest transaction open now; catch-up: the current lag.
+            let mut predicted = 0.0f64;
+            if let Some(d) = self.dbs.first() {
+                let row = d
+                    .source
+                    .query_one(
+                        "select coalesce(max(extract(epoch from now() - xact_start)), 0)::float8
+                           from pg_catalog.pg_stat_activity where backend_xid is not null",
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| db::failed("reading open transactions", e))?;
+                predicted += row.get::<_, f64>(0).min(drain_timeout.as_secs_f64()) * 1000.0;
+            }
+            // Fence, sentinel, catch-up, sequences and flip as measured here: tens of ms.
+            self.report.predicted_hold_ms = Some(predicted + 100.0);
+        }
+        Ok(())
+    }
+
+    /// Hold → Drain → Fence → CatchUp → SyncSequences → Flip (until routed).
+    async fn hold_to_flip(&mut self) -> Result<(), String> {
+        let (source, dest) = (self.source(), self.dest());
+        let budget = self.opts.timeout;
+        // Standby connections to the destination before anyone waits: the flip
+        // then only replays state (best effort: a failed standby logs in at the flip).
+        let prepares = self.proxies.iter().map(|p| p.prepare(Self::target(dest), budget));
+        for (p, r) in self.proxies.iter().zip(futures_join(prepares).await) {
+            if let Err(e) = r {
+                warn!("{}: standby connections: {e}", p.name());
+            }
+        }
+
+        self.go(Phase::Hold);
+        self.hold_started = Some(Instant::now());
+        self.changed.held = true;
+        for p in self.proxies {
+            if let Ok(s) = p.state(Self::target(source)).await {
+                self.report.transactions_drained += s.in_flight;
+            }
+        }
+        self.go(Phase::Drain);
+        let holds = self.proxies.iter().map(|p| p.hold(budget));
+        let results = futures_join(holds).await;
+        for (p, r) in self.proxies.iter().zip(results) {
+            let held = r.map_err(|e| format!("{}: hold: {e}", p.name()))?;
+            self.report.sessions_held += held.sessions;
+            if !held.drained {
+                return Err(format!(
+                    "{}: {} session(s) still inside a transaction after drain_timeout",
+                    p.name(),
+                    held.in_flight
+                ));
+            }
+        }
+
+        self.go(Phase::Fence);
+        let mut spared = self.own_pids.clone();
+        for p in self.proxies {
+            let s = p.state(Self::target(source)).await?;
+            spared.extend(s.server_pids);
+        }
+        let first = self.dbs.first().ok_or("no database to switch")?;
+        self.changed.fenced = true;
+        let ended = db::fence(&first.source, &spared, Duration::from_secs(2)).await?;
+        if ended > 0 {
+            self.progress.line(format!(
+                "fence: ended {ended} session(s) connected to {source} past the proxies"
+            ));
+        }
+        let mut tokens = Vec::new();
+        for i in 0..self.dbs.len() {
+            let name = self.dbs[i].name.clone();
+            let (token, lsn) = db::write_sentinel(&mut self.dbs[i].source, &name).await?;
+            self.report.cut_lsn.push((name, lsn));
+            tokens.push(token);
+        }
+
+        self.go(Phase::CatchUp);
+        for (d, token) in self.dbs.iter().zip(&tokens) {
+            while !db::sentinel_arrived(&d.dest, &d.name, *token).await? {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        debug!(
+            ms = self.phase_started.elapsed().as_secs_f64() * 1000.0,
+            "sentinel arrived"
+        );
+        // ... and the source's slot knows it (synchronous apply: milliseconds).
+        for (d, (_, lsn)) in self.dbs.iter().zip(self.report.cut_lsn.clone()) {
+            let slot = self.subscription(&d.name);
+            while !db::slot_confirmed(&d.source, &slot, &lsn).await? {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+
+        self.go(Phase::SyncSequences);
+        for d in &self.dbs {
+            self.report.sequences_synced += db::sync_sequences(&d.source, &d.dest).await?;
+        }
+
+        self.go(Phase::Flip);
+        for i in 0..self.dbs.len() {
+            let sub = self.subscription(&self.dbs[i].name);
+            db::set_subscription(&self.dbs[i].dest, &sub, false).await?;
+            self.changed.disabled.push(self.dbs[i].name.clone());
+        }
+        if self.wants_reverse() {
+            for d in &self.dbs {
+                let name = reverse_subscription_name(&d.name);
+                self.changed.reverse.push(d.name.clone());
+                db::create_reverse_slot(&d.dest, &name).await?;
+                let conninfo = self.reverse_conninfo(&d.name);
+                db::create_reverse_subscription(&d.source, &name, &conninfo, REVERSE_PUBLICATION).await?;
+            }
+            self.report.reverse_replication = true;
+        }
+        let dest_conn = &self.dbs[0].dest;
+        db::unfence(dest_conn).await?;
+        // The commit point: from here on, the destination serves.
+        self.changed.routed = true;
+        let routes = self.proxies.iter().map(|p| p.route(Self::target(dest), budget));
+        let results = futures_join(routes).await;
+        let mut problems = Vec::new();
+        for (p, r) in self.proxies.iter().zip(results) {
+            match r {
+                Ok(routed) => {
+                    self.report.sessions_moved += routed.moved;
+                    self.report.pinned_sessions += routed.not_moved;
+                }
+                Err(e) => problems.push(format!("{}: {e}", p.name())),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(format!(
+                "not every proxy moved to {dest} (the fence keeps them from writing to {source}): {}",
+                problems.join("; ")
+            ));
+        }
+        Ok(())
+    }
+
+    /// The conninfo blue's reverse subscription uses to reach green.
+    fn reverse_conninfo(&self, database: &str) -> String {
+        let g = &self.targets.green;
+        let mut s = format!(
+            "host={} port={} user={} dbname={}",
+            conninfo_value(&g.host),
+            g.port,
+            conninfo_value(&self.targets.user(Side::Green)),
+            conninfo_value(database)
+        );
+        if let Some(p) = &g.password {
+            s.push_str(&format!(" password={}", conninfo_value(p)));
+        }
+        s
+    }
+
+    async fn resume_all(&mut self) {
+        let resumes = self.proxies.iter().map(|p| p.resume());
+        for (p, r) in self.proxies.iter().zip(futures_join(resumes).await) {
+            if let Err(e) = r {
+                warn!(
+                    "{}: resume: {e} (its hold ends by itself after the switchover timeout)",
+                    p.name()
+                );
+            }
+        }
+        if let Some(t) = self.hold_started {
+            self.report.max_hold_ms = t.elapsed().as_secs_f64() * 1000.0;
+        }
+    }
+
+    /// Undoes what was changed before the flip and resumes everyone on the source.
+    /// Uses fresh connections, each step bounded: the run's own connections may be
+    /// stuck in the statement the timeout interrupted, and a server may be down.
+    async fn rollback(&mut self, reason: String) {
+        warn!("switchover rolls back: {reason}");
+        self.go(Phase::RollingBack);
+        let mut problems = Vec::new();
+        let names: Vec<String> = self.dbs.iter().map(|d| d.name.clone()).collect();
+        for (i, name) in names.iter().enumerate() {
+            let source = self.fresh(self.source(), name).await;
+            let dest = self.fresh(self.dest(), name).await;
+            let step = async {
+                if self.changed.disabled.contains(name) {
+                    db::set_subscription(dest.as_ref()?, &self.subscription(name), true).await?;
+                }
+                if self.changed.reverse.contains(name) || self.changed.reverse_publication {
+                    let publication = self.changed.reverse_publication.then_some(REVERSE_PUBLICATION);
+                    let subscription = reverse_subscription_name(name);
+                    db::drop_reverse(source.as_ref()?, dest.as_ref()?, &subscription, publication).await?;
+                }
+                Ok::<(), String>(())
+            };
+            if let Err(e) = bounded(step).await {
+                problems.push(format!("{name}: {e}"));
+            }
+            if i == 0 && self.changed.fenced {
+                let unfence = async { db::unfence(source.as_ref()?).await };
+                if let Err(e) = bounded(unfence).await {
+                    problems.push(format!("lifting the fence on {}: {e}", self.source()));
+                }
+            }
+        }
+        if self.changed.held {
+            self.resume_all().await;
+        }
+        self.go(Phase::RolledBack);
+        self.report.outcome = Outcome::RolledBack;
+        self.report.reason = Some(if problems.is_empty() {
+            reason
+        } else {
+            format!("{reason}; the rollback itself hit: {}", problems.join("; "))
+        });
+    }
+
+    /// A new admin connection for cleanup.
+    async fn fresh(&self, side: Side, database: &str) -> Result<Client, String> {
+        bounded(async { self.targets.connect(side, database).await.map_err(|e| e.to_string()) }).await
+    }
+
+    /// A refused or dry run drops the reverse publication it created.
+    async fn cleanup_refused(&mut self) {
+        if self.changed.reverse_publication {
+            for d in &self.dbs {
+                if let Err(e) = db::drop_reverse(
+                    &d.source,
+                    &d.dest,
+                    &reverse_subscription_name(&d.name),
+                    Some(REVERSE_PUBLICATION),
+                )
+                .await
+                {
+                    warn!("dropping the reverse publication again: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// The phase the proxy's gauge shows after `phase` ended (none once it is over).
+fn to_phase_metric(phase: Phase) -> Option<&'static str> {
+    (!matches!(phase, Phase::Done | Phase::RolledBack)).then_some(phase.name())
+}
+
+fn outcome_name(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Completed => "completed",
+        Outcome::RolledBack => "rolled_back",
+        Outcome::Refused => "refused",
+        Outcome::DryRun => "dry_run",
+    }
+}
+
+/// A cleanup step gets this long; past it the report names what was not undone.
+const CLEANUP_STEP: Duration = Duration::from_secs(10);
+
+async fn bounded<T>(step: impl std::future::Future<Output = Result<T, String>>) -> Result<T, String> {
+    tokio::time::timeout(CLEANUP_STEP, step)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {}", human_duration(CLEANUP_STEP))))
+}
+
+/// Runs futures concurrently, results in order (one per proxy: a handful).
+async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futures.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *o = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(|o| o.expect("every future finished")).collect()
+}
+
+/// The report as the CLI prints it.
+pub fn render(r: &Report) -> String {
+    let mut out = format!(
+        "switchover ({}) {}{}\n",
+        match r.direction {
+            Direction::Forward => "blue -> green",
+            Direction::Rollback => "green -> blue",
+        },
+        outcome_name(r.outcome),
+        r.reason.as_deref().map(|x| format!(": {x}")).unwrap_or_default()
+    );
+    for p in &r.phases {
+        out.push_str(&format!("  {:<16} {:>9.1} ms\n", p.phase, p.ms));
+    }
+    out.push_str(&format!(
+        "  clients held at most {:.1} ms; sessions held {}, in a transaction at the hold {}, moved {}, not moved {}\n",
+        r.max_hold_ms, r.sessions_held, r.transactions_drained, r.sessions_moved, r.pinned_sessions
+    ));
+    for (db, lsn) in &r.cut_lsn {
+        out.push_str(&format!("  cut (sentinel commit) in {db}: {lsn}\n"));
+    }
+    out.push_str(&format!("  sequences synced: {}\n", r.sequences_synced));
+    if r.reverse_replication {
+        out.push_str(
+            "  reverse replication green -> blue is running: `pgcutover rollback` goes back without losing writes\n",
+        );
+    }
+    if let Some(ms) = r.predicted_hold_ms {
+        out.push_str(&format!(
+            "  predicted hold: about {ms:.0} ms (drain + fence, catch-up, sequences, flip)\n"
+        ));
+    }
+    out
+}
+
+impl Report {
+    /// Whether the command succeeded (completed, or a dry run that found nothing blocking).
+    pub fn ok(&self) -> bool {
+        matches!(self.outcome, Outcome::Completed | Outcome::DryRun)
+    }
+}

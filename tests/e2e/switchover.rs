@@ -1,0 +1,357 @@
+//! The whole switchover, blue 15 → green 17 over real logical replication, under
+//! load through two proxies: no failed transaction, no lost acknowledged write,
+//! sequences continuing, blue fenced; then `rollback` back to blue with the writes
+//! made on green. Faults end with clients only delayed and blue writable.
+
+use crate::support::*;
+use pgcutover_orchestrator as orch;
+use pgcutover_orchestrator::switchover::{self, Direction, Outcome, ProxyEndpoint, Report, SwitchoverOptions};
+use pgcutover_proxy::config::Config;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const SCHEMA: &str = "create table items (id serial primary key, note text not null);
+    grant all on items to public; grant all on sequence items_id_seq to public;";
+
+/// Blue with pgbench tables and `items`, green empty but for the roles (same
+/// secrets), a config with [replication], and replication running and in sync.
+async fn replicated(reverse: bool, switchover_extra: &str) -> (Db, Db, Config, orch::Targets) {
+    let blue = Db::pg15();
+    let green = Db::pg17();
+    green.copy_role_secrets_from(&blue);
+    let init = client_tool(
+        pg_harness::pgbench_path(),
+        pg_harness::SUPERUSER_PASSWORD,
+        &[
+            "-i",
+            "-q",
+            "-s",
+            "1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &blue.cluster.port().to_string(),
+            "-U",
+            "postgres",
+            DB,
+        ],
+    )
+    .await;
+    assert!(init.success, "{}", init.output);
+    blue.sql(SCHEMA);
+    // pgbench_history has no key; a bigserial one makes it replicable (and one more sequence).
+    blue.sql(
+        "alter table pgbench_history add column id bigserial primary key;
+         grant all on all tables in schema public to public; grant all on all sequences in schema public to public;",
+    );
+    let switchover = format!("reverse_replication = {reverse}\n{switchover_extra}");
+    let config = blue.config_for_switchover(&green, &switchover);
+    let targets = orch::Targets::from_config(&config).unwrap();
+    orch::replicate(&targets, &orch::ReplicateOptions::default(), &orch::Progress::stderr())
+        .await
+        .expect("replicate");
+    (blue, green, config, targets)
+}
+
+async fn run_switchover(
+    targets: &orch::Targets,
+    config: &Config,
+    proxies: &[ProxyEndpoint],
+    direction: Direction,
+    timeout: Duration,
+) -> Report {
+    let opts = SwitchoverOptions {
+        direction,
+        timeout,
+        dry_run: false,
+    };
+    let report = switchover::run(targets, config, proxies, &opts, &orch::Progress::stderr()).await;
+    eprintln!("{}", switchover::render(&report));
+    report
+}
+
+/// Inserts into `items` through `conninfo` until `stop`, recording acknowledged ids.
+fn serial_writer(conninfo: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(Vec<i32>, Vec<String>)> {
+    tokio::spawn(async move {
+        let client = connect(&conninfo).await.unwrap();
+        let (mut acked, mut errors) = (Vec::new(), Vec::new());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while !stop.load(Ordering::Relaxed) && tokio::time::Instant::now() < deadline && acked.len() < 50_000 {
+            match client
+                .query_one("insert into items (note) values ('w') returning id", &[])
+                .await
+            {
+                Ok(row) => acked.push(row.get(0)),
+                Err(e) => errors.push(e.to_string()),
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        (acked, errors)
+    })
+}
+
+fn count(db: &Db, sql: &str) -> i64 {
+    db.sql(sql)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{sql}: {}", db.sql(sql)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_under_load_through_two_proxies_loses_nothing_then_rollback_brings_green_writes_back() {
+    let (blue, green, config, targets) = replicated(true, "").await;
+    let p1 = RunningProxy::start(config.clone()).await;
+    let p2 = RunningProxy::start(config.clone()).await;
+    let proxies = [
+        ProxyEndpoint::Local(p1.control.clone()),
+        ProxyEndpoint::Remote {
+            url: format!("http://{}", p2.admin),
+            token: Some(ADMIN_TOKEN.into()),
+        },
+    ];
+
+    // A session with state of every kind, on each proxy.
+    let mut stateful = Vec::new();
+    for p in [&p1, &p2] {
+        let (c, notes, _conn) = connect_listening(&p.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB)).await;
+        c.batch_execute("SET application_name = 'stateful'; PREPARE one AS SELECT 1; LISTEN moved")
+            .await
+            .unwrap();
+        let named = c.prepare("select count(*) from items where id > $1").await.unwrap();
+        stateful.push((c, notes, named));
+    }
+    // Load: pgbench TPC-B through proxy 1, a serial-keyed writer through proxy 2, and a
+    // client that writes to blue directly, bypassing the proxies.
+    let port = p1.addr.port().to_string();
+    let bench = tokio::spawn(async move {
+        let args = [
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            "16",
+            "-j",
+            "2",
+            "-T",
+            "10",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            SCRAM_USER,
+            DB,
+        ];
+        client_tool(pg_harness::pgbench_path(), SCRAM_PASSWORD, &args).await
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = serial_writer(p2.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB), stop.clone());
+    let bypass = serial_writer(blue.cluster.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB), stop.clone());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let report = run_switchover(&targets, &config, &proxies, Direction::Forward, Duration::from_secs(20)).await;
+    assert_eq!(report.outcome, Outcome::Completed, "{report:?}");
+    assert!(report.reverse_replication);
+    assert!(report.sequences_synced >= 2, "{report:?}");
+    assert_eq!(report.pinned_sessions, 0, "{report:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let run = bench.await.unwrap();
+    let (acked, errors) = writer.await.unwrap();
+    let (bypass_acked, bypass_errors) = bypass.await.unwrap();
+
+    // pgbench: no failed transaction, and every committed one is on green.
+    assert!(run.success, "{}", run.output);
+    assert!(
+        run.output.contains("number of failed transactions: 0"),
+        "{}",
+        run.output
+    );
+    let processed = pgbench_processed(&run.output) as i64;
+    assert!(processed > 0);
+    assert_eq!(count(&green, "select count(*) from pgbench_history"), processed);
+    // The serial writer: no error, every acknowledged row on green, no duplicate key.
+    assert!(errors.is_empty(), "{errors:?}");
+    let ids = acked.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
+    assert_eq!(
+        count(&green, &format!("select count(*) from items where id in ({ids})")),
+        acked.len() as i64
+    );
+    // The bypassing client was stopped by the fence with an error; what it got
+    // acknowledged before is on green too.
+    assert!(!bypass_errors.is_empty(), "a write to blue after the fence must fail");
+    let ids = bypass_acked.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
+    if !bypass_acked.is_empty() {
+        assert_eq!(
+            count(&green, &format!("select count(*) from items where id in ({ids})")),
+            bypass_acked.len() as i64
+        );
+    }
+    // Sequences continue above blue's; blue refuses writes; clients see 17.
+    let c = connect(&p1.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB)).await.unwrap();
+    let next: i32 = c
+        .query_one("insert into items (note) values ('after') returning id", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(next > count(&blue, "select max(id) from items") as i32);
+    let version: String = c.query_one("show server_version_num", &[]).await.unwrap().get(0);
+    assert!(version.starts_with("17"), "{version}");
+    let direct = connect(&blue.cluster.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB))
+        .await
+        .unwrap();
+    let refused = direct
+        .execute("insert into items (note) values ('split brain')", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&refused), "25006", "{refused}");
+    // Session state moved with every session, on both proxies.
+    for (c, notes, named) in &mut stateful {
+        let row = c
+            .query_one(
+                "select current_setting('application_name'), current_setting('server_version_num')",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), "stateful");
+        assert!(row.get::<_, String>(1).starts_with("17"));
+        c.query_one("EXECUTE one", &[]).await.unwrap();
+        c.query_one(&*named, &[&0i32]).await.unwrap();
+        green.sql("NOTIFY moved, 'on green'");
+        let (channel, payload, _) = tokio::time::timeout(Duration::from_secs(10), notes.recv())
+            .await
+            .expect("notification from green")
+            .unwrap();
+        assert_eq!((channel.as_str(), payload.as_str()), ("moved", "on green"));
+    }
+
+    // Writes on green come back with `rollback`.
+    let mut green_ids = Vec::new();
+    for _ in 0..20 {
+        green_ids.push(
+            c.query_one("insert into items (note) values ('made on green') returning id", &[])
+                .await
+                .unwrap()
+                .get::<_, i32>(0),
+        );
+    }
+    let report = run_switchover(
+        &targets,
+        &config,
+        &proxies,
+        Direction::Rollback,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(report.outcome, Outcome::Completed, "{report:?}");
+    let ids = green_ids.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
+    assert_eq!(
+        count(&blue, &format!("select count(*) from items where id in ({ids})")),
+        green_ids.len() as i64
+    );
+    let version: String = c.query_one("show server_version_num", &[]).await.unwrap().get(0);
+    assert!(version.starts_with("15"), "back on blue: {version}");
+    let id: i32 = c
+        .query_one("insert into items (note) values ('blue again') returning id", &[])
+        .await
+        .expect("blue takes writes again")
+        .get(0);
+    assert!(id > *green_ids.iter().max().unwrap());
+    let refused = connect(&green.cluster.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB))
+        .await
+        .unwrap()
+        .execute("insert into items (note) values ('x')", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&refused), "25006", "green is fenced after the rollback");
+}
+
+/// After a rolled-back switchover: blue takes writes (directly and through the
+/// proxy), the proxy routes to blue, and replication still runs.
+async fn assert_back_on_blue(blue: &Db, proxy: &RunningProxy, report: &Report) {
+    assert_eq!(report.outcome, Outcome::RolledBack, "{report:?}");
+    assert!(report.reason.is_some());
+    blue.sql("insert into items (note) values ('blue is writable')");
+    let c = connect(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB)).await.unwrap();
+    let version: String = c.query_one("show server_version_num", &[]).await.unwrap().get(0);
+    assert!(version.starts_with("15"), "{version}");
+    c.execute("insert into items (note) values ('through the proxy')", &[])
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_before_the_flip_roll_back_and_clients_only_wait() {
+    let (blue, green, config, targets) = replicated(true, "drain_timeout = \"1s\"").await;
+    let proxy = RunningProxy::start(config.clone()).await;
+    let proxies = [ProxyEndpoint::Local(proxy.control.clone())];
+
+    // 1. A transaction longer than drain_timeout: abort, everything stays on blue.
+    let long = connect(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB)).await.unwrap();
+    long.batch_execute("BEGIN; insert into items (note) values ('long')")
+        .await
+        .unwrap();
+    let report = run_switchover(&targets, &config, &proxies, Direction::Forward, Duration::from_secs(10)).await;
+    assert!(
+        report.reason.as_deref().unwrap_or("").contains("drain_timeout"),
+        "{report:?}"
+    );
+    long.batch_execute("COMMIT")
+        .await
+        .expect("the long transaction commits on blue");
+    assert_back_on_blue(&blue, &proxy, &report).await;
+
+    // 2. Green never applies the sentinel (its table is locked): the timeout expires.
+    let lock = connect(
+        &green
+            .cluster
+            .conninfo(pg_harness::SUPERUSER, pg_harness::SUPERUSER_PASSWORD, DB),
+    )
+    .await
+    .unwrap();
+    lock.batch_execute("BEGIN; LOCK TABLE pgcutover.sentinel IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let report = run_switchover(&targets, &config, &proxies, Direction::Forward, Duration::from_secs(3)).await;
+    assert!(report.reason.as_deref().unwrap_or("").contains("timeout"), "{report:?}");
+    assert_back_on_blue(&blue, &proxy, &report).await;
+    lock.batch_execute("ROLLBACK").await.unwrap();
+
+    // 3. Green stops during catch-up.
+    lock.batch_execute("BEGIN; LOCK TABLE pgcutover.sentinel IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let stopper = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tokio::task::spawn_blocking(move || green.cluster.stop()).await.unwrap()
+    });
+    let report = run_switchover(&targets, &config, &proxies, Direction::Forward, Duration::from_secs(20)).await;
+    stopper.await.unwrap();
+    assert_back_on_blue(&blue, &proxy, &report).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_peer_refuses_the_switchover_before_anything_changes() {
+    let blue = Db::pg15();
+    let green = Db::pg17();
+    let config = blue.config_for_switchover(&green, "");
+    let targets = orch::Targets::from_config(&config).unwrap();
+    let proxy = RunningProxy::start(config.clone()).await;
+    let proxies = [
+        ProxyEndpoint::Local(proxy.control.clone()),
+        ProxyEndpoint::Remote {
+            url: format!("http://127.0.0.1:{}", pg_harness::free_port()),
+            token: Some(ADMIN_TOKEN.into()),
+        },
+    ];
+    let report = run_switchover(&targets, &config, &proxies, Direction::Forward, Duration::from_secs(5)).await;
+    assert_eq!(report.outcome, Outcome::Refused, "{report:?}");
+    assert!(
+        report.reason.as_deref().unwrap().contains("not reachable"),
+        "{report:?}"
+    );
+    assert!(!proxy.control.is_held());
+    assert_eq!(blue.sql("show default_transaction_read_only"), "off");
+}
