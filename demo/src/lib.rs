@@ -17,7 +17,6 @@
 //! interrupted (SIGINT/SIGTERM): the clusters live in a temp dir that goes with them.
 
 mod checks;
-mod interim_switchover;
 mod report;
 mod servers;
 mod setup_script;
@@ -26,7 +25,7 @@ mod workload;
 pub use checks::Check;
 pub use report::{ClientsSeen, DemoReport};
 
-use pgcutover_orchestrator::switchover::{Direction, Outcome, ProxyEndpoint, SwitchoverOptions};
+use pgcutover_orchestrator::switchover::{Direction, ProxyEndpoint, SwitchoverOptions};
 use pgcutover_orchestrator::{OrchestratorError, Progress, ReplicateOptions, Targets};
 use pgcutover_proxy::config::Config;
 use servers::Servers;
@@ -212,8 +211,7 @@ async fn demo(opts: &DemoOptions, slot: &mut Option<Servers>) -> Result<DemoRepo
     load.run_for(half, p, "on blue").await;
 
     p.line("switchover: blue → green, under load");
-    let t = Instant::now();
-    let report = interim_switchover::run(
+    let report = pgcutover_orchestrator::switchover::run(
         &targets,
         &config,
         &[ProxyEndpoint::Local(servers.control())],
@@ -225,15 +223,6 @@ async fn demo(opts: &DemoOptions, slot: &mut Option<Servers>) -> Result<DemoRepo
         p,
     )
     .await;
-    p.done(
-        t,
-        format!(
-            "switchover {}: clients held at most {:.0} ms",
-            outcome_word(report.outcome),
-            report.max_hold_ms
-        ),
-    );
-
     load.run_for(half, p, "after the switchover").await;
     let t = Instant::now();
     let seen = load.stop().await;
@@ -271,15 +260,6 @@ async fn wait_in_sync(targets: &Targets, config: &Config, p: &Progress) -> Resul
             p.line(format!("waiting for sync: {}", status.verdict));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn outcome_word(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Completed => "completed",
-        Outcome::RolledBack => "ROLLED BACK",
-        Outcome::Refused => "REFUSED",
-        Outcome::DryRun => "dry run",
     }
 }
 

@@ -125,7 +125,12 @@ impl DemoReport {
         if let Some(reason) = &s.reason {
             let _ = writeln!(o, "  reason:            {reason}");
         }
-        let phases: Vec<String> = s.phases.iter().map(|p| format!("{} {}", p.phase, ms(p.ms))).collect();
+        let phases: Vec<String> = s
+            .phases
+            .iter()
+            .filter(|p| p.phase != "done")
+            .map(|p| format!("{} {}", p.phase, ms(p.ms)))
+            .collect();
         let _ = writeln!(o, "  phases:            {}", phases.join(", "));
         let _ = writeln!(o, "  clients held:      at most {}", ms(s.max_hold_ms));
         let _ = writeln!(
