@@ -173,18 +173,24 @@ impl Db {
     /// passwords (green's subscription logs into blue with them), [replication] of the
     /// test database, an admin token, the full userlist, and `switchover` lines.
     pub fn config_for_switchover(&self, green: &Db, switchover: &str) -> Config {
+        let text = self.switchover_config_text(green, "127.0.0.1:0", "127.0.0.1:0", switchover);
+        Config::from_toml(&text, "test config", &self.dir.0, std::iter::empty()).expect("valid test config")
+    }
+
+    /// The TOML of [`config_for_switchover`](Self::config_for_switchover), with the
+    /// proxy's addresses given (a proxy run as a separate process needs real ports).
+    pub fn switchover_config_text(&self, green: &Db, listen: &str, admin: &str, switchover: &str) -> String {
         let token = self.dir.write("admin.token", ADMIN_TOKEN);
         let url = |db: &Db| {
             db.cluster
                 .url(pg_harness::SUPERUSER, pg_harness::SUPERUSER_PASSWORD, DB)
         };
-        let text = format!(
-            "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nserver_tls_mode = \"disable\"\nadmin_token_file = {token:?}\n[auth]\nauth_file = {:?}\n[blue]\nurl = \"{}\"\n[green]\nurl = \"{}\"\n[replication]\ndatabases = [\"{DB}\"]\n[switchover]\n{switchover}\n",
+        format!(
+            "[proxy]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\nserver_tls_mode = \"disable\"\nadmin_token_file = {token:?}\n[auth]\nauth_file = {:?}\n[blue]\nurl = \"{}\"\n[green]\nurl = \"{}\"\n[replication]\ndatabases = [\"{DB}\"]\n[switchover]\n{switchover}\n",
             self.userlist(),
             url(self),
             url(green)
-        );
-        Config::from_toml(&text, "test config", &self.dir.0, std::iter::empty()).expect("valid test config")
+        )
     }
 
     /// Runs the same SQL on this cluster's test database.

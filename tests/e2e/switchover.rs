@@ -355,3 +355,93 @@ async fn an_unreachable_peer_refuses_the_switchover_before_anything_changes() {
     assert!(!proxy.control.is_held());
     assert_eq!(blue.sql("show default_transaction_read_only"), "off");
 }
+
+/// The proxy as its own process, the CLI's dry run, then `POST /switchover`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_dry_run_changes_nothing_and_post_switchover_moves_a_running_proxy() {
+    let (blue, green, _, _) = replicated(false, "").await;
+    let (port, admin) = (pg_harness::free_port(), pg_harness::free_port());
+    let text = blue.switchover_config_text(
+        &green,
+        &format!("127.0.0.1:{port}"),
+        &format!("127.0.0.1:{admin}"),
+        "reverse_replication = false",
+    );
+    let file = blue.dir.write("pgcutover.toml", &text);
+    let bin = env!("CARGO_BIN_EXE_pgcutover");
+    let _proxy = KillOnDrop(
+        std::process::Command::new(bin)
+            .args(["proxy", "-c", file.to_str().unwrap()])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let admin_addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let mut ready = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(admin_addr).await.is_ok() {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(ready, "the proxy did not start");
+    let conninfo = format!(
+        "host=127.0.0.1 port={port} user={SCRAM_USER} password='{}' dbname={DB} connect_timeout=10",
+        SCRAM_PASSWORD.replace('\'', "\\'")
+    );
+    let client = connect(&conninfo).await.unwrap();
+
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin)
+            .args(["switchover", "--dry-run", "-c", file.to_str().unwrap()])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("dry_run") && stdout.contains("predicted hold"),
+        "{stdout}"
+    );
+    assert_eq!(
+        blue.sql("show default_transaction_read_only"),
+        "off",
+        "a dry run fences nothing"
+    );
+
+    let (code, report) = http(
+        admin_addr,
+        "POST",
+        "/switchover",
+        Some(ADMIN_TOKEN),
+        "{\"timeout\": \"20s\"}",
+    )
+    .await;
+    assert_eq!(code, 200, "{report}");
+    assert_eq!(report["outcome"], "completed", "{report}");
+    assert!(report["max_hold_ms"].as_f64().unwrap() > 0.0, "{report}");
+    let version: String = client.query_one("show server_version_num", &[]).await.unwrap().get(0);
+    assert!(version.starts_with("17"), "{version}");
+    let (code, status) = http(admin_addr, "GET", "/status", None, "").await;
+    assert_eq!((code, status["route"].as_str()), (200, Some("green")), "{status}");
+    let metrics = http_text(admin_addr, "GET", "/metrics", None, "").await.1;
+    for line in [
+        "pgcutover_switchovers_total{outcome=\"completed\"} 1",
+        "pgcutover_switchover_phase_seconds_count{phase=\"catch_up\"} 1",
+    ] {
+        assert!(metrics.contains(line), "no {line} in:\n{metrics}");
+    }
+}
+
+/// A child process killed when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
