@@ -209,8 +209,9 @@ pub(crate) async fn set_subscription(client: &Client, subscription: &str, enable
 /// position (the slot's confirmed_flush_lsn on the source) follows each applied
 /// transaction within milliseconds instead of the WAL writer's and the apply
 /// loop's own delays (~0.6 s measured): catch-up waits for it. Changing it restarts
-/// the worker; this waits until it runs again.
-pub(crate) async fn synchronous_apply(client: &Client, subscription: &str) -> Result<(), String> {
+/// the worker; this waits until it runs again. Returns whether it changed anything.
+/// Not set from the start: a synchronous apply worker is slower on real disks.
+pub(crate) async fn synchronous_apply(client: &Client, subscription: &str) -> Result<bool, String> {
     let row = client
         .query_opt(
             "select subsynccommit from pg_catalog.pg_subscription where subname = $1",
@@ -219,7 +220,7 @@ pub(crate) async fn synchronous_apply(client: &Client, subscription: &str) -> Re
         .await
         .map_err(|e| failed("reading the subscription", e))?;
     if row.is_some_and(|r| r.get::<_, String>(0) == "on") {
-        return Ok(());
+        return Ok(false);
     }
     client
         .batch_execute("SET default_transaction_read_only = off")
@@ -243,7 +244,7 @@ pub(crate) async fn synchronous_apply(client: &Client, subscription: &str) -> Re
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Whether `subscription` exists, is enabled and has a running worker.

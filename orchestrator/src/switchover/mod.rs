@@ -458,7 +458,27 @@ impl Run<'_> {
         }
         // Subscriptions live and applying (forward: also checked by the status verdict).
         for d in &self.dbs {
-            db::synchronous_apply(&d.dest, &self.subscription(&d.name)).await?;
+            let sub = self.subscription(&d.name);
+            if db::synchronous_apply(&d.dest, &sub).await? {
+                // The worker restarted: let it work off what queued meanwhile, so
+                // the catch-up inside the hold starts from a current subscriber.
+                let lsn: String = d
+                    .source
+                    .query_one("select pg_catalog.pg_current_wal_lsn()::text", &[])
+                    .await
+                    .map_err(|e| db::failed("reading the current LSN", e))?
+                    .get(0);
+                let until = Instant::now() + Duration::from_secs(30);
+                while !db::slot_confirmed(&d.source, &sub, &lsn).await? {
+                    if Instant::now() >= until {
+                        return Err(format!(
+                            "database {}: the subscription did not catch up to {lsn} within 30 s after switching to synchronous apply",
+                            d.name
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
             if let Some(problem) = db::subscription_running(&d.dest, &self.subscription(&d.name)).await? {
                 return Err(format!("database {}: {problem}", d.name));
             }
