@@ -349,7 +349,6 @@ impl Run<'_> {
         for p in self.proxies {
             p.set_phase(Some(to.name()));
         }
-        self.progress.line(format!("{} ...", to.name()));
     }
 
     fn finish_phase(&mut self) {
@@ -363,6 +362,11 @@ impl Run<'_> {
             ms = took.as_secs_f64() * 1000.0,
             "switchover phase done"
         );
+        self.progress.line(format!(
+            "switchover {}: {:.1} ms",
+            self.phase.name(),
+            took.as_secs_f64() * 1000.0
+        ));
         for p in self.proxies {
             if let ProxyEndpoint::Local(c) = p {
                 c.metrics()
