@@ -152,11 +152,12 @@ run_once() { # clients
     failed="$(printf '%s\n' "$out" | sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p')"
     [ -n "$failed" ] || { printf '%s\n' "$out" | tail -n 5 >&2; failed=err; }
     # pgbench -l lines: client tx latency_us script epoch_s epoch_us. The pause is the
-    # longest latency of a transaction that ended after the hold began; the baseline
-    # is the longest one that ended more than a second before it.
+    # longest latency of a transaction that was under way at some moment of the hold
+    # (the ones the hold can have delayed); the baseline is the longest one that ended
+    # more than a second before it.
     read -r pause baseline < <(cat "$dir"/pgbench_log.* | awk -v t0="$t0" -v t1="$t1" '
         { end_ns = ($5 * 1000000 + $6) * 1000; lat = $3 / 1000.0
-          if (end_ns >= t0 && end_ns <= t1 + 2e9) { if (lat > p) p = lat }
+          if (end_ns >= t0 && end_ns - $3 * 1000 <= t1) { if (lat > p) p = lat }
           else if (end_ns < t0 - 1e9) { if (lat > b) b = lat } }
         END { printf "%.1f %.1f\n", p, b }')
     echo "$pause $baseline $(json held_ms <<< "$resume") $(json drain_ms <<< "$hold") $(json flip_ms <<< "$flip") $(json moved <<< "$flip") $failed $(json prepare_ms <<< "$prepare")"
@@ -182,7 +183,9 @@ echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for c in $CLIENTS; do
     declare -a P=() B=() H=() D=() F=() M=() X=() R=()
     for r in $(seq 1 "$RUNS"); do
-        read -r p b h d f m x pr < <(run_once "$c")
+        # In this shell: the run's flip back to blue must finish before the next run.
+        run_once "$c" > "$WORK/result"
+        read -r p b h d f m x pr < "$WORK/result"
         log "clients $c run $r: pause ${p} ms (baseline ${b} ms), hold ${h} ms, drain ${d} ms, flip ${f} ms, prepare ${pr} ms, moved $m, failed $x"
         P+=("$p"); B+=("$b"); H+=("$h"); D+=("$d"); F+=("$f"); M+=("$m"); X+=("$x"); R+=("$pr")
     done

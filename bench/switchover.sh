@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A whole switchover under load: blue (PostgreSQL 15) replicates to green
 # (PostgreSQL 17) with `pgcutover replicate`; pgbench TPC-B -M prepared runs
-# through the proxy; at 40% of the run `POST /switchover` moves everything to green.
+# through the proxy; halfway through the run `POST /switchover` moves everything to green.
 # Reports failed transactions, the longest time any client waited for a reply
 # (pgbench's per-transaction log) next to the longest wait away from the switchover,
 # and the per-phase durations from the switchover report. Fresh clusters per run.
@@ -9,7 +9,10 @@
 # Usage: bench/switchover.sh [--clients "16 64 256"] [--runs R] [--seconds N] [--scale S] [--no-build]
 #   --clients  client counts to measure (default "16 64 256")
 #   --runs     runs per client count; medians are reported (default 3)
-#   --seconds  pgbench duration per run; the switchover starts at 40% (default 10)
+#   --seconds  pgbench duration per run; the switchover starts halfway (default 30). Its
+#              preflight switches the subscription to synchronous apply, which restarts the
+#              apply worker, and waits until it caught up again: seconds under this load,
+#              before any client is held.
 #   --scale    pgbench scale (default 10)
 #   --no-build use the existing release binary (PGCUTOVER_BIN or target/release)
 #
@@ -18,7 +21,7 @@ set -euo pipefail
 
 CLIENTS="16 64 256"
 RUNS=3
-SECS=10
+SECS=30
 SCALE=10
 BUILD=1
 while [ $# -gt 0 ]; do
@@ -28,7 +31,7 @@ while [ $# -gt 0 ]; do
         --seconds) SECS="${2:?}"; shift 2 ;;
         --scale) SCALE="${2:?}"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
-        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -55,6 +58,12 @@ stop_run() {
     if [ -n "$PROXY_PID" ]; then stop_pid "$PROXY_PID"; wait "$PROXY_PID" 2>/dev/null || true; PROXY_PID=""; fi
     stop_pg "$PG15_BINDIR" "$WORK/blue"
     stop_pg "$PG17" "$WORK/green"
+    # The postmasters may still be exiting; their files go once they are gone.
+    local i
+    for i in $(seq 1 100); do
+        [ -f "$WORK/blue/data/postmaster.pid" ] || [ -f "$WORK/green/data/postmaster.pid" ] || break
+        sleep 0.1
+    done
     rm -rf "$WORK/blue" "$WORK/green" "$WORK/run"
 }
 cleanup() {
@@ -80,6 +89,7 @@ phase() { # name <<< report json
 # "wait_ms baseline_ms failed outcome max_hold_ms drain fence catch_up sync flip".
 run_once() { # clients
     local c="$1" conf dir="$WORK/run" t0 t1 report out failed wait baseline
+    rm -rf "$WORK/blue" "$WORK/green" "$dir"
     mkdir -p "$WORK/blue" "$WORK/green" "$dir"
     chmod 755 "$WORK/blue" "$WORK/green"
     [ "$IS_ROOT" -eq 1 ] && chown postgres: "$WORK/blue" "$WORK/green"
@@ -87,9 +97,9 @@ run_once() { # clients
 shared_buffers = 128MB
 fsync = off
 synchronous_commit = off"
-    start_pg "$PG15_BINDIR" "$WORK/blue" "$PASSWORD" <<< "$conf" 2>/dev/null
+    start_pg "$PG15_BINDIR" "$WORK/blue" "$PASSWORD" <<< "$conf"
     local blue_port=$PGPORT
-    start_pg "$PG17" "$WORK/green" "$PASSWORD" <<< "$conf" 2>/dev/null
+    start_pg "$PG17" "$WORK/green" "$PASSWORD" <<< "$conf"
     local green_port=$PGPORT
     "$PGBENCH" -i -q -s "$SCALE" -h 127.0.0.1 -p "$blue_port" -U postgres postgres > "$dir/init.log" 2>&1 \
         || { cat "$dir/init.log" >&2; die "pgbench -i failed"; }
@@ -136,7 +146,7 @@ TOML
     (cd "$dir" && timeout $((SECS + 60)) "$PGBENCH" -n -M prepared -c "$c" -j 2 -T "$SECS" -l \
         -h 127.0.0.1 -p "$proxy_port" -U postgres postgres > "$dir/pgbench.out" 2>&1) &
     local bench=$!
-    sleep "$(awk -v s="$SECS" 'BEGIN { print s * 0.4 }')"
+    sleep "$(awk -v s="$SECS" 'BEGIN { print s * 0.5 }')"
     t0="$(date +%s%N)"
     report="$(curl -s --max-time 60 -X POST -H "Authorization: Bearer $token" \
         -d '{"timeout": "30s"}' "http://127.0.0.1:$admin_port/switchover")"
@@ -146,14 +156,19 @@ TOML
     failed="$(printf '%s\n' "$out" | sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p')"
     [ -n "$failed" ] || { printf '%s\n' "$out" | tail -n 5 >&2; failed=err; }
     # pgbench -l lines: client tx latency_us script epoch_s epoch_us. The wait is the
-    # longest latency of a transaction that ended during the switchover or within two
-    # seconds after it; the baseline is the longest one that ended more than a
-    # second before it.
-    read -r wait baseline < <(cat "$dir"/pgbench_log.* | awk -v t0="$t0" -v t1="$t1" '
+    # longest latency of a transaction under way at some moment of the hold (from the
+    # report: the hold ended about when the call returned, max_hold_ms before that);
+    # the baseline is the longest one that ended more than a second before the call.
+    local held_ms t_hold
+    held_ms="$(json max_hold_ms <<< "$report")"
+    [ "$held_ms" = err ] && held_ms=0
+    t_hold="$(awk -v t1="$t1" -v h="$held_ms" 'BEGIN { printf "%.0f", t1 - h * 1e6 }')"
+    read -r wait baseline < <(cat "$dir"/pgbench_log.* | awk -v t0="$t0" -v th="$t_hold" -v t1="$t1" '
         { end_ns = ($5 * 1000000 + $6) * 1000; lat = $3 / 1000.0
-          if (end_ns >= t0 && end_ns <= t1 + 2e9) { if (lat > p) p = lat }
+          if (end_ns >= th && end_ns - $3 * 1000 <= t1) { if (lat > p) p = lat }
           else if (end_ns < t0 - 1e9) { if (lat > b) b = lat } }
         END { printf "%.1f %.1f\n", p, b }')
+    log "POST /switchover took $(( (t1 - t0) / 1000000 )) ms; the hold ended with it, after $held_ms ms"
     echo "$wait $baseline $failed $(json outcome <<< "$report") $(json max_hold_ms <<< "$report") $(phase drain <<< "$report") $(phase fence <<< "$report") $(phase catch_up <<< "$report") $(phase sync_sequences <<< "$report") $(phase flip <<< "$report")"
     stop_run
 }
@@ -167,7 +182,7 @@ median() {
 echo
 echo "### Switchover under load, blue (PostgreSQL 15) → green (PostgreSQL 17)"
 echo
-echo "pgbench TPC-B -M prepared -j 2, scale $SCALE, ${SECS}s per run, POST /switchover at 40%, median of $RUNS runs;"
+echo "pgbench TPC-B -M prepared -j 2, scale $SCALE, ${SECS}s per run, POST /switchover halfway, median of $RUNS runs;"
 echo "$(nproc) cores shared by pgbench, both servers and the proxy; loopback TCP; $(date -u +%Y-%m-%dT%H:%MZ)."
 echo
 echo "| clients | longest client wait (ms) | baseline longest wait (ms) | clients held (ms) | drain | fence | catch-up | sequences | flip (ms) | failed transactions | outcomes |"
@@ -175,7 +190,10 @@ echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
 for c in $CLIENTS; do
     declare -a W=() B=() X=() O=() H=() D=() FE=() C=() S=() FL=()
     for r in $(seq 1 "$RUNS"); do
-        read -r w b x o h d fe cu s fl < <(run_once "$c")
+        # In this shell, not a process substitution: the run's cleanup must finish
+        # before the next run starts (and the exit trap must know the proxy's pid).
+        run_once "$c" > "$WORK/result"
+        read -r w b x o h d fe cu s fl < "$WORK/result"
         log "clients $c run $r: wait ${w} ms (baseline ${b} ms), failed $x, $o, held ${h} ms: drain $d, fence $fe, catch-up $cu, sequences $s, flip $fl ms"
         W+=("$w"); B+=("$b"); X+=("$x"); O+=("$o"); H+=("$h"); D+=("$d"); FE+=("$fe"); C+=("$cu"); S+=("$s"); FL+=("$fl")
     done

@@ -124,12 +124,15 @@ stop_pg15() { # workdir
     stop_pg "$PG15_BINDIR" "$1"
 }
 
-stop_pg() { # bindir workdir
-    local data="$2/data"
+stop_pg() { # bindir workdir (never fails: it runs in cleanups)
+    local data="$2/data" pid
     if [ -f "$data/postmaster.pid" ]; then
-        as_pg "$1/pg_ctl" -D "$data" stop -m immediate -w -t 30 >/dev/null 2>&1 \
-            || stop_pid "$(head -n1 "$data/postmaster.pid")"
+        as_pg "$1/pg_ctl" -D "$data" stop -m immediate -w -t 30 >/dev/null 2>&1 && return 0
+        # pg_ctl gave up or the server is already going: stop the postmaster by pid.
+        pid="$(head -n1 "$data/postmaster.pid" 2>/dev/null)" || return 0
+        [ -n "$pid" ] && stop_pid "$pid"
     fi
+    return 0
 }
 
 # Runs SQL as postgres over TCP: port sql [db]; password in $PGPASSWORD.

@@ -172,13 +172,22 @@ pub(crate) async fn sync_sequences(source: &Client, dest: &Client) -> Result<usi
         .map_err(|e| failed("reading the sequences", e))?;
     let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
     let values: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();
-    if names.is_empty() {
-        return Ok(0);
-    }
     // The destination may be fenced still (a rollback to blue); this session writes.
+    // One synchronously committed transaction flushes the destination's WAL through
+    // everything its apply worker committed (asynchronously, by default) up to the
+    // sentinel: a crash of the destination right after the flip loses none of it.
     dest.batch_execute("SET default_transaction_read_only = off")
         .await
         .map_err(|e| failed("lifting the fence for this session", e))?;
+    dest.batch_execute("SET synchronous_commit = on")
+        .await
+        .map_err(|e| failed("setting synchronous_commit", e))?;
+    dest.batch_execute("SELECT pg_catalog.txid_current()")
+        .await
+        .map_err(|e| failed("flushing the destination's WAL", e))?;
+    if names.is_empty() {
+        return Ok(0);
+    }
     dest.query_one(
         "select count(pg_catalog.setval(n::regclass, v, true)) from unnest($1::text[], $2::int8[]) as t(n, v)",
         &[&names, &values],
@@ -203,48 +212,6 @@ pub(crate) async fn set_subscription(client: &Client, subscription: &str, enable
         .batch_execute(&format!("ALTER SUBSCRIPTION {} {verb}", quote_ident(subscription)))
         .await
         .map_err(|e| failed(&format!("ALTER SUBSCRIPTION {subscription} {verb}"), e))
-}
-
-/// Makes the subscription's apply worker commit synchronously, so its flush
-/// position (the slot's confirmed_flush_lsn on the source) follows each applied
-/// transaction within milliseconds instead of the WAL writer's and the apply
-/// loop's own delays (~0.6 s measured): catch-up waits for it. Changing it restarts
-/// the worker; this waits until it runs again. Returns whether it changed anything.
-/// Not set from the start: a synchronous apply worker is slower on real disks.
-pub(crate) async fn synchronous_apply(client: &Client, subscription: &str) -> Result<bool, String> {
-    let row = client
-        .query_opt(
-            "select subsynccommit from pg_catalog.pg_subscription where subname = $1",
-            &[&subscription],
-        )
-        .await
-        .map_err(|e| failed("reading the subscription", e))?;
-    if row.is_some_and(|r| r.get::<_, String>(0) == "on") {
-        return Ok(false);
-    }
-    client
-        .batch_execute("SET default_transaction_read_only = off")
-        .await
-        .map_err(|e| failed("lifting the fence for this session", e))?;
-    client
-        .batch_execute(&format!(
-            "ALTER SUBSCRIPTION {} SET (synchronous_commit = 'on')",
-            quote_ident(subscription)
-        ))
-        .await
-        .map_err(|e| failed("making the subscription apply synchronously", e))?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    // The old worker may still show for a moment: wait for a new one.
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    while subscription_running(client, subscription).await?.is_some() {
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "the apply worker of {subscription} did not restart within 10 s"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok(true)
 }
 
 /// Whether `subscription` exists, is enabled and has a running worker.
@@ -328,7 +295,7 @@ pub(crate) async fn create_reverse_subscription(
         .await
         .map_err(|e| failed("lifting the fence for this session", e))?;
     blue.batch_execute(&format!(
-        "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = false, create_slot = false, slot_name = {}, enabled = true, synchronous_commit = 'on')",
+        "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = false, create_slot = false, slot_name = {}, enabled = true)",
         quote_ident(subscription),
         quote_literal(conninfo),
         quote_ident(publication),

@@ -189,8 +189,6 @@ impl Phase {
 struct Changed {
     held: bool,
     fenced: bool,
-    /// Databases whose subscription was disabled at the flip.
-    disabled: Vec<String>,
     /// Databases with reverse replication objects (publication at preflight, slot
     /// and subscription at the flip).
     reverse: Vec<String>,
@@ -297,6 +295,13 @@ pub async fn run(
             }
             run.go(Phase::Resume);
             run.resume_all().await;
+            if run.changed.routed {
+                if let Err(e) = run.finish_flip().await {
+                    warn!("after the resume: {e}");
+                    let before = run.report.reason.take();
+                    run.report.reason = Some(before.map_or(e.clone(), |b| format!("{b}; {e}")));
+                }
+            }
             run.go(Phase::Done);
             run.report.outcome = Outcome::Completed;
         }
@@ -462,27 +467,6 @@ impl Run<'_> {
         }
         // Subscriptions live and applying (forward: also checked by the status verdict).
         for d in &self.dbs {
-            let sub = self.subscription(&d.name);
-            if db::synchronous_apply(&d.dest, &sub).await? {
-                // The worker restarted: let it work off what queued meanwhile, so
-                // the catch-up inside the hold starts from a current subscriber.
-                let lsn: String = d
-                    .source
-                    .query_one("select pg_catalog.pg_current_wal_lsn()::text", &[])
-                    .await
-                    .map_err(|e| db::failed("reading the current LSN", e))?
-                    .get(0);
-                let until = Instant::now() + Duration::from_secs(30);
-                while !db::slot_confirmed(&d.source, &sub, &lsn).await? {
-                    if Instant::now() >= until {
-                        return Err(format!(
-                            "database {}: the subscription did not catch up to {lsn} within 30 s after switching to synchronous apply",
-                            d.name
-                        ));
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
             if let Some(problem) = db::subscription_running(&d.dest, &self.subscription(&d.name)).await? {
                 return Err(format!("database {}: {problem}", d.name));
             }
@@ -593,13 +577,6 @@ impl Run<'_> {
             ms = self.phase_started.elapsed().as_secs_f64() * 1000.0,
             "sentinel arrived"
         );
-        // ... and the source's slot knows it (synchronous apply: milliseconds).
-        for (d, (_, lsn)) in self.dbs.iter().zip(self.report.cut_lsn.clone()) {
-            let slot = self.subscription(&d.name);
-            while !db::slot_confirmed(&d.source, &slot, &lsn).await? {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        }
 
         self.go(Phase::SyncSequences);
         for d in &self.dbs {
@@ -607,20 +584,13 @@ impl Run<'_> {
         }
 
         self.go(Phase::Flip);
-        for i in 0..self.dbs.len() {
-            let sub = self.subscription(&self.dbs[i].name);
-            db::set_subscription(&self.dbs[i].dest, &sub, false).await?;
-            self.changed.disabled.push(self.dbs[i].name.clone());
-        }
+        // Green's reverse slot now, before green takes any write, so it holds every
+        // one of them; blue subscribes to it after the resume (see finish_flip).
         if self.wants_reverse() {
             for d in &self.dbs {
-                let name = reverse_subscription_name(&d.name);
                 self.changed.reverse.push(d.name.clone());
-                db::create_reverse_slot(&d.dest, &name).await?;
-                let conninfo = self.reverse_conninfo(&d.name);
-                db::create_reverse_subscription(&d.source, &name, &conninfo, REVERSE_PUBLICATION).await?;
+                db::create_reverse_slot(&d.dest, &reverse_subscription_name(&d.name)).await?;
             }
-            self.report.reverse_replication = true;
         }
         let dest_conn = &self.dbs[0].dest;
         db::unfence(dest_conn).await?;
@@ -644,6 +614,51 @@ impl Run<'_> {
                 problems.join("; ")
             ));
         }
+        Ok(())
+    }
+
+    /// After the resume (clients run on the destination): once the source's slot
+    /// confirmed the cut, disable the subscription, then subscribe the source to the
+    /// reverse slot. Kept out of the hold: the slot's confirmed position follows the
+    /// subscriber's flush reports (up to ~1 s with asynchronous apply). The
+    /// subscription stays enabled meanwhile; the fenced source sends nothing new.
+    async fn finish_flip(&mut self) -> Result<(), String> {
+        let step = async {
+            let mut unconfirmed = Vec::new();
+            for (d, (_, lsn)) in self.dbs.iter().zip(&self.report.cut_lsn) {
+                let slot = self.subscription(&d.name);
+                let until = Instant::now() + Duration::from_secs(5);
+                let mut confirmed = db::slot_confirmed(&d.source, &slot, lsn).await?;
+                while !confirmed && Instant::now() < until {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    confirmed = db::slot_confirmed(&d.source, &slot, lsn).await?;
+                }
+                if !confirmed {
+                    unconfirmed.push(format!("{slot} below {lsn}"));
+                }
+                db::set_subscription(&d.dest, &slot, false).await?;
+            }
+            if self.wants_reverse() {
+                for d in &self.dbs {
+                    let name = reverse_subscription_name(&d.name);
+                    let conninfo = self.reverse_conninfo(&d.name);
+                    db::create_reverse_subscription(&d.source, &name, &conninfo, REVERSE_PUBLICATION).await?;
+                }
+            }
+            if unconfirmed.is_empty() {
+                Ok(())
+            } else {
+                // The data is there (the sentinel proved it); only the slot's record lags.
+                Err(format!(
+                    "the source's slot did not confirm the cut within 5 s ({}); the subscription is disabled, do not re-enable it",
+                    unconfirmed.join(", ")
+                ))
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), step)
+            .await
+            .unwrap_or_else(|_| Err("finishing the flip took over 30 s".into()))?;
+        self.report.reverse_replication = self.wants_reverse();
         Ok(())
     }
 
@@ -690,9 +705,6 @@ impl Run<'_> {
             let source = self.fresh(self.source(), name).await;
             let dest = self.fresh(self.dest(), name).await;
             let step = async {
-                if self.changed.disabled.contains(name) {
-                    db::set_subscription(dest.as_ref()?, &self.subscription(name), true).await?;
-                }
                 if self.changed.reverse.contains(name) || self.changed.reverse_publication {
                     let publication = self.changed.reverse_publication.then_some(REVERSE_PUBLICATION);
                     let subscription = reverse_subscription_name(name);
