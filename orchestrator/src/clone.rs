@@ -208,6 +208,7 @@ pub(crate) async fn attach(
             );
         }
         let t = Instant::now();
+        crate::replicate::ensure_reverse_publication(&green, db).await?;
         let sql = create_subscription_sql(
             &name,
             &targets.subscription_conninfo(db),

@@ -385,6 +385,7 @@ async fn create_copy_subscription(
             .ctx(Side::Blue, db, "dropping the leftover slot")?;
         progress.line(format!("{db}: dropped leftover inactive slot {name} on blue"));
     }
+    ensure_reverse_publication(green, db).await?;
     let conninfo = targets.subscription_conninfo(db);
     let sql = create_subscription_sql(
         name,
@@ -504,4 +505,22 @@ pub(crate) fn state_name(s: &str) -> &'static str {
         "r" => "ready",
         _ => "unknown",
     }
+}
+
+/// Green's reverse publication (for `pgcutover rollback` after a switchover), made
+/// while green takes no writes yet: under apply load, `CREATE PUBLICATION ... FOR
+/// ALL TABLES` on green waited for seconds.
+pub(crate) async fn ensure_reverse_publication(
+    green: &tokio_postgres::Client,
+    db: &str,
+) -> Result<(), OrchestratorError> {
+    crate::switchover::database::create_reverse_publication(green, crate::switchover::REVERSE_PUBLICATION)
+        .await
+        .map(|_| ())
+        .map_err(|message| OrchestratorError::Sql {
+            side: Side::Green,
+            database: db.to_owned(),
+            doing: "creating the reverse publication".into(),
+            message,
+        })
 }

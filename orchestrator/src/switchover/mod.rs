@@ -102,7 +102,7 @@ pub struct Report {
     pub predicted_hold_ms: Option<f64>,
 }
 
-mod database;
+pub(crate) mod database;
 mod proxies;
 
 use crate::progress::{human_duration, Progress};
@@ -438,12 +438,20 @@ impl Run<'_> {
                 dest: d,
             });
         }
+        debug!(
+            ms = self.phase_started.elapsed().as_secs_f64() * 1000.0,
+            "preflight: proxies and connections"
+        );
         match self.opts.direction {
             Direction::Forward => {
                 let status = replication_status(self.targets, self.config.switchover.max_lag_bytes).await;
                 if let Some(d) = status.databases.iter().find(|d| !d.ready) {
                     return Err(format!("database {}: {}", d.database, d.verdict));
                 }
+                debug!(
+                    ms = self.phase_started.elapsed().as_secs_f64() * 1000.0,
+                    "preflight: replication status"
+                );
                 let failing: Vec<String> = check::run_checks(self.targets)
                     .await
                     .into_iter()
@@ -471,6 +479,10 @@ impl Run<'_> {
                 return Err(format!("database {}: {problem}", d.name));
             }
         }
+        debug!(
+            ms = self.phase_started.elapsed().as_secs_f64() * 1000.0,
+            "preflight: checks and subscriptions"
+        );
         let drain_timeout = self.config.switchover.drain_timeout.0;
         if let Some(d) = self.dbs.first() {
             let old = db::old_writers(&d.source, drain_timeout).await?;
@@ -515,7 +527,12 @@ impl Run<'_> {
         let budget = self.opts.timeout;
         // Standby connections to the destination before anyone waits: the flip
         // then only replays state (best effort: a failed standby logs in at the flip).
-        let prepares = self.proxies.iter().map(|p| p.prepare(Self::target(dest), budget));
+        // Bounded: a standby that cannot log in (or is slow) is only a slower move.
+        let prepare_budget = budget.min(Duration::from_secs(5));
+        let prepares = self
+            .proxies
+            .iter()
+            .map(|p| p.prepare(Self::target(dest), prepare_budget));
         for (p, r) in self.proxies.iter().zip(futures_join(prepares).await) {
             if let Err(e) = r {
                 warn!("{}: standby connections: {e}", p.name());
