@@ -247,6 +247,11 @@ fn risky_word(w: &[u8]) -> Option<&'static str> {
 }
 
 fn risky_name(w: &[u8]) -> Option<&'static str> {
+    // Most words cannot be one of these: one byte decides (this runs per word of
+    // every query on the data path).
+    if !matches!(w.first().map(u8::to_ascii_lowercase), Some(b't' | b'p' | b'h' | b's')) {
+        return None;
+    }
     let starts = |p: &str| w.len() >= p.len() && w[..p.len()].eq_ignore_ascii_case(p.as_bytes());
     let is = |p: &str| w.eq_ignore_ascii_case(p.as_bytes());
     if is("TEMP") || is("TEMPORARY") || starts("pg_temp") {

@@ -128,6 +128,10 @@ impl StateLog {
     }
 
     fn query_changes(&mut self, frame: &[u8]) -> Option<Vec<Change>> {
+        // Once opaque, nothing is followed until a flip adopts the server's state.
+        if self.opaque.is_some() {
+            return None;
+        }
         let Some(text) = frame.get(HEADER_LEN..).and_then(|b| b.split_last()).map(|(_, t)| t) else {
             self.make_opaque("a query too large to follow");
             return None;
@@ -164,6 +168,9 @@ impl StateLog {
     /// A Parse frame (header included).
     pub(crate) fn on_parse(&mut self, frame: &[u8]) {
         self.statements.record_parse(frame);
+        if self.opaque.is_some() {
+            return;
+        }
         let Some(body) = frame.get(HEADER_LEN..) else { return };
         let Ok(parse) = pgcutover_protocol::frontend::parse_parse(body) else {
             return;
