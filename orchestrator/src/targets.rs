@@ -168,23 +168,26 @@ impl Targets {
     /// The conninfo green's subscription for `database` uses to reach blue:
     /// `[replication] source_conninfo`, else built from `[blue] url`; `dbname` appended.
     pub fn subscription_conninfo(&self, database: &str) -> String {
-        let base = match &self.source_conninfo {
-            Some(c) => c.trim().to_owned(),
-            None => {
-                let b = &self.blue;
-                let mut s = format!(
-                    "host={} port={} user={}",
-                    conninfo_value(&b.host),
-                    b.port,
-                    conninfo_value(&self.user(Side::Blue))
-                );
-                if let Some(p) = &b.password {
-                    s.push_str(&format!(" password={}", conninfo_value(p)));
-                }
-                s
-            }
-        };
-        format!("{base} dbname={}", conninfo_value(database))
+        match &self.source_conninfo {
+            Some(c) => format!("{} dbname={}", c.trim(), conninfo_value(database)),
+            None => self.conninfo(Side::Blue, database),
+        }
+    }
+
+    /// A libpq conninfo for `database` on `side` from its admin url (what a
+    /// subscription on the other side connects with).
+    pub fn conninfo(&self, side: Side, database: &str) -> String {
+        let url = self.url(side);
+        let mut s = format!(
+            "host={} port={} user={}",
+            conninfo_value(&url.host),
+            url.port,
+            conninfo_value(&self.user(side))
+        );
+        if let Some(p) = &url.password {
+            s.push_str(&format!(" password={}", conninfo_value(p)));
+        }
+        format!("{s} dbname={}", conninfo_value(database))
     }
 }
 

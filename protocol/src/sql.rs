@@ -40,13 +40,6 @@ pub enum Effect<'a> {
     Opaque(&'static str),
 }
 
-impl Effect<'_> {
-    /// Whether the statement changes state the record follows.
-    pub fn is_tracked_change(&self) -> bool {
-        !matches!(self, Effect::None | Effect::Opaque(_) | Effect::Transaction)
-    }
-}
-
 /// An identifier as written: unquoted ones compare case-insensitively (PostgreSQL
 /// folds them to lower case), quoted ones exactly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,6 +13,22 @@ pub(crate) fn failed(doing: &str, e: tokio_postgres::Error) -> String {
     format!("{doing}: {}", pg_message(&e))
 }
 
+/// Lets this session write on a fenced server: the session-level default goes off
+/// (its own statement: a transaction started under the fence stays read-only).
+async fn lift_fence_for_session(client: &Client) -> Result<(), String> {
+    client
+        .batch_execute("SET default_transaction_read_only = off")
+        .await
+        .map_err(|e| failed("lifting the fence for this session", e))
+}
+
+/// Marks this session's DDL as pgcutover's own (not DDL drift).
+async fn mark_own_ddl(client: &Client) -> Result<(), String> {
+    suppress_ddl_capture(client)
+        .await
+        .map_err(|e| failed("marking pgcutover's session", e))
+}
+
 /// The pid of the orchestrator's own backend behind `client`.
 pub(crate) async fn backend_pid(client: &Client) -> Result<i32, String> {
     let row = client
@@ -176,9 +192,7 @@ pub(crate) async fn sync_sequences(source: &Client, dest: &Client) -> Result<usi
     // One synchronously committed transaction flushes the destination's WAL through
     // everything its apply worker committed (asynchronously, by default) up to the
     // sentinel: a crash of the destination right after the flip loses none of it.
-    dest.batch_execute("SET default_transaction_read_only = off")
-        .await
-        .map_err(|e| failed("lifting the fence for this session", e))?;
+    lift_fence_for_session(dest).await?;
     dest.batch_execute("SET synchronous_commit = on")
         .await
         .map_err(|e| failed("setting synchronous_commit", e))?;
@@ -200,14 +214,8 @@ pub(crate) async fn sync_sequences(source: &Client, dest: &Client) -> Result<usi
 /// Enables or disables a subscription (on a fenced server too).
 pub(crate) async fn set_subscription(client: &Client, subscription: &str, enabled: bool) -> Result<(), String> {
     let verb = if enabled { "ENABLE" } else { "DISABLE" };
-    suppress_ddl_capture(client)
-        .await
-        .map_err(|e| failed("marking pgcutover's session", e))?;
-    // Its own statement: a transaction started under the fence stays read-only.
-    client
-        .batch_execute("SET default_transaction_read_only = off")
-        .await
-        .map_err(|e| failed("lifting the fence for this session", e))?;
+    mark_own_ddl(client).await?;
+    lift_fence_for_session(client).await?;
     client
         .batch_execute(&format!("ALTER SUBSCRIPTION {} {verb}", quote_ident(subscription)))
         .await
@@ -288,12 +296,8 @@ pub(crate) async fn create_reverse_subscription(
     conninfo: &str,
     publication: &str,
 ) -> Result<(), String> {
-    suppress_ddl_capture(blue)
-        .await
-        .map_err(|e| failed("marking pgcutover's session", e))?;
-    blue.batch_execute("SET default_transaction_read_only = off")
-        .await
-        .map_err(|e| failed("lifting the fence for this session", e))?;
+    mark_own_ddl(blue).await?;
+    lift_fence_for_session(blue).await?;
     blue.batch_execute(&format!(
         "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = false, create_slot = false, slot_name = {}, enabled = true)",
         quote_ident(subscription),
@@ -313,9 +317,7 @@ pub(crate) async fn drop_reverse(
     subscription: &str,
     publication: Option<&str>,
 ) -> Result<(), String> {
-    suppress_ddl_capture(blue)
-        .await
-        .map_err(|e| failed("marking pgcutover's session", e))?;
+    mark_own_ddl(blue).await?;
     let exists = blue
         .query_opt(
             "select 1 from pg_catalog.pg_subscription where subname = $1",
@@ -326,9 +328,7 @@ pub(crate) async fn drop_reverse(
         .is_some();
     if exists {
         let sub = quote_ident(subscription);
-        blue.batch_execute("SET default_transaction_read_only = off")
-            .await
-            .map_err(|e| failed("lifting the fence for this session", e))?;
+        lift_fence_for_session(blue).await?;
         blue.batch_execute(&format!(
             "ALTER SUBSCRIPTION {sub} DISABLE; ALTER SUBSCRIPTION {sub} SET (slot_name = NONE)"
         ))

@@ -106,7 +106,6 @@ pub(crate) mod database;
 mod proxies;
 
 use crate::progress::{human_duration, Progress};
-use crate::quote::conninfo_value;
 use crate::targets::{Side, Targets};
 use crate::{check, replication_status, subscription_name, CheckStatus};
 use database as db;
@@ -442,41 +441,35 @@ impl Run<'_> {
             ms = self.phase_started.elapsed().as_secs_f64() * 1000.0,
             "preflight: proxies and connections"
         );
-        match self.opts.direction {
-            Direction::Forward => {
-                let status = replication_status(self.targets, self.config.switchover.max_lag_bytes).await;
-                if let Some(d) = status.databases.iter().find(|d| !d.ready) {
-                    return Err(format!("database {}: {}", d.database, d.verdict));
-                }
-                debug!(
-                    ms = self.phase_started.elapsed().as_secs_f64() * 1000.0,
-                    "preflight: replication status"
-                );
-                let failing: Vec<String> = check::run_checks(self.targets)
-                    .await
-                    .into_iter()
-                    .filter(|c| c.status == CheckStatus::Fail)
-                    .map(|c| format!("{}: {}", c.name, c.message))
-                    .collect();
-                if !failing.is_empty() {
-                    return Err(format!("pgcutover check fails: {}", failing.join("; ")));
-                }
+        // Lag, drift and `pgcutover check` concern blue → green; the reverse
+        // subscription is checked below.
+        if self.opts.direction == Direction::Forward {
+            let status = replication_status(self.targets, self.config.switchover.max_lag_bytes).await;
+            if let Some(d) = status.databases.iter().find(|d| !d.ready) {
+                return Err(format!("database {}: {}", d.database, d.verdict));
             }
-            Direction::Rollback => {
-                for d in &self.dbs {
-                    if let Some(problem) = db::subscription_running(&d.dest, &self.subscription(&d.name)).await? {
-                        return Err(format!(
-                            "database {}: {problem}; rollback needs the reverse replication set up by a completed switchover with reverse_replication = true",
-                            d.name
-                        ));
-                    }
-                }
+            debug!(
+                ms = self.phase_started.elapsed().as_secs_f64() * 1000.0,
+                "preflight: replication status"
+            );
+            let failing: Vec<String> = check::run_checks(self.targets)
+                .await
+                .into_iter()
+                .filter(|c| c.status == CheckStatus::Fail)
+                .map(|c| format!("{}: {}", c.name, c.message))
+                .collect();
+            if !failing.is_empty() {
+                return Err(format!("pgcutover check fails: {}", failing.join("; ")));
             }
         }
         // Subscriptions live and applying (forward: also checked by the status verdict).
         for d in &self.dbs {
             if let Some(problem) = db::subscription_running(&d.dest, &self.subscription(&d.name)).await? {
-                return Err(format!("database {}: {problem}", d.name));
+                let hint = match self.opts.direction {
+                    Direction::Forward => "",
+                    Direction::Rollback => "; rollback needs the reverse replication set up by a completed switchover with reverse_replication = true",
+                };
+                return Err(format!("database {}: {problem}{hint}", d.name));
             }
         }
         debug!(
@@ -658,7 +651,7 @@ impl Run<'_> {
             if self.wants_reverse() {
                 for d in &self.dbs {
                     let name = reverse_subscription_name(&d.name);
-                    let conninfo = self.reverse_conninfo(&d.name);
+                    let conninfo = self.targets.conninfo(Side::Green, &d.name);
                     db::create_reverse_subscription(&d.source, &name, &conninfo, REVERSE_PUBLICATION).await?;
                 }
             }
@@ -677,22 +670,6 @@ impl Run<'_> {
             .unwrap_or_else(|_| Err("finishing the flip took over 30 s".into()))?;
         self.report.reverse_replication = self.wants_reverse();
         Ok(())
-    }
-
-    /// The conninfo blue's reverse subscription uses to reach green.
-    fn reverse_conninfo(&self, database: &str) -> String {
-        let g = &self.targets.green;
-        let mut s = format!(
-            "host={} port={} user={} dbname={}",
-            conninfo_value(&g.host),
-            g.port,
-            conninfo_value(&self.targets.user(Side::Green)),
-            conninfo_value(database)
-        );
-        if let Some(p) = &g.password {
-            s.push_str(&format!(" password={}", conninfo_value(p)));
-        }
-        s
     }
 
     async fn resume_all(&mut self) {

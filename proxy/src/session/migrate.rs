@@ -173,18 +173,26 @@ pub(crate) async fn move_to(
     let read = tokio::time::timeout(STEP_TIMEOUT, snapshot(&mut server.conn, &mut to_client)).await;
     let snapshot = match read {
         Ok(Ok(s)) => s,
-        Ok(Err(reason)) => return Err(give_back(client, server, pump, &to_client, old_target, reason).await),
+        Ok(Err(reason)) => {
+            stay(client, server, pump, &to_client).await;
+            return Err(MoveError::Snapshot {
+                target: old_target,
+                reason,
+            });
+        }
         Err(_) => {
-            let reason = format!("no answer within {STEP_TIMEOUT:?}");
-            return Err(give_back(client, server, pump, &to_client, old_target, reason).await);
+            stay(client, server, pump, &to_client).await;
+            return Err(MoveError::Snapshot {
+                target: old_target,
+                reason: format!("no answer within {STEP_TIMEOUT:?}"),
+            });
         }
     };
     if !snapshot.pinned.is_empty() {
         for reason in &snapshot.pinned {
             shared.metrics.pinned(reason);
         }
-        pump.set_server_buffer(std::mem::take(&mut server.conn.rbuf));
-        forward(client, &to_client).await;
+        stay(client, server, pump, &to_client).await;
         return Err(MoveError::Pinned(snapshot.pinned.join(", ")));
     }
     let snapshot_time = started.elapsed();
@@ -205,18 +213,11 @@ pub(crate) async fn move_to(
     Ok(())
 }
 
-/// The old server failed the snapshot: the session stays, whole, where it is.
-async fn give_back(
-    client: &mut Conn,
-    server: &mut ServerConn,
-    pump: &mut Pump,
-    to_client: &[u8],
-    target: &'static str,
-    reason: String,
-) -> MoveError {
+/// The session does not move: the pump goes on with the old server's unread bytes,
+/// and the client gets what arrived during the snapshot.
+async fn stay(client: &mut Conn, server: &mut ServerConn, pump: &mut Pump, to_client: &[u8]) {
     pump.set_server_buffer(std::mem::take(&mut server.conn.rbuf));
     forward(client, to_client).await;
-    MoveError::Snapshot { target, reason }
 }
 
 /// Recreates the session on the active target after its server connection was
