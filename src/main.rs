@@ -3,13 +3,17 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use pgcutover_orchestrator::switchover::{self, Direction, ProxyEndpoint, SwitchoverOptions};
+use pgcutover_api::{Direction, ProxyControl, Report};
+use pgcutover_config::{AdminToken, Config, HumanDuration};
+use pgcutover_orchestrator::switchover::{self, RemoteProxy, SwitchoverOptions};
 use pgcutover_orchestrator::{CheckStatus, Progress, ReplicateOptions, Targets, VerifyOptions};
-use pgcutover_proxy::config::Config;
-use pgcutover_proxy::{Proxy, SwitchoverRequest};
+use pgcutover_proxy::local::LocalProxy;
+use pgcutover_proxy::{Proxy, SwitchoverRunner};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
 /// Zero-downtime PostgreSQL blue/green switchover.
@@ -148,7 +152,7 @@ struct SwitchoverArgs {
     config: ConfigArg,
     /// Hard deadline from the hold to the flip (default: [switchover] timeout).
     #[arg(long, value_name = "DURATION")]
-    timeout: Option<pgcutover_proxy::config::HumanDuration>,
+    timeout: Option<HumanDuration>,
     /// Run the preflight and predict the hold; change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -253,11 +257,18 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.proxy.listen = listen;
     }
-    let monitor = replication_monitor(&config);
-    let hook_config = config.clone();
+    let runner_config = config.green.is_some().then(|| config.clone());
     let proxy = Proxy::bind(config).await.context("cannot start the proxy")?;
-    if hook_config.green.is_some() {
-        install_switchover_hook(&proxy, hook_config)?;
+    let mut monitor = None;
+    if let Some(config) = runner_config {
+        let targets = Targets::from_config(&config)?;
+        monitor = Some(replication_monitor(&proxy, targets.clone(), &config));
+        let runner = Runner {
+            proxies: proxies(Some(proxy.control()), &config)?,
+            targets,
+            config,
+        };
+        proxy.set_switchover_runner(Arc::new(runner));
     }
     proxy.run(shutdown_signal()).await;
     if let Some(m) = monitor {
@@ -266,86 +277,63 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// With [green] configured: reads replication status every 10 s and exports it as the
-/// `pgcutover_replication_lag_bytes` and `pgcutover_ddl_drift` gauges.
-fn replication_monitor(config: &Config) -> Option<tokio::task::JoinHandle<()>> {
-    config.green.as_ref()?;
-    let targets = match Targets::from_config(config) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!("replication gauges disabled: {e}");
-            return None;
-        }
-    };
+/// With [green] configured: exports replication lag and DDL drift every 10 s as
+/// the `pgcutover_replication_lag_bytes` and `pgcutover_ddl_drift` gauges.
+fn replication_monitor(proxy: &Proxy, targets: Targets, config: &Config) -> tokio::task::JoinHandle<()> {
+    let control = proxy.control();
     let max_lag = config.switchover.max_lag_bytes;
-    Some(tokio::spawn(async move {
-        let mut last_problem = String::new();
-        loop {
-            let status = pgcutover_orchestrator::replication_status(&targets, max_lag).await;
-            let mut problems = Vec::new();
-            for d in &status.databases {
-                if let Some(e) = d.blue_error.as_ref().or(d.green_error.as_ref()) {
-                    problems.push(format!("{}: {e}", d.database));
-                    continue;
-                }
-                let lag = d.slot.as_ref().map(|s| s.lag_bytes).unwrap_or(-1);
-                pgcutover_proxy::metrics::set_replication_status(&d.database, lag, d.drift as i64);
-            }
-            let problem = problems.join("; ");
-            if problem != last_problem && !problem.is_empty() {
-                tracing::warn!("replication status not readable: {problem}");
-            }
-            last_problem = problem;
-            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
-        }
-    }))
+    tokio::spawn(pgcutover_orchestrator::status::monitor(
+        targets,
+        max_lag,
+        Duration::from_secs(10),
+        move |database, lag, drift| control.metrics().set_replication_status(database, lag, drift),
+    ))
 }
 
-/// `POST /switchover` on this proxy runs the switchover with this proxy in-process
-/// and its peers through their admin API.
-fn install_switchover_hook(proxy: &Proxy, config: Config) -> anyhow::Result<()> {
-    let targets = Targets::from_config(&config)?;
-    let token = admin_token(&config)?;
-    let control = proxy.control();
-    let config = std::sync::Arc::new(config);
-    proxy.set_switchover_hook(std::sync::Arc::new(move |request: SwitchoverRequest| {
-        let (config, targets, token, control) = (config.clone(), targets.clone(), token.clone(), control.clone());
+/// `POST /switchover` on this proxy: the switchover with this proxy in-process and
+/// its peers through their admin API.
+struct Runner {
+    config: Config,
+    targets: Targets,
+    proxies: Vec<Arc<dyn ProxyControl>>,
+}
+
+impl SwitchoverRunner for Runner {
+    fn run(&self, dry_run: bool, timeout: Option<Duration>) -> pgcutover_api::BoxFuture<'static, Report> {
+        let (config, targets, proxies) = (self.config.clone(), self.targets.clone(), self.proxies.clone());
         Box::pin(async move {
-            let mut proxies = vec![ProxyEndpoint::Local(control)];
-            proxies.extend(peers(&config, &token));
             let opts = SwitchoverOptions {
                 direction: Direction::Forward,
-                timeout: request.timeout.map(|t| t.0).unwrap_or(config.switchover.timeout.0),
-                dry_run: request.dry_run,
+                timeout: timeout.unwrap_or(config.switchover.timeout.0),
+                dry_run,
             };
-            let report = switchover::run(&targets, &config, &proxies, &opts, &Progress::quiet()).await;
-            let code = if report.ok() { 200 } else { 409 };
-            (code, serde_json::to_value(&report).unwrap_or_default())
+            switchover::run(&targets, &config, &proxies, &opts, &Progress::quiet()).await
         })
-    }));
-    Ok(())
+    }
 }
 
-fn peers(config: &Config, token: &Option<String>) -> Vec<ProxyEndpoint> {
-    config
-        .proxy
-        .peers
-        .iter()
-        .map(|url| ProxyEndpoint::Remote {
-            url: url.clone(),
-            token: token.clone(),
-        })
-        .collect()
-}
-
-/// The admin token from [proxy] admin_token_file, if configured.
-fn admin_token(config: &Config) -> anyhow::Result<Option<String>> {
-    let Some(path) = &config.proxy.admin_token_file else {
-        return Ok(None);
-    };
-    let token = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read [proxy] admin_token_file {}", path.display()))?;
-    Ok(Some(token.trim().to_owned()))
+/// Every proxy a switchover drives: this process's (when it runs one) or the one at
+/// [proxy] admin_listen, then [proxy] peers.
+fn proxies(
+    local: Option<Arc<pgcutover_proxy::control::Control>>,
+    config: &Config,
+) -> anyhow::Result<Vec<Arc<dyn ProxyControl>>> {
+    let token = AdminToken::load_optional(config.proxy.admin_token_file.as_deref())?;
+    let mut proxies: Vec<Arc<dyn ProxyControl>> = Vec::new();
+    match local {
+        Some(control) => proxies.push(Arc::new(LocalProxy(control))),
+        None => {
+            let url = format!("http://{}", config.proxy.admin_listen);
+            proxies.push(Arc::new(
+                RemoteProxy::new(&url, token.clone()).map_err(anyhow::Error::msg)?,
+            ));
+        }
+    }
+    for url in &config.proxy.peers {
+        let peer = RemoteProxy::new(url, token.clone()).map_err(|e| anyhow::anyhow!("[proxy] peers: {e}"))?;
+        proxies.push(Arc::new(peer));
+    }
+    Ok(proxies)
 }
 
 /// `pgcutover switchover` / `rollback`: drives the proxy at [proxy] admin_listen and
@@ -353,17 +341,12 @@ fn admin_token(config: &Config) -> anyhow::Result<Option<String>> {
 async fn run_switchover(args: SwitchoverArgs, direction: Direction) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config.config)?;
     let targets = Targets::from_config(&config)?;
-    let token = admin_token(&config)?;
-    if token.is_none() && !args.dry_run {
+    if config.proxy.admin_token_file.is_none() && !args.dry_run {
         anyhow::bail!(
             "the proxies' mutating admin calls need a token: set [proxy] admin_token_file (the same file the proxies use)"
         );
     }
-    let mut proxies = vec![ProxyEndpoint::Remote {
-        url: format!("http://{}", config.proxy.admin_listen),
-        token: token.clone(),
-    }];
-    proxies.extend(peers(&config, &token));
+    let proxies = proxies(None, &config)?;
     let opts = SwitchoverOptions {
         direction,
         timeout: args.timeout.map(|t| t.0).unwrap_or(config.switchover.timeout.0),

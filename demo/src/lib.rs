@@ -25,9 +25,10 @@ mod workload;
 pub use checks::Check;
 pub use report::{ClientsSeen, DemoReport};
 
-use pgcutover_orchestrator::switchover::{Direction, ProxyEndpoint, SwitchoverOptions};
+use pgcutover_config::Config;
+use pgcutover_orchestrator::switchover::{Direction, SwitchoverOptions};
 use pgcutover_orchestrator::{OrchestratorError, Progress, ReplicateOptions, Targets};
-use pgcutover_proxy::config::Config;
+use pgcutover_proxy::local::LocalProxy;
 use servers::Servers;
 use std::time::{Duration, Instant};
 use workload::Workload;
@@ -116,7 +117,7 @@ pub enum DemoError {
     },
     /// The generated proxy configuration was refused (a bug in the demo).
     #[error("proxy config: {0}")]
-    Config(#[from] pgcutover_proxy::config::ConfigError),
+    Config(#[from] pgcutover_config::ConfigError),
     /// The proxy could not start.
     #[error("the proxy did not start: {0}")]
     Proxy(#[from] pgcutover_proxy::StartError),
@@ -214,7 +215,7 @@ async fn demo(opts: &DemoOptions, slot: &mut Option<Servers>) -> Result<DemoRepo
     let report = pgcutover_orchestrator::switchover::run(
         &targets,
         &config,
-        &[ProxyEndpoint::Local(servers.control())],
+        &[std::sync::Arc::new(LocalProxy(servers.control())) as std::sync::Arc<dyn pgcutover_api::ProxyControl>],
         &SwitchoverOptions {
             direction: Direction::Forward,
             timeout: SWITCHOVER_TIMEOUT,

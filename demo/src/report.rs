@@ -128,7 +128,7 @@ impl DemoReport {
         let phases: Vec<String> = s
             .phases
             .iter()
-            .filter(|p| p.phase != "done")
+            .filter(|p| p.phase != pgcutover_api::Phase::Done)
             .map(|p| format!("{} {}", p.phase, ms(p.ms)))
             .collect();
         let _ = writeln!(o, "  phases:            {}", phases.join(", "));

@@ -4,8 +4,8 @@
 
 use crate::{setup_script, DemoError, ADMIN_USER, APP_USER, DATABASE};
 use pg_harness::{Binaries, Cluster, ClusterOptions, HarnessError, SUPERUSER, SUPERUSER_PASSWORD};
+use pgcutover_config::Config;
 use pgcutover_orchestrator::Progress;
-use pgcutover_proxy::config::Config;
 use pgcutover_proxy::control::Control;
 use pgcutover_proxy::Proxy;
 use std::net::SocketAddr;

@@ -7,7 +7,7 @@ use crate::quote::quote_ident;
 use crate::setup::create_subscription_sql;
 use crate::targets::{Side, Targets};
 use crate::{subscription_name, PUBLICATION, SUBSCRIPTION_PREFIX};
-use pgcutover_proxy::config::ReplicationMethod;
+use pgcutover_config::ReplicationMethod;
 use serde::Serialize;
 use std::collections::BTreeSet;
 use tokio_postgres::Client;

@@ -14,7 +14,7 @@ use crate::setup::{create_subscription_sql, create_tables, record, setup_blue, s
 use crate::subscription_name;
 use crate::targets::{Side, Targets};
 use crate::tools::PgTools;
-use pgcutover_proxy::config::ReplicationMethod;
+use pgcutover_config::ReplicationMethod;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;

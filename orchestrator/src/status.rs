@@ -389,6 +389,32 @@ fn shorten(s: &str, n: usize) -> String {
     }
 }
 
+/// Reads the replication status every `every`, for ever, and hands each readable
+/// database's slot lag in bytes (-1 without a slot) and DDL drift to `sink`: what a
+/// running proxy exports as `pgcutover_replication_lag_bytes` and
+/// `pgcutover_ddl_drift`. A side that cannot be read is logged once per new problem.
+pub async fn monitor(targets: Targets, max_lag_bytes: u64, every: std::time::Duration, sink: impl Fn(&str, i64, i64)) {
+    let mut last_problem = String::new();
+    loop {
+        let status = replication_status(&targets, max_lag_bytes).await;
+        let mut problems = Vec::new();
+        for d in &status.databases {
+            if let Some(e) = d.blue_error.as_ref().or(d.green_error.as_ref()) {
+                problems.push(format!("{}: {e}", d.database));
+                continue;
+            }
+            let lag = d.slot.as_ref().map(|s| s.lag_bytes).unwrap_or(-1);
+            sink(&d.database, lag, d.drift as i64);
+        }
+        let problem = problems.join("; ");
+        if problem != last_problem && !problem.is_empty() {
+            tracing::warn!("replication status not readable: {problem}");
+        }
+        last_problem = problem;
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// The status as human-readable text, one block per database and the verdict last.
 pub fn render(status: &Status) -> String {
     let mut out = String::new();

@@ -4,31 +4,14 @@
 
 use crate::error::{pg_message, OrchestratorError};
 use crate::quote::conninfo_value;
-use pgcutover_proxy::config::{Config, PgUrl, ReplicationMethod, ServerTlsMode};
-use pgcutover_proxy::tls::ServerTls;
+use pgcutover_config::ServerTls;
+use pgcutover_config::{Config, PgUrl, ReplicationMethod, ServerTlsMode};
 use std::fmt;
 use std::time::Duration;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::Client;
 
-/// Blue (the database in use) or green (the one clients move to).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Side {
-    /// The current database.
-    Blue,
-    /// The new database.
-    Green,
-}
-
-impl fmt::Display for Side {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Side::Blue => "blue",
-            Side::Green => "green",
-        })
-    }
-}
+pub use pgcutover_api::Side;
 
 /// Blue, green, the replicated databases and how to reach each.
 #[derive(Clone)]

@@ -1,10 +1,9 @@
-//! The admin HTTP API: `GET /status`, and the mutating `POST /hold`, `POST /resume`,
-//! `POST /route {"target": "green"}`, which need `Authorization: Bearer <token>` with
-//! the token from `admin_token_file`. Every answer is JSON.
+//! The admin HTTP API, serving the types of `pgcutover_api`: `GET /status`,
+//! `GET /metrics`, and the mutating `POST /prepare`, `/hold`, `/route`, `/resume`,
+//! `/phase` and `/switchover`, which need `Authorization: Bearer <token>` with the
+//! token from `admin_token_file`. Every answer but `/metrics` is JSON.
 
-use crate::config::Config;
-use crate::route::Target;
-use crate::SwitchoverRequest;
+use crate::control::Control;
 use crate::{Shared, StartError};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -13,7 +12,12 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use serde_json::{json, Value};
+use pgcutover_api::{
+    ErrorReply, HoldReply, PhaseUpdate, PrepareReply, PrepareRequest, RouteReply, RouteRequest, SwitchoverRequest,
+};
+use pgcutover_config::{AdminToken, Config, HumanDuration};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,35 +25,71 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tracing::{debug, info};
 
-/// Largest request body accepted (the only body is a tiny JSON object).
+/// Largest request body accepted (the bodies are tiny JSON objects).
 const MAX_BODY: usize = 4096;
 
 /// The bound admin listener and the token mutating calls must present.
 pub(crate) struct AdminServer {
     listener: TcpListener,
-    token: Option<String>,
+    token: Option<AdminToken>,
+}
+
+/// Every endpoint, parsed from the method and path before anything else happens:
+/// a path is served only by the arm written for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Status,
+    Metrics,
+    Prepare,
+    Hold,
+    Route,
+    Resume,
+    Phase,
+    Switchover,
+}
+
+/// Why a request names no endpoint.
+enum Unroutable {
+    NotFound,
+    WrongMethod(&'static str),
+}
+
+const ENDPOINTS: &str =
+    "GET /status, GET /metrics, POST /switchover, POST /prepare, POST /hold, POST /route, POST /resume, POST /phase";
+
+impl Endpoint {
+    fn parse(method: &Method, path: &str) -> Result<Endpoint, Unroutable> {
+        let (endpoint, wants) = match path {
+            "/status" => (Endpoint::Status, Method::GET),
+            "/metrics" => (Endpoint::Metrics, Method::GET),
+            "/prepare" => (Endpoint::Prepare, Method::POST),
+            "/hold" => (Endpoint::Hold, Method::POST),
+            "/route" => (Endpoint::Route, Method::POST),
+            "/resume" => (Endpoint::Resume, Method::POST),
+            "/phase" => (Endpoint::Phase, Method::POST),
+            "/switchover" => (Endpoint::Switchover, Method::POST),
+            _ => return Err(Unroutable::NotFound),
+        };
+        if *method == wants {
+            Ok(endpoint)
+        } else {
+            Err(Unroutable::WrongMethod(if wants == Method::GET {
+                "GET"
+            } else {
+                "POST"
+            }))
+        }
+    }
+
+    fn mutates(self) -> bool {
+        !matches!(self, Endpoint::Status | Endpoint::Metrics)
+    }
 }
 
 impl AdminServer {
     /// Binds `admin_listen` and reads the token, so problems surface at start.
     pub(crate) async fn bind(config: &Config) -> Result<AdminServer, StartError> {
-        let token = match &config.proxy.admin_token_file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| StartError::AdminToken {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
-                let token = text.trim().to_owned();
-                if token.len() < 16 {
-                    return Err(StartError::AdminToken {
-                        path: path.clone(),
-                        reason: "the token must be at least 16 characters (e.g. openssl rand -hex 32)".into(),
-                    });
-                }
-                Some(token)
-            }
-            None => None,
-        };
+        let token = AdminToken::load_optional(config.proxy.admin_token_file.as_deref())?;
         let addr = config.proxy.admin_listen;
         let listener = TcpListener::bind(addr)
             .await
@@ -65,7 +105,7 @@ impl AdminServer {
     /// Serves requests until the task is aborted.
     pub(crate) async fn serve(self, shared: Arc<Shared>) {
         info!(admin = %self.local_addr(), mutating = self.token.is_some(), "admin API ready");
-        let token: Arc<Option<String>> = Arc::new(self.token);
+        let token = Arc::new(self.token);
         loop {
             let Ok((tcp, peer)) = self.listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -83,162 +123,161 @@ impl AdminServer {
     }
 }
 
+type Reply = Response<Full<Bytes>>;
+
 async fn handle(
     shared: Arc<Shared>,
-    token: Arc<Option<String>>,
+    token: Arc<Option<AdminToken>>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    if method == Method::GET && path == "/status" {
-        return Ok(reply(StatusCode::OK, status(&shared)));
-    }
-    if method == Method::GET && path == "/metrics" {
-        let text = shared.metrics.render(&shared.registry, shared.control.is_held());
-        let mut r = Response::new(Full::new(Bytes::from(text)));
-        r.headers_mut().insert(
-            hyper::header::CONTENT_TYPE,
-            hyper::header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        );
-        return Ok(r);
-    }
-    let mutating = ["/prepare", "/hold", "/resume", "/route", "/switchover"].contains(&path.as_str());
-    if !mutating {
-        return Ok(error(
-            StatusCode::NOT_FOUND,
-            &format!("no such endpoint: {method} {path}; see GET /status, GET /metrics, POST /switchover, POST /prepare, POST /hold, POST /resume, POST /route"),
-        ));
-    }
-    if method != Method::POST {
-        return Ok(error(StatusCode::METHOD_NOT_ALLOWED, &format!("{path} takes POST")));
-    }
-    if let Some(refusal) = authorize(&token, &req) {
-        return Ok(refusal);
+) -> Result<Reply, Infallible> {
+    let endpoint = match Endpoint::parse(req.method(), req.uri().path()) {
+        Ok(e) => e,
+        Err(Unroutable::NotFound) => {
+            let message = format!(
+                "no such endpoint: {} {}; the endpoints are {ENDPOINTS}",
+                req.method(),
+                req.uri().path()
+            );
+            return Ok(error(StatusCode::NOT_FOUND, message));
+        }
+        Err(Unroutable::WrongMethod(wants)) => {
+            let message = format!("{} takes {wants}", req.uri().path());
+            return Ok(error(StatusCode::METHOD_NOT_ALLOWED, message));
+        }
+    };
+    if endpoint.mutates() {
+        if let Some(refusal) = authorize(&token, &req) {
+            return Ok(refusal);
+        }
     }
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
-            return Ok(error(
-                StatusCode::BAD_REQUEST,
-                &format!("cannot read the request body: {e}"),
-            ))
+            let message = format!("cannot read the request body: {e}");
+            return Ok(error(StatusCode::BAD_REQUEST, message));
         }
     };
     let control = &shared.control;
-    Ok(match path.as_str() {
-        "/switchover" => {
-            let Some(hook) = shared.switchover.get() else {
-                return Ok(error(
-                    StatusCode::NOT_IMPLEMENTED,
-                    "this proxy cannot run a switchover: it needs [green] and [replication] in its configuration",
-                ));
-            };
-            let request: SwitchoverRequest = match serde_json::from_slice(if body.is_empty() { b"{}" } else { &body }) {
-                Ok(r) => r,
-                Err(e) => {
-                    return Ok(error(
-                        StatusCode::BAD_REQUEST,
-                        &format!(
-                        "POST /switchover takes an optional JSON body {{\"dry_run\": true, \"timeout\": \"30s\"}}: {e}"
-                    ),
-                    ))
-                }
-            };
-            let (code, body) = hook(request).await;
-            reply(
-                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-                body,
-            )
-        }
-        "/hold" => {
-            let report = control.hold_and_drain().await;
-            let body = json!({
-                "held": true,
-                "drained": report.drained,
-                "in_flight": report.in_flight,
-                "sessions": report.sessions,
-                "drain_ms": report.waited.as_secs_f64() * 1000.0,
-            });
-            if report.drained {
-                reply(StatusCode::OK, body)
-            } else {
-                // drain_policy = abort: stay held, the caller decides (resume or retry).
-                let mut body = body;
-                body["error"] = json!(format!(
-                    "{} session(s) still inside a transaction after drain_timeout; still held: POST /resume to let clients go on",
-                    report.in_flight
-                ));
-                reply(StatusCode::CONFLICT, body)
-            }
-        }
-        "/prepare" => {
-            let Some(target) = target_of(&body) else {
-                return Ok(error(
-                    StatusCode::BAD_REQUEST,
-                    "POST /prepare needs a JSON body {\"target\": \"green\"} or {\"target\": \"blue\"}",
-                ));
-            };
-            match control.prepare(target, shared.config.switchover.timeout.0).await {
-                Ok(r) => reply(
-                    if r.ready == r.sessions {
-                        StatusCode::OK
-                    } else {
-                        StatusCode::CONFLICT
-                    },
-                    json!({
-                        "target": r.target.name(),
-                        "ready": r.ready,
-                        "sessions": r.sessions,
-                        "prepare_ms": r.waited.as_secs_f64() * 1000.0,
-                    }),
-                ),
-                Err(e) => error(StatusCode::CONFLICT, &e.to_string()),
-            }
-        }
-        "/resume" => {
-            let held_ms = control.resume().map(|d| d.as_secs_f64() * 1000.0);
-            reply(
-                StatusCode::OK,
-                json!({ "held": false, "route": control.route().target.name(), "held_ms": held_ms }),
-            )
-        }
-        _ => {
-            let Some(target) = target_of(&body) else {
-                return Ok(error(
-                    StatusCode::BAD_REQUEST,
-                    "POST /route needs a JSON body {\"target\": \"blue\"} or {\"target\": \"green\"}",
-                ));
-            };
-            match control.flip(target, shared.config.switchover.timeout.0).await {
-                Ok(r) => reply(
-                    StatusCode::OK,
-                    json!({
-                        "route": r.target.name(),
-                        "epoch": r.epoch,
-                        "moved": r.moved,
-                        "not_moved": r.not_moved,
-                        "flip_ms": r.waited.as_secs_f64() * 1000.0,
-                    }),
-                ),
-                Err(e) => error(StatusCode::CONFLICT, &e.to_string()),
+    Ok(match endpoint {
+        Endpoint::Status => json(StatusCode::OK, &control.status_reply()),
+        Endpoint::Metrics => metrics(&shared),
+        Endpoint::Prepare => match parse_body::<PrepareRequest>(&body, "{\"target\": \"green\"}") {
+            Ok(r) => prepare(&shared, r).await,
+            Err(refusal) => *refusal,
+        },
+        Endpoint::Hold => hold(control).await,
+        Endpoint::Route => match parse_body::<RouteRequest>(&body, "{\"target\": \"green\"}") {
+            Ok(r) => route(&shared, r).await,
+            Err(refusal) => *refusal,
+        },
+        Endpoint::Resume => resume(control),
+        Endpoint::Phase => match parse_body::<PhaseUpdate>(&body, "{\"phase\": \"fence\"}") {
+            Ok(update) => json(StatusCode::OK, &control.record_phase(&update)),
+            Err(refusal) => *refusal,
+        },
+        Endpoint::Switchover => {
+            let example = "{\"dry_run\": true, \"timeout\": \"30s\"} (both optional)";
+            let text: &[u8] = if body.is_empty() { b"{}" } else { &body };
+            match parse_body::<SwitchoverRequest>(text, example) {
+                Ok(r) => switchover(&shared, r).await,
+                Err(refusal) => *refusal,
             }
         }
     })
 }
 
-/// The `target` of a JSON body like `{"target": "green"}`.
-fn target_of(body: &[u8]) -> Option<Target> {
-    serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| v.get("target").and_then(Value::as_str).and_then(Target::parse))
+/// The body as `T`, or a 400 that shows the expected form.
+fn parse_body<T: DeserializeOwned>(body: &[u8], example: &str) -> Result<T, Box<Reply>> {
+    serde_json::from_slice(body).map_err(|e| {
+        let message = format!("expected a JSON body like {example}: {e}");
+        Box::new(error(StatusCode::BAD_REQUEST, message))
+    })
+}
+
+fn metrics(shared: &Shared) -> Reply {
+    let text = shared.metrics.render(&shared.registry, shared.control.is_held());
+    let mut r = Response::new(Full::new(Bytes::from(text)));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    r
+}
+
+async fn prepare(shared: &Shared, request: PrepareRequest) -> Reply {
+    match shared
+        .control
+        .prepare(request.target, shared.config.switchover.timeout.0)
+        .await
+    {
+        Ok(r) => {
+            let code = if r.ready == r.sessions {
+                StatusCode::OK
+            } else {
+                StatusCode::CONFLICT
+            };
+            json(code, &PrepareReply::from(r))
+        }
+        Err(e) => error(StatusCode::CONFLICT, e.to_string()),
+    }
+}
+
+async fn hold(control: &Arc<Control>) -> Reply {
+    let report = control.hold_and_drain().await;
+    let drained = report.drained;
+    let mut reply = HoldReply::from(report);
+    if drained {
+        return json(StatusCode::OK, &reply);
+    }
+    // drain_policy = abort: stay held, the caller decides (resume or retry).
+    reply.error = Some(format!(
+        "{} session(s) still inside a transaction after drain_timeout; still held: POST /resume to let clients go on",
+        reply.in_flight
+    ));
+    json(StatusCode::CONFLICT, &reply)
+}
+
+async fn route(shared: &Shared, request: RouteRequest) -> Reply {
+    match shared
+        .control
+        .flip(request.target, shared.config.switchover.timeout.0)
+        .await
+    {
+        Ok(r) => json(StatusCode::OK, &RouteReply::from(r)),
+        Err(e) => error(StatusCode::CONFLICT, e.to_string()),
+    }
+}
+
+fn resume(control: &Control) -> Reply {
+    json(StatusCode::OK, &control.resume_reply())
+}
+
+async fn switchover(shared: &Shared, request: SwitchoverRequest) -> Reply {
+    let Some(runner) = shared.switchover.get() else {
+        return error(
+            StatusCode::NOT_IMPLEMENTED,
+            "this proxy cannot run a switchover: it needs [green] and [replication] in its configuration".into(),
+        );
+    };
+    let timeout = match request.timeout.as_deref().map(HumanDuration::parse).transpose() {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("POST /switchover: timeout: {e}")),
+    };
+    let report = runner.run(request.dry_run, timeout).await;
+    let code = if report.ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::CONFLICT
+    };
+    json(code, &report)
 }
 
 /// None when the request may mutate; else the refusal to send.
-fn authorize(token: &Option<String>, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+fn authorize(token: &Option<AdminToken>, req: &Request<Incoming>) -> Option<Reply> {
     let Some(expected) = token else {
         return Some(error(
             StatusCode::FORBIDDEN,
-            "mutating admin calls are disabled: set [proxy] admin_token_file to a file holding a token, then send Authorization: Bearer <token>",
+            "mutating admin calls are disabled: set [proxy] admin_token_file to a file holding a token, then send Authorization: Bearer <token>".into(),
         ));
     };
     let presented = req
@@ -247,43 +286,19 @@ fn authorize(token: &Option<String>, req: &Request<Incoming>) -> Option<Response
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    // Constant-time comparison: the token is a password.
-    let same = presented.len() == expected.len()
-        && presented
-            .bytes()
-            .zip(expected.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if same {
+    if expected.matches(presented) {
         None
     } else {
         Some(error(
             StatusCode::UNAUTHORIZED,
-            "missing or wrong Authorization: Bearer token (see [proxy] admin_token_file)",
+            "missing or wrong Authorization: Bearer token (see [proxy] admin_token_file)".into(),
         ))
     }
 }
 
-fn status(shared: &Shared) -> Value {
-    let s = shared.control.status();
-    json!({
-        "route": s.route.target.name(),
-        "epoch": s.route.epoch,
-        "phase": shared.control.phase().unwrap_or(if s.held { "held" } else { "serving" }),
-        "held_ms": s.held_ms,
-        "held_clients": s.held_clients,
-        "in_flight": s.in_flight,
-        "clients": s.clients,
-        "server_connections": { "blue": s.blue_servers, "green": s.green_servers },
-        "server_pids": {
-            "blue": shared.control.server_pids(Target::Blue),
-            "green": shared.control.server_pids(Target::Green),
-        },
-    })
-}
-
-fn reply(code: StatusCode, body: Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+fn json(code: StatusCode, body: &impl Serialize) -> Reply {
+    let text = serde_json::to_vec(body).expect("admin replies serialise: plain data, string keys");
+    let mut r = Response::new(Full::new(Bytes::from(text)));
     *r.status_mut() = code;
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -292,6 +307,45 @@ fn reply(code: StatusCode, body: Value) -> Response<Full<Bytes>> {
     r
 }
 
-fn error(code: StatusCode, message: &str) -> Response<Full<Bytes>> {
-    reply(code, json!({ "error": message }))
+fn error(code: StatusCode, message: String) -> Reply {
+    json(code, &ErrorReply { error: message })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_path_has_its_own_endpoint_and_method() {
+        use Endpoint::*;
+        for (method, path, endpoint) in [
+            (Method::GET, "/status", Status),
+            (Method::GET, "/metrics", Metrics),
+            (Method::POST, "/prepare", Prepare),
+            (Method::POST, "/hold", Hold),
+            (Method::POST, "/route", Route),
+            (Method::POST, "/resume", Resume),
+            (Method::POST, "/phase", Phase),
+            (Method::POST, "/switchover", Switchover),
+        ] {
+            assert!(
+                matches!(Endpoint::parse(&method, path), Ok(e) if e == endpoint),
+                "{path}"
+            );
+            let other = if method == Method::GET {
+                Method::POST
+            } else {
+                Method::GET
+            };
+            assert!(matches!(Endpoint::parse(&other, path), Err(Unroutable::WrongMethod(_))));
+        }
+        // Unknown paths route nowhere (no fall-through to a mutating arm).
+        for path in ["/routes", "/", "/route/", "/hold?x"] {
+            assert!(matches!(
+                Endpoint::parse(&Method::POST, path),
+                Err(Unroutable::NotFound)
+            ));
+        }
+        assert!(!Status.mutates() && !Metrics.mutates() && Route.mutates() && Phase.mutates());
+    }
 }

@@ -2,12 +2,16 @@
 //! of the route and the hold gate; sessions only watch them, and report back through
 //! the session registry.
 
-use crate::config::{DrainPolicy, SwitchoverConfig};
 use crate::metrics::Metrics;
 use crate::registry::{SessionHandle, SessionRegistry};
-use crate::route::{Route, Target};
+use crate::route::Route;
+use pgcutover_api::Side;
+use pgcutover_api::{
+    HoldReply, PerSide, Phase, PhaseReply, PhaseUpdate, PrepareReply, ProxyPhase, ResumeReply, RouteReply, StatusReply,
+};
+use pgcutover_config::{DrainPolicy, SwitchoverConfig};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -38,7 +42,7 @@ pub struct DrainReport {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlipReport {
     /// Where sessions go now.
-    pub target: Target,
+    pub target: Side,
     /// The new route epoch.
     pub epoch: u64,
     /// Sessions on the new target when the flip returned.
@@ -53,7 +57,7 @@ pub struct FlipReport {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrepareReport {
     /// The target sessions connected to.
-    pub target: Target,
+    pub target: Side,
     /// Sessions holding a ready standby connection when the call returned.
     pub ready: usize,
     /// Sessions that need one (those not already on the target).
@@ -83,6 +87,46 @@ pub struct Status {
     pub green_servers: usize,
 }
 
+impl From<DrainReport> for HoldReply {
+    fn from(r: DrainReport) -> HoldReply {
+        HoldReply {
+            held: true,
+            drained: r.drained,
+            in_flight: r.in_flight,
+            sessions: r.sessions,
+            drain_ms: millis(r.waited),
+            error: None,
+        }
+    }
+}
+
+impl From<FlipReport> for RouteReply {
+    fn from(r: FlipReport) -> RouteReply {
+        RouteReply {
+            route: r.target,
+            epoch: r.epoch,
+            moved: r.moved,
+            not_moved: r.not_moved,
+            flip_ms: millis(r.waited),
+        }
+    }
+}
+
+impl From<PrepareReport> for PrepareReply {
+    fn from(r: PrepareReport) -> PrepareReply {
+        PrepareReply {
+            target: r.target,
+            ready: r.ready,
+            sessions: r.sessions,
+            prepare_ms: millis(r.waited),
+        }
+    }
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
 /// A control call that cannot be carried out.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ControlError {
@@ -98,13 +142,14 @@ pub enum ControlError {
 pub struct Control {
     route: watch::Sender<Route>,
     gate: watch::Sender<Gate>,
-    standby: watch::Sender<Option<Target>>,
+    standby: watch::Sender<Option<Side>>,
     /// Bumped to make sessions look at their termination requests.
     kick: watch::Sender<u64>,
     sessions: Arc<SessionRegistry>,
     generations: AtomicU64,
     held_since: Mutex<Option<Instant>>,
-    phase: Mutex<Option<&'static str>>,
+    /// The phase of the switchover driving this proxy, as it last reported.
+    phase: Mutex<Option<Phase>>,
     /// Hold limit (`timeout`) and drain settings.
     settings: SwitchoverConfig,
     has_green: bool,
@@ -122,7 +167,7 @@ impl Control {
     ) -> Arc<Control> {
         Arc::new(Control {
             route: watch::Sender::new(Route {
-                target: Target::Blue,
+                target: Side::Blue,
                 epoch: 0,
             }),
             gate: watch::Sender::new(Gate {
@@ -157,7 +202,7 @@ impl Control {
     }
 
     /// Watches which target sessions should hold a standby connection to.
-    pub fn watch_standby(&self) -> watch::Receiver<Option<Target>> {
+    pub fn watch_standby(&self) -> watch::Receiver<Option<Side>> {
         self.standby.subscribe()
     }
 
@@ -165,8 +210,8 @@ impl Control {
     /// that a later flip only has to move state, not log in (the login is most of a
     /// move's time). Waits up to `timeout` for them; standbys are dropped at the next
     /// resume, or after the switchover timeout if no flip uses them.
-    pub async fn prepare(self: &Arc<Self>, target: Target, timeout: Duration) -> Result<PrepareReport, ControlError> {
-        if target == Target::Green && !self.has_green {
+    pub async fn prepare(self: &Arc<Self>, target: Side, timeout: Duration) -> Result<PrepareReport, ControlError> {
+        if target == Side::Green && !self.has_green {
             return Err(ControlError::NoGreen);
         }
         let started = Instant::now();
@@ -219,7 +264,7 @@ impl Control {
         let handles = self.sessions.handles();
         let in_flight = handles.iter().filter(|h| h.in_transaction()).count();
         let held = self.is_held();
-        let on = |t: Target| handles.iter().filter(|h| h.target() == t).count();
+        let on = |t: Side| handles.iter().filter(|h| h.target() == t).count();
         Status {
             route: self.route(),
             held,
@@ -227,14 +272,43 @@ impl Control {
             clients: handles.len(),
             in_flight,
             held_clients: if held { handles.len() - in_flight } else { 0 },
-            blue_servers: on(Target::Blue),
-            green_servers: on(Target::Green),
+            blue_servers: on(Side::Blue),
+            green_servers: on(Side::Green),
+        }
+    }
+
+    /// The state as `GET /status` and `SHOW STATUS` show it: the one status view.
+    pub fn status_reply(&self) -> StatusReply {
+        let s = self.status();
+        StatusReply {
+            route: s.route.target,
+            epoch: s.route.epoch,
+            phase: self.proxy_phase(),
+            held_ms: s.held_ms,
+            held_clients: s.held_clients,
+            in_flight: s.in_flight,
+            clients: s.clients,
+            server_connections: PerSide {
+                blue: s.blue_servers,
+                green: s.green_servers,
+            },
+            server_pids: PerSide::from_fn(|side| self.server_pids(side)),
+        }
+    }
+
+    /// Resumes, as `POST /resume` reports it.
+    pub fn resume_reply(&self) -> ResumeReply {
+        let held_ms = self.resume().map(millis);
+        ResumeReply {
+            held: false,
+            route: self.route().target,
+            held_ms,
         }
     }
 
     /// Backend pids of the sessions' server connections on `target`: the
     /// orchestrator's fence spares these (they are held, and move at the flip).
-    pub fn server_pids(&self, target: Target) -> Vec<i32> {
+    pub fn server_pids(&self, target: Side) -> Vec<i32> {
         let handles = self.sessions.handles();
         handles
             .iter()
@@ -243,14 +317,31 @@ impl Control {
             .collect()
     }
 
-    /// What a switchover driving this proxy is doing now, for `/status`.
-    pub fn set_phase(&self, phase: Option<&'static str>) {
-        *self.phase.lock().expect("phase lock") = phase;
+    /// Records a switchover's progress report (`POST /phase`, or the in-process
+    /// driver): the phase `/status` shows, the phase-duration metrics and, at the
+    /// end, the outcome counter.
+    pub fn record_phase(&self, update: &PhaseUpdate) -> PhaseReply {
+        if let Some(ended) = &update.ended {
+            let next = update.phase.filter(|p| !p.is_final()).map(Phase::name);
+            let took = Duration::from_secs_f64(ended.ms.max(0.0) / 1000.0);
+            self.metrics.switchover_phase(ended.phase.name(), next, took);
+        }
+        if let Some(outcome) = update.outcome {
+            self.metrics.switchover_done(outcome.name());
+        }
+        *self.phase.lock().unwrap_or_else(PoisonError::into_inner) = update.phase.filter(|p| !p.is_final());
+        PhaseReply {
+            phase: self.proxy_phase(),
+        }
     }
 
-    /// See [`set_phase`](Self::set_phase).
-    pub fn phase(&self) -> Option<&'static str> {
-        *self.phase.lock().expect("phase lock")
+    /// What `/status` calls the phase: the switchover's, else held or serving.
+    pub fn proxy_phase(&self) -> ProxyPhase {
+        match *self.phase.lock().unwrap_or_else(PoisonError::into_inner) {
+            Some(p) => ProxyPhase::Switchover(p),
+            None if self.is_held() => ProxyPhase::Held,
+            None => ProxyPhase::Serving,
+        }
     }
 
     /// The proxy's metrics (the orchestrator records switchover phases there).
@@ -395,11 +486,11 @@ impl Control {
 
     /// Routes every session to `target` (only while held) and waits, up to
     /// `timeout`, until the sessions at a boundary have moved.
-    pub async fn flip(&self, target: Target, timeout: Duration) -> Result<FlipReport, ControlError> {
+    pub async fn flip(&self, target: Side, timeout: Duration) -> Result<FlipReport, ControlError> {
         if !self.is_held() {
             return Err(ControlError::NotHeld);
         }
-        if target == Target::Green && !self.has_green {
+        if target == Side::Green && !self.has_green {
             return Err(ControlError::NoGreen);
         }
         let started = Instant::now();

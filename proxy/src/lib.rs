@@ -7,8 +7,8 @@
 
 mod admin;
 pub mod auth;
-pub mod config;
 pub mod control;
+pub mod local;
 pub mod metrics;
 pub mod pump;
 pub mod registry;
@@ -22,11 +22,12 @@ pub mod tls;
 mod wire;
 
 use auth::{AuthQuery, Userlist};
-use config::Config;
 use control::Control;
 use metrics::Metrics;
+use pgcutover_api::Side;
+use pgcutover_api::{BoxFuture, Report};
+use pgcutover_config::Config;
 use registry::SessionRegistry;
-use route::Target;
 use server::{Backend, LoginOptions};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -56,7 +57,7 @@ pub enum StartError {
     },
     /// TLS material is unusable.
     #[error("{0}")]
-    Tls(#[from] tls::TlsError),
+    Tls(#[from] pgcutover_config::TlsError),
     /// The auth_file is unusable.
     #[error("{0}")]
     Userlist(#[from] auth::UserlistError),
@@ -71,14 +72,9 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
-    /// The admin token file is unreadable or empty.
-    #[error("cannot use admin_token_file {path}: {reason}")]
-    AdminToken {
-        /// The file.
-        path: std::path::PathBuf,
-        /// Why.
-        reason: String,
-    },
+    /// The admin token file is unreadable or too short.
+    #[error("{0}")]
+    AdminToken(#[from] pgcutover_config::AdminTokenError),
 }
 
 /// Where graceful shutdown stands; sessions watch it.
@@ -106,32 +102,24 @@ pub(crate) struct Shared {
     metrics: Arc<Metrics>,
     clients: AtomicUsize,
     /// Runs `POST /switchover`: installed by the binary, which owns the orchestrator.
-    switchover: std::sync::OnceLock<SwitchoverHook>,
+    switchover: std::sync::OnceLock<Arc<dyn SwitchoverRunner>>,
 }
 
-/// What `POST /switchover` asks for.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SwitchoverRequest {
-    /// Run the preflight and predict the hold, change nothing.
-    #[serde(default)]
-    pub dry_run: bool,
-    /// Overrides `[switchover] timeout` (e.g. "30s").
-    #[serde(default)]
-    pub timeout: Option<config::HumanDuration>,
+/// Runs `POST /switchover`. The proxy cannot run the orchestrator itself (the
+/// orchestrator drives proxies, not the other way round), so the binary, which owns
+/// both, implements this and installs it with [`Proxy::set_switchover_runner`].
+pub trait SwitchoverRunner: Send + Sync {
+    /// Runs one switchover (or its dry run) to the end and reports it. `timeout`
+    /// overrides `[switchover] timeout`.
+    fn run(&self, dry_run: bool, timeout: Option<Duration>) -> BoxFuture<'static, Report>;
 }
-
-/// Runs a switchover for `POST /switchover`: (HTTP status, report JSON).
-pub type SwitchoverHook = Arc<
-    dyn Fn(SwitchoverRequest) -> std::pin::Pin<Box<dyn Future<Output = (u16, serde_json::Value)> + Send>> + Send + Sync,
->;
 
 impl Shared {
     /// The server a target stands for; green falls back to blue when not configured
     /// (the control refuses flips to an unconfigured green).
-    fn backend(&self, target: Target) -> &Backend {
+    fn backend(&self, target: Side) -> &Backend {
         match (target, &self.green) {
-            (Target::Green, Some(g)) => g,
+            (Side::Green, Some(g)) => g,
             _ => &self.blue,
         }
     }
@@ -190,7 +178,7 @@ impl Proxy {
         };
         let tls_acceptor = tls::client_acceptor(&config.proxy)?;
         let login = LoginOptions {
-            tls: tls::ServerTls::new(&config.proxy)?,
+            tls: pgcutover_config::ServerTls::new(&config.proxy)?,
             timeout: config.proxy.server_connect_timeout.0,
             max_message_len: config.proxy.max_message_bytes,
         };
@@ -253,8 +241,8 @@ impl Proxy {
     }
 
     /// Installs what `POST /switchover` runs (once; later calls are ignored).
-    pub fn set_switchover_hook(&self, hook: SwitchoverHook) {
-        let _ = self.shared.switchover.set(hook);
+    pub fn set_switchover_runner(&self, runner: Arc<dyn SwitchoverRunner>) {
+        let _ = self.shared.switchover.set(runner);
     }
 
     /// Serves clients until `shutdown` completes; then stops accepting, lets each

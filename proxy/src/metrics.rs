@@ -6,31 +6,17 @@
 //! the data path never touches a shared counter per message.
 
 use crate::registry::SessionRegistry;
-use crate::route::Target;
+use pgcutover_api::Side;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 type Labels = [(&'static str, &'static str); 1];
 type DatabaseLabels = [(&'static str, String); 1];
-
-/// Replication figures per database (lag bytes, DDL drift), set by the orchestrator's
-/// monitor task: one per process, shown by every proxy of the process.
-static REPLICATION: Mutex<BTreeMap<String, (i64, i64)>> = Mutex::new(BTreeMap::new());
-
-/// Sets `pgcutover_replication_lag_bytes{database}` and `pgcutover_ddl_drift{database}`
-/// (DDL statements run on blue since replication began) for this process's proxies.
-pub fn set_replication_status(database: &str, lag_bytes: i64, ddl_drift: i64) {
-    REPLICATION
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(database.to_owned(), (lag_bytes, ddl_drift));
-}
 
 /// Every metric the proxy exports.
 pub struct Metrics {
@@ -174,12 +160,12 @@ impl Metrics {
             "DDL statements run on blue since replication began, per database (set by the replication monitor)",
             m.ddl_drift.clone(),
         );
-        *m.registry.lock().expect("metrics registry lock") = registry;
+        *m.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = registry;
         m
     }
 
     /// Counts a route change to `target`.
-    pub fn route_flipped(&self, target: Target) {
+    pub fn route_flipped(&self, target: Side) {
         self.route_flips.get_or_create(&[("target", target.name())]).inc();
     }
 
@@ -206,6 +192,14 @@ impl Metrics {
         }
     }
 
+    /// Sets `pgcutover_replication_lag_bytes{database}` and `pgcutover_ddl_drift{database}`
+    /// (DDL statements run on blue since replication began), from the replication monitor.
+    pub fn set_replication_status(&self, database: &str, lag_bytes: i64, ddl_drift: i64) {
+        let labels = [("database", database.to_owned())];
+        self.replication_lag_bytes.get_or_create(&labels).set(lag_bytes);
+        self.ddl_drift.get_or_create(&labels).set(ddl_drift);
+    }
+
     /// Counts a finished switchover by outcome (completed, rolled_back, refused, dry_run).
     pub fn switchover_done(&self, outcome: &'static str) {
         self.switchovers.get_or_create(&[("outcome", outcome)]).inc();
@@ -225,7 +219,7 @@ impl Metrics {
         self.client_connections
             .get_or_create(&[("state", "in_transaction")])
             .set(in_transaction);
-        for target in [Target::Blue, Target::Green] {
+        for target in [Side::Blue, Side::Green] {
             let n = handles.iter().filter(|h| h.target() == target).count() as i64;
             self.server_connections
                 .get_or_create(&[("target", target.name())])
@@ -234,15 +228,12 @@ impl Metrics {
         self.in_flight.set(in_transaction);
         self.held_clients.set(if held { idle } else { 0 });
         self.held.set(held as i64);
-        for (db, (lag, drift)) in REPLICATION.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            self.replication_lag_bytes
-                .get_or_create(&[("database", db.clone())])
-                .set(*lag);
-            self.ddl_drift.get_or_create(&[("database", db.clone())]).set(*drift);
-        }
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.registry.lock().expect("metrics registry lock"));
+        let _ = encode(
+            &mut out,
+            &self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         out
     }
 }
@@ -254,12 +245,12 @@ mod tests {
     #[test]
     fn renders_every_metric_with_the_prefix() {
         let m = Metrics::new();
-        m.route_flipped(Target::Green);
+        m.route_flipped(Side::Green);
         m.replayed("setting", 3);
         m.pinned("temporary tables");
         m.bytes_to_server.inc_by(10);
         m.drain_seconds.observe(0.004);
-        set_replication_status("app", 4096, 2);
+        m.set_replication_status("app", 4096, 2);
         let text = m.render(&SessionRegistry::default(), true);
         for needle in [
             "pgcutover_client_connections{state=\"idle\"} 0",

@@ -6,8 +6,8 @@
 //! the registry maps that key to whichever server connection the session has now, so
 //! a CancelRequest reaches the right backend after the session moved.
 
-use crate::route::Target;
 use bytes::BytesMut;
+use pgcutover_api::Side;
 use pgcutover_protocol::startup::encode_cancel_request;
 use pgcutover_protocol::CancelKey;
 use std::collections::HashMap;
@@ -87,7 +87,7 @@ impl Drop for ChangeWatch<'_> {
 
 impl SessionHandle {
     /// Points cancels at a (new) server connection on `target` as of route `epoch`.
-    pub fn set_server(&self, addr: SocketAddr, key: CancelKey, target: Target, epoch: u64) {
+    pub fn set_server(&self, addr: SocketAddr, key: CancelKey, target: Side, epoch: u64) {
         *self.server.lock().expect("session handle lock") = (addr, key);
         self.target.store(target as u8, Ordering::Relaxed);
         self.epoch.store(epoch, Ordering::Release);
@@ -113,8 +113,11 @@ impl SessionHandle {
     }
 
     /// The target of the session's current server.
-    pub fn target(&self) -> Target {
-        Target::from_u8(self.target.load(Ordering::Relaxed))
+    pub fn target(&self) -> Side {
+        match self.target.load(Ordering::Relaxed) {
+            0 => Side::Blue,
+            _ => Side::Green,
+        }
     }
 
     /// The route epoch the session's current server belongs to.
@@ -222,7 +225,7 @@ impl SessionRegistry {
         self: &Arc<Self>,
         addr: SocketAddr,
         server_key: CancelKey,
-        target: Target,
+        target: Side,
         epoch: u64,
         identity: SessionIdentity,
     ) -> Registration {

@@ -3,12 +3,12 @@
 //! sees only this test (the driver below is written not to allocate either).
 
 use bytes::BytesMut;
+use pgcutover_api::Side;
 use pgcutover_protocol::backend::TransactionStatus;
 use pgcutover_protocol::{build, CancelKey};
 use pgcutover_proxy::metrics::Metrics;
 use pgcutover_proxy::pump::{Pump, PumpEnd, RunMode};
 use pgcutover_proxy::registry::{SessionIdentity, SessionRegistry};
-use pgcutover_proxy::route::Target;
 use pgcutover_proxy::stream::Stream;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,7 +65,7 @@ fn pump_allocates_nothing_per_message_in_the_steady_state() {
         let registration = registry.register(
             listener.local_addr().unwrap(),
             CancelKey { pid: 1, secret: 2 },
-            Target::Blue,
+            Side::Blue,
             0,
             SessionIdentity {
                 user: "u".into(),

@@ -3,7 +3,7 @@
 //! No replication here: both databases get the same schema from the test.
 
 use crate::support::*;
-use pgcutover_proxy::config::DrainPolicy;
+use pgcutover_config::DrainPolicy;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +26,7 @@ const SCHEMA: &str = "create schema app_schema;
     grant all on all sequences in schema app_schema to public;";
 
 /// Hold, drain (must succeed), flip, resume: what the switchover will do.
-async fn switch(proxy: &RunningProxy, target: pgcutover_proxy::route::Target) {
+async fn switch(proxy: &RunningProxy, target: pgcutover_api::Side) {
     proxy.control.hold();
     let drain = proxy
         .control
@@ -44,7 +44,7 @@ fn major(version_num: &str) -> u32 {
 
 #[tokio::test]
 async fn sessions_keep_their_state_across_five_round_trips_between_blue_and_green() {
-    use pgcutover_proxy::route::Target;
+    use pgcutover_api::Side;
     let (blue, green) = blue_green(SCHEMA);
     let proxy = Arc::new(RunningProxy::start(blue.config_with_green(&green, "")).await);
     const WORKERS: usize = 32;
@@ -140,7 +140,7 @@ async fn sessions_keep_their_state_across_five_round_trips_between_blue_and_gree
     };
     wait_all_on(15).await;
     for round in 0..5 {
-        switch(&proxy, Target::Green).await;
+        switch(&proxy, Side::Green).await;
         wait_all_on(17).await;
         // A NOTIFY sent on green reaches listeners that subscribed on blue.
         let notifier = connect(&proxy.conninfo(PLAIN_USER, PLAIN_PASSWORD, DB)).await.unwrap();
@@ -157,7 +157,7 @@ async fn sessions_keep_their_state_across_five_round_trips_between_blue_and_gree
                 .unwrap();
             assert_eq!((channel, payload), (format!("chan_{w}"), format!("round {round}")));
         }
-        switch(&proxy, Target::Blue).await;
+        switch(&proxy, Side::Blue).await;
         wait_all_on(15).await;
     }
     stop.store(true, Ordering::Relaxed);
@@ -180,7 +180,7 @@ async fn sessions_keep_their_state_across_five_round_trips_between_blue_and_gree
 
 #[tokio::test]
 async fn an_open_transaction_finishes_on_blue_and_the_next_runs_on_green() {
-    use pgcutover_proxy::route::Target;
+    use pgcutover_api::Side;
     let (blue, green) = blue_green("create table t (id int primary key); grant all on t to public;");
     let proxy = RunningProxy::start(blue.config_with_green(&green, "")).await;
     let c = connect(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB)).await.unwrap();
@@ -197,11 +197,7 @@ async fn an_open_transaction_finishes_on_blue_and_the_next_runs_on_green() {
     assert!(!drain.is_finished(), "the drain waits for the open transaction");
     c.batch_execute("INSERT INTO t VALUES (2); COMMIT").await.unwrap();
     assert!(drain.await.unwrap().drained);
-    proxy
-        .control
-        .flip(Target::Green, Duration::from_secs(10))
-        .await
-        .unwrap();
+    proxy.control.flip(Side::Green, Duration::from_secs(10)).await.unwrap();
     proxy.control.resume();
 
     let v: String = c.query_one("show server_version_num", &[]).await.unwrap().get(0);
@@ -326,12 +322,12 @@ async fn admin_api_flips_with_the_token_and_refuses_without_it() {
 
 #[tokio::test]
 async fn cancel_after_a_flip_cancels_the_query_on_green() {
-    use pgcutover_proxy::route::Target;
+    use pgcutover_api::Side;
     let (blue, green) = blue_green("select 1");
     let proxy = RunningProxy::start(blue.config_with_green(&green, "")).await;
     let c = connect(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB)).await.unwrap();
     c.simple_query("select 1").await.unwrap();
-    switch(&proxy, Target::Green).await;
+    switch(&proxy, Side::Green).await;
     let token = c.cancel_token();
     let canceller = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -348,7 +344,7 @@ async fn cancel_after_a_flip_cancels_the_query_on_green() {
 
 #[tokio::test]
 async fn a_session_with_a_temp_table_is_closed_under_close_and_stays_under_wait() {
-    use pgcutover_proxy::route::Target;
+    use pgcutover_api::Side;
     let (blue, green) = blue_green("select 1");
     for policy in ["close", "wait"] {
         let proxy = RunningProxy::start(blue.config_with_green(&green, &format!("pinned_policy = \"{policy}\""))).await;
@@ -364,11 +360,7 @@ async fn a_session_with_a_temp_table_is_closed_under_close_and_stays_under_wait(
                 .await
                 .drained
         );
-        let flip = proxy
-            .control
-            .flip(Target::Green, Duration::from_secs(10))
-            .await
-            .unwrap();
+        let flip = proxy.control.flip(Side::Green, Duration::from_secs(10)).await.unwrap();
         proxy.control.resume();
         let v: String = free.query_one("show server_version_num", &[]).await.unwrap().get(0);
         assert_eq!(major(&v), 17, "the other session moved");
@@ -396,7 +388,7 @@ async fn a_session_with_a_temp_table_is_closed_under_close_and_stays_under_wait(
 
 #[tokio::test]
 async fn pgbench_prepared_with_16_clients_across_four_flips_has_no_failed_transactions() {
-    use pgcutover_proxy::route::Target;
+    use pgcutover_api::Side;
     let blue = Db::pg15();
     let green = Db::pg17();
     green.copy_role_secrets_from(&blue);
@@ -419,7 +411,7 @@ async fn pgbench_prepared_with_16_clients_across_four_flips_has_no_failed_transa
     ];
     let bench = client_tool(pg_harness::pgbench_path(), PLAIN_PASSWORD, &bench_args);
     let flips = async {
-        for target in [Target::Green, Target::Blue, Target::Green, Target::Blue] {
+        for target in [Side::Green, Side::Blue, Side::Green, Side::Blue] {
             tokio::time::sleep(Duration::from_secs(4)).await;
             switch(&proxy, target).await;
         }
@@ -556,12 +548,12 @@ async fn drain_policy_cancel_ends_stragglers_with_a_clear_error_and_moves_everyo
 
 #[tokio::test]
 async fn auth_query_runs_on_the_active_database_after_a_flip() {
-    use pgcutover_proxy::route::Target;
+    use pgcutover_api::Side;
     let (blue, green) = blue_green("select 1");
     let mut config = blue.config_with_green(&green, "");
     config.auth.auth_user = Some(pg_harness::SUPERUSER.to_owned());
     let proxy = RunningProxy::start(config).await;
-    switch(&proxy, Target::Green).await;
+    switch(&proxy, Side::Green).await;
     // A role that exists only on green, known to neither auth_file nor blue.
     green.sql("create role only_on_green login password 'green-secret'");
     let c = connect(&proxy.conninfo("only_on_green", "green-secret", DB))

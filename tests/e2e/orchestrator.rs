@@ -5,8 +5,8 @@
 
 use crate::support::{connect, Scratch};
 use pg_harness::{Binaries, Cluster, ClusterOptions, SUPERUSER, SUPERUSER_PASSWORD};
+use pgcutover_config::Config;
 use pgcutover_orchestrator as orch;
-use pgcutover_proxy::config::Config;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};

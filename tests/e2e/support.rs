@@ -2,7 +2,7 @@
 //! an auth_file made from their real stored secrets, and a proxy running in-process.
 
 use pg_harness::{Binaries, Cluster, ClusterOptions};
-use pgcutover_proxy::config::Config;
+use pgcutover_config::Config;
 use pgcutover_proxy::Proxy;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,6 +30,11 @@ pub const QUERY_PASSWORD: &str = "query-secret";
 pub const DB: &str = "app";
 /// The admin token in configs made by `config_with_green`.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// [`ADMIN_TOKEN`] as the orchestrator presents it.
+pub fn admin_token() -> Option<pgcutover_config::AdminToken> {
+    pgcutover_config::AdminToken::new(ADMIN_TOKEN)
+}
 
 /// A cluster with the test roles and database, and a scratch directory for files.
 pub struct Db {

@@ -4,9 +4,11 @@
 //! made on green. Faults end with clients only delayed and blue writable.
 
 use crate::support::*;
+use pgcutover_api::ProxyControl;
+use pgcutover_config::Config;
 use pgcutover_orchestrator as orch;
-use pgcutover_orchestrator::switchover::{self, Direction, Outcome, ProxyEndpoint, Report, SwitchoverOptions};
-use pgcutover_proxy::config::Config;
+use pgcutover_orchestrator::switchover::{self, Direction, Outcome, RemoteProxy, Report, SwitchoverOptions};
+use pgcutover_proxy::local::LocalProxy;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,7 +59,7 @@ async fn replicated(reverse: bool, switchover_extra: &str) -> (Db, Db, Config, o
 async fn run_switchover(
     targets: &orch::Targets,
     config: &Config,
-    proxies: &[ProxyEndpoint],
+    proxies: &[Arc<dyn ProxyControl>],
     direction: Direction,
     timeout: Duration,
 ) -> Report {
@@ -103,12 +105,9 @@ async fn switchover_under_load_through_two_proxies_loses_nothing_then_rollback_b
     let (blue, green, config, targets) = replicated(true, "").await;
     let p1 = RunningProxy::start(config.clone()).await;
     let p2 = RunningProxy::start(config.clone()).await;
-    let proxies = [
-        ProxyEndpoint::Local(p1.control.clone()),
-        ProxyEndpoint::Remote {
-            url: format!("http://{}", p2.admin),
-            token: Some(ADMIN_TOKEN.into()),
-        },
+    let proxies: [Arc<dyn ProxyControl>; 2] = [
+        Arc::new(LocalProxy(p1.control.clone())),
+        Arc::new(RemoteProxy::new(&format!("http://{}", p2.admin), admin_token()).unwrap()),
     ];
 
     // A session with state of every kind, on each proxy.
@@ -286,7 +285,7 @@ async fn assert_back_on_blue(blue: &Db, proxy: &RunningProxy, report: &Report) {
 async fn faults_before_the_flip_roll_back_and_clients_only_wait() {
     let (blue, green, config, targets) = replicated(true, "drain_timeout = \"1s\"").await;
     let proxy = RunningProxy::start(config.clone()).await;
-    let proxies = [ProxyEndpoint::Local(proxy.control.clone())];
+    let proxies: [Arc<dyn ProxyControl>; 1] = [Arc::new(LocalProxy(proxy.control.clone()))];
 
     // 1. A transaction longer than drain_timeout: abort, everything stays on blue.
     let long = connect(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB)).await.unwrap();
@@ -339,12 +338,10 @@ async fn an_unreachable_peer_refuses_the_switchover_before_anything_changes() {
     let config = blue.config_for_switchover(&green, "");
     let targets = orch::Targets::from_config(&config).unwrap();
     let proxy = RunningProxy::start(config.clone()).await;
-    let proxies = [
-        ProxyEndpoint::Local(proxy.control.clone()),
-        ProxyEndpoint::Remote {
-            url: format!("http://127.0.0.1:{}", pg_harness::free_port()),
-            token: Some(ADMIN_TOKEN.into()),
-        },
+    let unreachable = format!("http://127.0.0.1:{}", pg_harness::free_port());
+    let proxies: [Arc<dyn ProxyControl>; 2] = [
+        Arc::new(LocalProxy(proxy.control.clone())),
+        Arc::new(RemoteProxy::new(&unreachable, admin_token()).unwrap()),
     ];
     let report = run_switchover(&targets, &config, &proxies, Direction::Forward, Duration::from_secs(5)).await;
     assert_eq!(report.outcome, Outcome::Refused, "{report:?}");
@@ -369,23 +366,7 @@ async fn the_cli_dry_run_changes_nothing_and_post_switchover_moves_a_running_pro
     );
     let file = blue.dir.write("pgcutover.toml", &text);
     let bin = env!("CARGO_BIN_EXE_pgcutover");
-    let _proxy = KillOnDrop(
-        std::process::Command::new(bin)
-            .args(["proxy", "-c", file.to_str().unwrap()])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let admin_addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    let mut ready = false;
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(admin_addr).await.is_ok() {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(ready, "the proxy did not start");
+    let (_proxy, admin_addr) = proxy_process(&file, admin).await;
     let conninfo = format!(
         "host=127.0.0.1 port={port} user={SCRAM_USER} password='{}' dbname={DB} connect_timeout=10",
         SCRAM_PASSWORD.replace('\'', "\\'")
@@ -434,6 +415,99 @@ async fn the_cli_dry_run_changes_nothing_and_post_switchover_moves_a_running_pro
     ] {
         assert!(metrics.contains(line), "no {line} in:\n{metrics}");
     }
+}
+
+/// Two proxies as their own processes and `pgcutover switchover` as a third: while
+/// the CLI runs, both proxies' `/status` shows the switchover's phase, and afterwards
+/// both have recorded the phases and the outcome in their metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cli_run_switchover_shows_its_phase_and_records_metrics_on_every_proxy() {
+    let (blue, green, _, _) = replicated(false, "").await;
+    let ports: Vec<u16> = (0..4).map(|_| pg_harness::free_port()).collect();
+    let mut admins = Vec::new();
+    let mut processes = Vec::new();
+    for (i, pair) in ports.chunks(2).enumerate() {
+        let text = blue.switchover_config_text(
+            &green,
+            &format!("127.0.0.1:{}", pair[0]),
+            &format!("127.0.0.1:{}", pair[1]),
+            "reverse_replication = false",
+        );
+        let file = blue.dir.write(&format!("proxy{i}.toml"), &text);
+        let (process, admin) = proxy_process(&file, pair[1]).await;
+        processes.push(process);
+        admins.push(admin);
+    }
+    // The CLI drives the first proxy (its admin_listen) and the second as a peer.
+    let cli_config = blue.dir.write(
+        "cli.toml",
+        &blue.switchover_config_text(
+            &green,
+            &format!("127.0.0.1:{}", ports[0]),
+            &admins[0].to_string(),
+            "reverse_replication = false",
+        ),
+    );
+    let peers = format!("[\"http://{}\"]", admins[1]);
+    let bin = env!("CARGO_BIN_EXE_pgcutover");
+    let cli = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin)
+            .args(["switchover", "--json", "-c", cli_config.to_str().unwrap()])
+            .env("PGCUTOVER_PROXY_PEERS", peers)
+            .output()
+            .unwrap()
+    });
+    let mut seen: Vec<std::collections::BTreeSet<String>> = vec![Default::default(); admins.len()];
+    while !cli.is_finished() {
+        for (admin, seen) in admins.iter().zip(&mut seen) {
+            let (_, status) = http(*admin, "GET", "/status", None, "").await;
+            seen.insert(status["phase"].as_str().unwrap_or_default().to_owned());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let out = cli.await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["outcome"], "completed", "{report}");
+    for ((admin, seen), i) in admins.iter().zip(&seen).zip(0..) {
+        let switchover_phases: Vec<_> = seen.iter().filter(|p| *p != "serving" && *p != "held").collect();
+        assert!(
+            switchover_phases.iter().any(|p| *p == "preflight"),
+            "proxy {i} never showed the switchover's phase in /status: saw {seen:?}"
+        );
+        let (_, status) = http(*admin, "GET", "/status", None, "").await;
+        assert_eq!(status["phase"], "serving", "proxy {i} after the switchover: {status}");
+        assert_eq!(status["route"], "green", "proxy {i}: {status}");
+        let metrics = http_text(*admin, "GET", "/metrics", None, "").await.1;
+        for line in [
+            "pgcutover_switchovers_total{outcome=\"completed\"} 1",
+            "pgcutover_switchover_phase_seconds_count{phase=\"preflight\"} 1",
+            "pgcutover_switchover_phase_seconds_count{phase=\"catch_up\"} 1",
+            "pgcutover_switchover_phase_seconds_count{phase=\"resume\"} 1",
+        ] {
+            assert!(metrics.contains(line), "proxy {i}: no {line} in:\n{metrics}");
+        }
+    }
+}
+
+/// Starts `pgcutover proxy -c file` and waits until its admin API (on `admin_port`) answers.
+async fn proxy_process(file: &std::path::Path, admin_port: u16) -> (KillOnDrop, std::net::SocketAddr) {
+    let process = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_pgcutover"))
+            .args(["proxy", "-c", file.to_str().unwrap()])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(admin).await.is_ok() {
+            return (process, admin);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the proxy with {} did not start", file.display());
 }
 
 /// A child process killed when the test ends, however it ends.

@@ -7,34 +7,11 @@
 //! Forward goes blue → green; [`Direction::Rollback`] is the same protocol green →
 //! blue over the reverse replication set up at the forward flip.
 
-use pgcutover_proxy::control::Control;
-use serde::Serialize;
+pub use pgcutover_api::{BoxFuture, ProxyControl, ProxyError};
+pub use pgcutover_api::{Direction, Outcome, PhaseTime, Report};
+pub use proxies::RemoteProxy;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Which way the application moves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    /// Blue → green over the forward subscription.
-    Forward,
-    /// Green → blue over the reverse subscription (`pgcutover rollback`).
-    Rollback,
-}
-
-/// A proxy instance the switchover drives.
-#[derive(Clone)]
-pub enum ProxyEndpoint {
-    /// The proxy in this process.
-    Local(Arc<Control>),
-    /// Another instance, through its admin API.
-    Remote {
-        /// Base URL, e.g. `http://10.0.0.2:9187`.
-        url: String,
-        /// Bearer token for its mutating calls.
-        token: Option<String>,
-    },
-}
 
 /// How to run one switchover.
 #[derive(Debug, Clone)]
@@ -47,70 +24,17 @@ pub struct SwitchoverOptions {
     pub dry_run: bool,
 }
 
-/// How a switchover ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// The application runs on the new side.
-    Completed,
-    /// Something failed before the flip: everything is back as it was.
-    RolledBack,
-    /// The preflight said no; nothing was changed.
-    Refused,
-    /// `--dry-run`: the preflight passed; nothing was changed.
-    DryRun,
-}
-
-/// One phase and how long it took.
-#[derive(Debug, Clone, Serialize)]
-pub struct PhaseTime {
-    /// `preflight`, `hold`, `drain`, `fence`, `catch_up`, `sync_sequences`, `flip`,
-    /// `resume`, `rolling_back`.
-    pub phase: &'static str,
-    /// Milliseconds.
-    pub ms: f64,
-}
-
-/// What a switchover did, for the CLI, `POST /switchover` and the demo.
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    /// How it ended.
-    pub outcome: Outcome,
-    /// Why it was refused or rolled back, or what went wrong after the flip.
-    pub reason: Option<String>,
-    /// Which way.
-    pub direction: Direction,
-    /// Per-phase durations, in order.
-    pub phases: Vec<PhaseTime>,
-    /// From the first hold to the last resume: the longest any client could have waited.
-    pub max_hold_ms: f64,
-    /// Sessions held at the boundary, over all proxies.
-    pub sessions_held: usize,
-    /// Sessions that were inside a transaction when the hold began and finished it.
-    pub transactions_drained: usize,
-    /// Commit LSN of the sentinel transaction per database (`database: lsn`).
-    pub cut_lsn: Vec<(String, String)>,
-    /// Sequences set on the new side.
-    pub sequences_synced: usize,
-    /// Sessions that could not move (pinned state), over all proxies.
-    pub pinned_sessions: usize,
-    /// Sessions moved to the new side, over all proxies.
-    pub sessions_moved: usize,
-    /// Reverse replication set up at the flip (forward only).
-    pub reverse_replication: bool,
-    /// Dry run: predicted hold in milliseconds (drain + catch-up estimate).
-    pub predicted_hold_ms: Option<f64>,
-}
-
 pub(crate) mod database;
 mod proxies;
+
+use proxies::PhaseReporter;
 
 use crate::progress::{human_duration, Progress};
 use crate::targets::{Side, Targets};
 use crate::{check, replication_status, subscription_name, CheckStatus};
 use database as db;
-use pgcutover_proxy::config::Config;
-use pgcutover_proxy::route::Target;
+use futures_util::future::join_all;
+use pgcutover_config::Config;
 use std::time::Instant;
 use tokio_postgres::Client;
 use tracing::{debug, info, warn};
@@ -126,8 +50,7 @@ pub fn reverse_subscription_name(database: &str) -> String {
 }
 
 /// The switchover's states. Transitions are explicit ([`Phase::may_go_to`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     Idle,
     Preflight,
@@ -144,6 +67,25 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// The name reports, metrics and `/status` use (none before the first phase).
+    fn api(self) -> Option<pgcutover_api::Phase> {
+        use pgcutover_api::Phase as P;
+        Some(match self {
+            Phase::Idle => return None,
+            Phase::Preflight => P::Preflight,
+            Phase::Hold => P::Hold,
+            Phase::Drain => P::Drain,
+            Phase::Fence => P::Fence,
+            Phase::CatchUp => P::CatchUp,
+            Phase::SyncSequences => P::SyncSequences,
+            Phase::Flip => P::Flip,
+            Phase::Resume => P::Resume,
+            Phase::Done => P::Done,
+            Phase::RollingBack => P::RollingBack,
+            Phase::RolledBack => P::RolledBack,
+        })
+    }
+
     /// The metric / report name.
     pub fn name(self) -> &'static str {
         match self {
@@ -208,7 +150,8 @@ struct DbConns {
 struct Run<'a> {
     targets: &'a Targets,
     config: &'a Config,
-    proxies: &'a [ProxyEndpoint],
+    proxies: &'a [Arc<dyn ProxyControl>],
+    reporter: PhaseReporter,
     opts: &'a SwitchoverOptions,
     progress: &'a Progress,
     phase: Phase,
@@ -225,7 +168,7 @@ struct Run<'a> {
 pub async fn run(
     targets: &Targets,
     config: &Config,
-    proxies: &[ProxyEndpoint],
+    proxies: &[Arc<dyn ProxyControl>],
     opts: &SwitchoverOptions,
     progress: &Progress,
 ) -> Report {
@@ -233,27 +176,14 @@ pub async fn run(
         targets,
         config,
         proxies,
+        reporter: PhaseReporter::new(proxies),
         opts,
         progress,
         phase: Phase::Idle,
         phase_started: Instant::now(),
         hold_started: None,
         changed: Changed::default(),
-        report: Report {
-            outcome: Outcome::Refused,
-            reason: None,
-            direction: opts.direction,
-            phases: Vec::new(),
-            max_hold_ms: 0.0,
-            sessions_held: 0,
-            transactions_drained: 0,
-            cut_lsn: Vec::new(),
-            sequences_synced: 0,
-            pinned_sessions: 0,
-            sessions_moved: 0,
-            reverse_replication: false,
-            predicted_hold_ms: None,
-        },
+        report: Report::new(opts.direction),
         dbs: Vec::new(),
         own_pids: Vec::new(),
     };
@@ -263,13 +193,13 @@ pub async fn run(
         run.report.outcome = Outcome::Refused;
         run.report.reason = Some(reason);
         run.cleanup_refused().await;
-        return run.end();
+        return run.end().await;
     }
     if opts.dry_run {
         run.finish_phase();
         run.report.outcome = Outcome::DryRun;
         run.cleanup_refused().await;
-        return run.end();
+        return run.end().await;
     }
     let deadline = tokio::time::Instant::now() + opts.timeout;
     let to_flip = tokio::time::timeout_at(deadline, run.hold_to_flip()).await;
@@ -305,7 +235,7 @@ pub async fn run(
             run.report.outcome = Outcome::Completed;
         }
     }
-    run.end()
+    run.end().await
 }
 
 impl Run<'_> {
@@ -320,13 +250,6 @@ impl Run<'_> {
         match self.source() {
             Side::Blue => Side::Green,
             Side::Green => Side::Blue,
-        }
-    }
-
-    fn target(side: Side) -> Target {
-        match side {
-            Side::Blue => Target::Blue,
-            Side::Green => Target::Green,
         }
     }
 
@@ -345,58 +268,46 @@ impl Run<'_> {
     /// Records the end of the current phase and moves to `to`.
     fn go(&mut self, to: Phase) {
         debug_assert!(self.phase.may_go_to(to), "{:?} -> {:?}", self.phase, to);
-        if self.phase != Phase::Idle {
-            self.finish_phase();
-        }
+        let ended = (self.phase != Phase::Idle).then(|| self.finish_phase());
         self.phase = to;
         self.phase_started = Instant::now();
-        for p in self.proxies {
-            p.set_phase(Some(to.name()));
-        }
-    }
-
-    fn finish_phase(&mut self) {
-        let took = self.phase_started.elapsed();
-        self.report.phases.push(PhaseTime {
-            phase: self.phase.name(),
-            ms: took.as_secs_f64() * 1000.0,
+        self.reporter.report(pgcutover_api::PhaseUpdate {
+            phase: to.api(),
+            ended,
+            outcome: None,
         });
-        info!(
-            phase = self.phase.name(),
-            ms = took.as_secs_f64() * 1000.0,
-            "switchover phase done"
-        );
-        self.progress.line(format!(
-            "switchover {}: {:.1} ms",
-            self.phase.name(),
-            took.as_secs_f64() * 1000.0
-        ));
-        for p in self.proxies {
-            if let ProxyEndpoint::Local(c) = p {
-                c.metrics()
-                    .switchover_phase(self.phase.name(), to_phase_metric(self.phase), took);
-            }
-        }
     }
 
-    fn end(mut self) -> Report {
-        if matches!(self.phase, Phase::Done | Phase::RolledBack) {
-            self.finish_phase();
-        }
-        for p in self.proxies {
-            p.set_phase(None);
-            if let ProxyEndpoint::Local(c) = p {
-                c.metrics().switchover_done(outcome_name(self.report.outcome));
-            }
-        }
+    fn finish_phase(&mut self) -> PhaseTime {
+        let took = self.phase_started.elapsed();
+        let ended = PhaseTime {
+            phase: self
+                .phase
+                .api()
+                .expect("Idle never ends: the run starts with Preflight"),
+            ms: took.as_secs_f64() * 1000.0,
+        };
+        self.report.phases.push(ended.clone());
+        info!(phase = self.phase.name(), ms = ended.ms, "switchover phase done");
+        self.progress
+            .line(format!("switchover {}: {:.1} ms", self.phase.name(), ended.ms));
+        ended
+    }
+
+    async fn end(mut self) -> Report {
+        let ended = matches!(self.phase, Phase::Done | Phase::RolledBack).then(|| self.finish_phase());
+        self.reporter.report(pgcutover_api::PhaseUpdate {
+            phase: None,
+            ended,
+            outcome: Some(self.report.outcome),
+        });
+        self.reporter.flush().await;
         let r = &self.report;
         match &r.reason {
-            Some(reason) => self
-                .progress
-                .line(format!("switchover {}: {reason}", outcome_name(r.outcome))),
+            Some(reason) => self.progress.line(format!("switchover {}: {reason}", r.outcome.name())),
             None => self.progress.line(format!(
                 "switchover {} (clients held at most {:.0} ms)",
-                outcome_name(r.outcome),
+                r.outcome.name(),
                 r.max_hold_ms
             )),
         }
@@ -410,10 +321,10 @@ impl Run<'_> {
         // Every proxy reachable, and on the source side.
         for p in self.proxies {
             let state = p
-                .state(Self::target(source))
+                .status()
                 .await
                 .map_err(|e| format!("{} is not reachable: {e}", p.name()))?;
-            if state.route != Self::target(source) {
+            if state.route != source {
                 return Err(format!(
                     "{} routes to {} already, not {source}: nothing to switch",
                     p.name(),
@@ -522,11 +433,8 @@ impl Run<'_> {
         // then only replays state (best effort: a failed standby logs in at the flip).
         // Bounded: a standby that cannot log in (or is slow) is only a slower move.
         let prepare_budget = budget.min(Duration::from_secs(5));
-        let prepares = self
-            .proxies
-            .iter()
-            .map(|p| p.prepare(Self::target(dest), prepare_budget));
-        for (p, r) in self.proxies.iter().zip(futures_join(prepares).await) {
+        let prepares = self.proxies.iter().map(|p| p.prepare(dest, prepare_budget));
+        for (p, r) in self.proxies.iter().zip(join_all(prepares).await) {
             if let Err(e) = r {
                 warn!("{}: standby connections: {e}", p.name());
             }
@@ -536,13 +444,13 @@ impl Run<'_> {
         self.hold_started = Some(Instant::now());
         self.changed.held = true;
         for p in self.proxies {
-            if let Ok(s) = p.state(Self::target(source)).await {
+            if let Ok(s) = p.status().await {
                 self.report.transactions_drained += s.in_flight;
             }
         }
         self.go(Phase::Drain);
         let holds = self.proxies.iter().map(|p| p.hold(budget));
-        let results = futures_join(holds).await;
+        let results = join_all(holds).await;
         for (p, r) in self.proxies.iter().zip(results) {
             let held = r.map_err(|e| format!("{}: hold: {e}", p.name()))?;
             self.report.sessions_held += held.sessions;
@@ -558,8 +466,8 @@ impl Run<'_> {
         self.go(Phase::Fence);
         let mut spared = self.own_pids.clone();
         for p in self.proxies {
-            let s = p.state(Self::target(source)).await?;
-            spared.extend(s.server_pids);
+            let s = p.status().await.map_err(|e| e.to_string())?;
+            spared.extend(s.server_pids.get(source));
         }
         let first = self.dbs.first().ok_or("no database to switch")?;
         self.changed.fenced = true;
@@ -606,8 +514,8 @@ impl Run<'_> {
         db::unfence(dest_conn).await?;
         // The commit point: from here on, the destination serves.
         self.changed.routed = true;
-        let routes = self.proxies.iter().map(|p| p.route(Self::target(dest), budget));
-        let results = futures_join(routes).await;
+        let routes = self.proxies.iter().map(|p| p.route(dest, budget));
+        let results = join_all(routes).await;
         let mut problems = Vec::new();
         for (p, r) in self.proxies.iter().zip(results) {
             match r {
@@ -674,7 +582,7 @@ impl Run<'_> {
 
     async fn resume_all(&mut self) {
         let resumes = self.proxies.iter().map(|p| p.resume());
-        for (p, r) in self.proxies.iter().zip(futures_join(resumes).await) {
+        for (p, r) in self.proxies.iter().zip(join_all(resumes).await) {
             if let Err(e) = r {
                 warn!(
                     "{}: resume: {e} (its hold ends by itself after the switchover timeout)",
@@ -752,20 +660,6 @@ impl Run<'_> {
     }
 }
 
-/// The phase the proxy's gauge shows after `phase` ended (none once it is over).
-fn to_phase_metric(phase: Phase) -> Option<&'static str> {
-    (!matches!(phase, Phase::Done | Phase::RolledBack)).then_some(phase.name())
-}
-
-fn outcome_name(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Completed => "completed",
-        Outcome::RolledBack => "rolled_back",
-        Outcome::Refused => "refused",
-        Outcome::DryRun => "dry_run",
-    }
-}
-
 /// A cleanup step gets this long; past it the report names what was not undone.
 const CLEANUP_STEP: Duration = Duration::from_secs(10);
 
@@ -773,30 +667,6 @@ async fn bounded<T>(step: impl std::future::Future<Output = Result<T, String>>) 
     tokio::time::timeout(CLEANUP_STEP, step)
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {}", human_duration(CLEANUP_STEP))))
-}
-
-/// Runs futures concurrently, results in order (one per proxy: a handful).
-async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let mut futures: Vec<_> = futures.map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, o) in futures.iter_mut().zip(out.iter_mut()) {
-            if o.is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => *o = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().map(|o| o.expect("every future finished")).collect()
 }
 
 /// The report as the CLI prints it.
@@ -807,11 +677,11 @@ pub fn render(r: &Report) -> String {
             Direction::Forward => "blue -> green",
             Direction::Rollback => "green -> blue",
         },
-        outcome_name(r.outcome),
+        r.outcome.name(),
         r.reason.as_deref().map(|x| format!(": {x}")).unwrap_or_default()
     );
     for p in &r.phases {
-        out.push_str(&format!("  {:<16} {:>9.1} ms\n", p.phase, p.ms));
+        out.push_str(&format!("  {:<16} {:>9.1} ms\n", p.phase.name(), p.ms));
     }
     out.push_str(&format!(
         "  clients held at most {:.1} ms; sessions held {}, in a transaction at the hold {}, moved {}, not moved {}\n",
@@ -832,11 +702,4 @@ pub fn render(r: &Report) -> String {
         ));
     }
     out
-}
-
-impl Report {
-    /// Whether the command succeeded (completed, or a dry run that found nothing blocking).
-    pub fn ok(&self) -> bool {
-        matches!(self.outcome, Outcome::Completed | Outcome::DryRun)
-    }
 }

@@ -1,222 +1,236 @@
-//! Driving proxy instances: the one in this process through its [`Control`], the
-//! others through their admin API (a few JSON calls over plain HTTP/1.1).
+//! The proxies a switchover drives, behind `pgcutover_api::ProxyControl`:
+//! [`RemoteProxy`] calls a proxy's admin API over HTTP/1.1 (hyper) with the
+//! `pgcutover_api` types; the proxy crate implements the trait for the proxy in this
+//! process, so both are driven the same way.
 
-use super::ProxyEndpoint;
-use pgcutover_proxy::route::Target;
-use serde_json::{json, Value};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use pgcutover_api::{
+    BoxFuture, ErrorReply, HoldReply, PhaseUpdate, PrepareReply, PrepareRequest, ProxyControl, ProxyError, ResumeReply,
+    RouteReply, RouteRequest, Side, StatusReply,
+};
+use pgcutover_config::AdminToken;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// What a proxy reports before a switchover.
-#[derive(Debug, Clone)]
-pub(crate) struct ProxyState {
-    pub route: Target,
-    pub in_flight: usize,
-    /// Backend pids of its sessions on the side being fenced.
-    pub server_pids: Vec<i32>,
+/// Largest admin reply read (a status of a few thousand sessions' pids fits).
+const MAX_REPLY: usize = 16 << 20;
+
+/// How long the calls that wait for nothing may take.
+const QUICK_CALL: Duration = Duration::from_secs(5);
+
+/// Another proxy instance, through its admin API.
+pub struct RemoteProxy {
+    /// `host:port` of its admin API.
+    authority: String,
+    url: String,
+    token: Option<AdminToken>,
 }
 
-/// The outcome of a hold: the drain result.
-#[derive(Debug, Clone)]
-pub(crate) struct Held {
-    pub drained: bool,
-    pub in_flight: usize,
-    pub sessions: usize,
-}
-
-/// The outcome of a route change.
-#[derive(Debug, Clone)]
-pub(crate) struct Routed {
-    pub moved: usize,
-    pub not_moved: usize,
-}
-
-impl ProxyEndpoint {
-    /// For messages: "this proxy" or its URL.
-    pub(crate) fn name(&self) -> String {
-        match self {
-            ProxyEndpoint::Local(_) => "this proxy".into(),
-            ProxyEndpoint::Remote { url, .. } => format!("proxy {url}"),
+impl RemoteProxy {
+    /// A proxy at `url` (`http://host:port`), presenting `token` on mutating calls.
+    pub fn new(url: &str, token: Option<AdminToken>) -> Result<RemoteProxy, String> {
+        let authority = url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("peer {url:?}: peers must be http://host:port URLs of a proxy's admin API"))?
+            .trim_end_matches('/');
+        if authority.is_empty() || authority.contains('/') {
+            return Err(format!("peer {url:?}: expected http://host:port with no path"));
         }
+        Ok(RemoteProxy {
+            authority: authority.to_owned(),
+            url: format!("http://{authority}"),
+            token,
+        })
     }
 
-    pub(crate) async fn state(&self, side: Target) -> Result<ProxyState, String> {
-        match self {
-            ProxyEndpoint::Local(c) => {
-                let s = c.status();
-                Ok(ProxyState {
-                    route: s.route.target,
-                    in_flight: s.in_flight,
-                    server_pids: c.server_pids(side),
-                })
-            }
-            ProxyEndpoint::Remote { .. } => {
-                let v = self.call("GET", "/status", None, Duration::from_secs(5)).await?.1;
-                let route = v["route"]
-                    .as_str()
-                    .and_then(Target::parse)
-                    .ok_or("no route in /status")?;
-                let pids = v["server_pids"][side.name()]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|p| p.as_i64()).map(|p| p as i32).collect())
-                    .unwrap_or_default();
-                Ok(ProxyState {
-                    route,
-                    in_flight: v["in_flight"].as_u64().unwrap_or(0) as usize,
-                    server_pids: pids,
-                })
-            }
-        }
-    }
-
-    /// Opens standby connections to `target` (before the hold; best effort).
-    pub(crate) async fn prepare(&self, target: Target, timeout: Duration) -> Result<(), String> {
-        match self {
-            ProxyEndpoint::Local(c) => c.prepare(target, timeout).await.map(|_| ()).map_err(|e| e.to_string()),
-            ProxyEndpoint::Remote { .. } => {
-                let body = json!({ "target": target.name() });
-                self.call("POST", "/prepare", Some(body), timeout + Duration::from_secs(5))
-                    .await
-                    .map(|_| ())
-            }
-        }
-    }
-
-    /// Holds new transactions and waits for the drain (the proxy's own
-    /// drain_timeout and policy).
-    pub(crate) async fn hold(&self, budget: Duration) -> Result<Held, String> {
-        match self {
-            ProxyEndpoint::Local(c) => {
-                let r = c.hold_and_drain().await;
-                Ok(Held {
-                    drained: r.drained,
-                    in_flight: r.in_flight,
-                    sessions: r.sessions,
-                })
-            }
-            ProxyEndpoint::Remote { .. } => {
-                let (code, v) = self.call("POST", "/hold", None, budget).await?;
-                if code != 200 && code != 409 {
-                    return Err(format!("POST /hold answered {code}: {v}"));
-                }
-                Ok(Held {
-                    drained: v["drained"].as_bool().unwrap_or(false),
-                    in_flight: v["in_flight"].as_u64().unwrap_or(0) as usize,
-                    sessions: v["sessions"].as_u64().unwrap_or(0) as usize,
-                })
-            }
-        }
-    }
-
-    /// Routes every session to `target` (held: each moves at its boundary).
-    pub(crate) async fn route(&self, target: Target, timeout: Duration) -> Result<Routed, String> {
-        match self {
-            ProxyEndpoint::Local(c) => {
-                let r = c.flip(target, timeout).await.map_err(|e| e.to_string())?;
-                Ok(Routed {
-                    moved: r.moved,
-                    not_moved: r.not_moved,
-                })
-            }
-            ProxyEndpoint::Remote { .. } => {
-                let body = json!({ "target": target.name() });
-                let (code, v) = self
-                    .call("POST", "/route", Some(body), timeout + Duration::from_secs(5))
-                    .await?;
-                if code != 200 {
-                    return Err(format!("POST /route answered {code}: {v}"));
-                }
-                Ok(Routed {
-                    moved: v["moved"].as_u64().unwrap_or(0) as usize,
-                    not_moved: v["not_moved"].as_u64().unwrap_or(0) as usize,
-                })
-            }
-        }
-    }
-
-    /// Lets held transactions go on, wherever the route points.
-    pub(crate) async fn resume(&self) -> Result<(), String> {
-        match self {
-            ProxyEndpoint::Local(c) => {
-                c.resume();
-                Ok(())
-            }
-            ProxyEndpoint::Remote { .. } => self
-                .call("POST", "/resume", None, Duration::from_secs(5))
-                .await
-                .map(|_| ()),
-        }
-    }
-
-    /// Shows the switchover's phase in this process's `/status`.
-    pub(crate) fn set_phase(&self, phase: Option<&'static str>) {
-        if let ProxyEndpoint::Local(c) = self {
-            c.set_phase(phase);
-        }
-    }
-
-    /// One admin API call: (status code, JSON body).
-    async fn call(
+    /// One admin call; `ok` lists the statuses whose body may be a `T`. Any other
+    /// answer, or an [`ErrorReply`] under a listed status, is a refusal.
+    async fn call<T: DeserializeOwned>(
         &self,
-        method: &str,
-        path: &str,
-        body: Option<Value>,
+        call: &'static str,
+        body: Option<&(impl Serialize + Sync)>,
+        ok: &[StatusCode],
         timeout: Duration,
-    ) -> Result<(u16, Value), String> {
-        let ProxyEndpoint::Remote { url, token } = self else {
-            return Err("not a remote proxy".into());
-        };
-        tokio::time::timeout(timeout, http(url, token.as_deref(), method, path, body))
+    ) -> Result<T, ProxyError> {
+        let proxy = self.name();
+        let (status, bytes) = tokio::time::timeout(timeout, self.exchange(call, body))
             .await
-            .map_err(|_| format!("{method} {url}{path}: no answer within {timeout:?}"))?
-            .map_err(|e| format!("{method} {url}{path}: {e}"))
+            .map_err(|_| ProxyError::Timeout {
+                proxy: proxy.clone(),
+                call,
+                timeout,
+            })?
+            .map_err(|reason| ProxyError::Unreachable {
+                proxy: proxy.clone(),
+                call,
+                reason,
+            })?;
+        if ok.contains(&status) {
+            if let Ok(reply) = serde_json::from_slice(&bytes) {
+                return Ok(reply);
+            }
+        }
+        let message = match serde_json::from_slice::<ErrorReply>(&bytes) {
+            Ok(e) => e.error,
+            Err(e) if ok.contains(&status) => {
+                return Err(ProxyError::BadReply {
+                    proxy,
+                    call,
+                    reason: e.to_string(),
+                })
+            }
+            Err(_) => String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
+        };
+        Err(ProxyError::Refused {
+            proxy,
+            call,
+            status: status.as_u16(),
+            message,
+        })
+    }
+
+    /// Sends `call` ("POST /hold") on a fresh connection: (status, body).
+    async fn exchange(&self, call: &str, body: Option<&impl Serialize>) -> Result<(StatusCode, Bytes), String> {
+        let (method, path) = call.split_once(' ').expect("calls are written \"METHOD /path\"");
+        let method = Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+        let body = match body {
+            Some(b) => Bytes::from(serde_json::to_vec(b).map_err(|e| e.to_string())?),
+            None => Bytes::new(),
+        };
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, &self.authority)
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(t) = &self.token {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {}", t.expose()));
+        }
+        let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
+        let tcp = TcpStream::connect(&self.authority).await.map_err(|e| e.to_string())?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| e.to_string())?;
+        let driver = tokio::spawn(connection);
+        let result = match sender.send_request(request).await {
+            Ok(r) => {
+                let status = r.status();
+                Limited::new(r.into_body(), MAX_REPLY)
+                    .collect()
+                    .await
+                    .map(|b| (status, b.to_bytes()))
+                    .map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        driver.abort();
+        result
     }
 }
 
-/// A minimal HTTP/1.1 client for the admin API (`http://host:port` only).
-async fn http(
-    url: &str,
-    token: Option<&str>,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> Result<(u16, Value), String> {
-    let authority = url
-        .strip_prefix("http://")
-        .ok_or("peers must be http:// URLs of a proxy's admin API")?
-        .trim_end_matches('/');
-    let mut stream = TcpStream::connect(authority).await.map_err(|e| e.to_string())?;
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(t) = token {
-        request.push_str(&format!("Authorization: Bearer {t}\r\n"));
+impl ProxyControl for RemoteProxy {
+    fn name(&self) -> String {
+        format!("proxy {}", self.url)
     }
-    request.push_str("\r\n");
-    request.push_str(&body);
-    stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
-    let mut response = Vec::new();
-    stream
-        .take(1 << 20)
-        .read_to_end(&mut response)
-        .await
-        .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&response);
-    let code = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse::<u16>().ok())
-        .ok_or_else(|| format!("not an HTTP response: {:.80}", text))?;
-    let payload = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    let value = serde_json::from_str(payload).unwrap_or_else(|_| json!({ "text": payload }));
-    if code == 401 || code == 403 {
-        return Err(format!(
-            "refused ({code}): {}",
-            value["error"].as_str().unwrap_or("check the admin token")
-        ));
+
+    fn status(&self) -> BoxFuture<'_, Result<StatusReply, ProxyError>> {
+        Box::pin(self.call("GET /status", None::<&()>, &[StatusCode::OK], QUICK_CALL))
     }
-    Ok((code, value))
+
+    fn prepare(&self, target: Side, budget: Duration) -> BoxFuture<'_, Result<PrepareReply, ProxyError>> {
+        let body = PrepareRequest { target };
+        // 409 with a PrepareReply: not every session got a standby (best effort);
+        // 409 with an ErrorReply: the proxy refused.
+        let ok = [StatusCode::OK, StatusCode::CONFLICT];
+        Box::pin(async move { self.call("POST /prepare", Some(&body), &ok, budget + QUICK_CALL).await })
+    }
+
+    fn hold(&self, budget: Duration) -> BoxFuture<'_, Result<HoldReply, ProxyError>> {
+        // 409: held but not drained; the reply says how far it got.
+        let ok = [StatusCode::OK, StatusCode::CONFLICT];
+        Box::pin(async move { self.call("POST /hold", None::<&()>, &ok, budget).await })
+    }
+
+    fn route(&self, target: Side, budget: Duration) -> BoxFuture<'_, Result<RouteReply, ProxyError>> {
+        let body = RouteRequest { target };
+        Box::pin(async move {
+            self.call("POST /route", Some(&body), &[StatusCode::OK], budget + QUICK_CALL)
+                .await
+        })
+    }
+
+    fn resume(&self) -> BoxFuture<'_, Result<ResumeReply, ProxyError>> {
+        Box::pin(self.call("POST /resume", None::<&()>, &[StatusCode::OK], QUICK_CALL))
+    }
+
+    fn report_phase(&self, update: PhaseUpdate) -> BoxFuture<'_, Result<(), ProxyError>> {
+        Box::pin(async move {
+            self.call::<serde::de::IgnoredAny>("POST /phase", Some(&update), &[StatusCode::OK], QUICK_CALL)
+                .await
+                .map(|_| ())
+        })
+    }
+}
+
+/// Sends the switchover's phase reports to every proxy in the background, in
+/// order per proxy, so that reporting never adds a round trip to the hold.
+pub(crate) struct PhaseReporter {
+    queues: Vec<tokio::sync::mpsc::UnboundedSender<PhaseUpdate>>,
+    senders: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl PhaseReporter {
+    /// One queue and one sending task per proxy.
+    pub(crate) fn new(proxies: &[Arc<dyn ProxyControl>]) -> PhaseReporter {
+        let (queues, senders) = proxies
+            .iter()
+            .map(|p| {
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PhaseUpdate>();
+                let p = p.clone();
+                let task = tokio::spawn(async move {
+                    while let Some(update) = rx.recv().await {
+                        if let Err(e) = p.report_phase(update).await {
+                            // Only /status and the metrics miss it; the switchover goes on.
+                            tracing::debug!("phase report: {e}");
+                        }
+                    }
+                });
+                (tx, task)
+            })
+            .unzip();
+        PhaseReporter { queues, senders }
+    }
+
+    /// Queues `update` for every proxy.
+    pub(crate) fn report(&self, update: PhaseUpdate) {
+        for q in &self.queues {
+            let _ = q.send(update.clone());
+        }
+    }
+
+    /// Waits (up to a few seconds) until every queued report was delivered.
+    pub(crate) async fn flush(self) {
+        drop(self.queues);
+        let all = futures_util::future::join_all(self.senders);
+        let _ = tokio::time::timeout(QUICK_CALL, all).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_urls_are_http_host_port() {
+        assert!(RemoteProxy::new("http://10.0.0.2:9187", None).is_ok());
+        assert!(RemoteProxy::new("http://10.0.0.2:9187/", None).is_ok());
+        assert!(RemoteProxy::new("https://10.0.0.2:9187", None).is_err());
+        assert!(RemoteProxy::new("http://10.0.0.2:9187/admin", None).is_err());
+        assert!(RemoteProxy::new("10.0.0.2:9187", None).is_err());
+    }
 }

@@ -1,8 +1,8 @@
 //! The proxy's side of a client's password exchange.
 
 use super::secret::{Secret, ServerCredential};
-use crate::config::AuthType;
 use crate::wire::{Conn, WireError};
+use pgcutover_config::AuthType;
 use pgcutover_protocol::build;
 use pgcutover_protocol::frontend::{self, parse_password, parse_sasl_initial_response};
 use pgcutover_protocol::md5::verify_md5_response;

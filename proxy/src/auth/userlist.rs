@@ -108,6 +108,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn example_userlist_in_deploy_is_valid() {
+        let text = include_str!("../../../deploy/userlist.example.txt");
+        let u = Userlist::parse(text).unwrap();
+        assert_eq!(u.len(), 3);
+    }
+
+    #[test]
     fn parses_pgbouncer_userlist() {
         let text = r#"
 ; comment

@@ -1,11 +1,11 @@
 //! Opening and logging into one server connection.
 
 use crate::auth::ServerCredential;
-use crate::config::{PgUrl, ServerTlsMode};
 use crate::stream::Stream;
-use crate::tls::ServerTls;
 use crate::wire::{Conn, WireError};
 use bytes::{Bytes, BytesMut};
+use pgcutover_config::ServerTls;
+use pgcutover_config::{PgUrl, ServerTlsMode};
 use pgcutover_protocol::backend::{self, Authentication};
 use pgcutover_protocol::build;
 use pgcutover_protocol::md5::md5_response;

@@ -100,8 +100,11 @@ async fn run(shared: &Shared, command: &str, out: &mut BytesMut) -> bool {
     let control = &shared.control;
     match words.as_slice() {
         ["SHOW", "STATUS"] => {
-            let s = control.status();
-            let held_ms = s.held_ms.map(|ms| format!("{ms:.1}"));
+            // The same view as GET /status, so the two cannot disagree.
+            let s = control.status_reply();
+            let phase = serde_json::to_value(s.phase)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned));
             rows(
                 out,
                 &[
@@ -116,15 +119,15 @@ async fn run(shared: &Shared, command: &str, out: &mut BytesMut) -> bool {
                     "green_servers",
                 ],
                 &[vec![
-                    Some(s.route.target.name().to_owned()),
-                    Some(s.route.epoch.to_string()),
-                    Some(if s.held { "held" } else { "serving" }.to_owned()),
-                    held_ms,
+                    Some(s.route.name().to_owned()),
+                    Some(s.epoch.to_string()),
+                    phase,
+                    s.held_ms.map(|ms| format!("{ms:.1}")),
                     Some(s.clients.to_string()),
                     Some(s.in_flight.to_string()),
                     Some(s.held_clients.to_string()),
-                    Some(s.blue_servers.to_string()),
-                    Some(s.green_servers.to_string()),
+                    Some(s.server_connections.blue.to_string()),
+                    Some(s.server_connections.green.to_string()),
                 ]],
             );
         }

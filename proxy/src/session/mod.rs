@@ -7,15 +7,15 @@ mod migrate;
 mod opening;
 
 use crate::auth::{authenticate_client, AuthFailure, Secret, ServerCredential};
-use crate::config::{AuthType, PinnedPolicy, TlsMode};
 use crate::pump::{Pump, PumpEnd, PumpError, RunMode};
 use crate::registry::Registration;
-use crate::route::Target;
 use crate::server::{self, ServerConn};
 use crate::wire::Conn;
 use crate::{ClientSlot, Shared, ShutdownPhase};
 use error::SessionError;
 use opening::Opening;
+use pgcutover_api::Side;
+use pgcutover_config::{AuthType, PinnedPolicy, TlsMode};
 use pgcutover_protocol::backend::TransactionStatus;
 use pgcutover_protocol::build;
 use pgcutover_protocol::StartupMessage;
@@ -221,14 +221,14 @@ enum DataEnd {
 /// A logged-in connection to another target, opened ahead of a flip.
 enum Standby {
     None,
-    Connecting(Target, tokio::task::JoinHandle<Result<migrate::Warm, String>>),
-    Ready(Target, Box<migrate::Warm>),
+    Connecting(Side, tokio::task::JoinHandle<Result<migrate::Warm, String>>),
+    Ready(Side, Box<migrate::Warm>),
     /// The login failed; not retried until another target is asked for.
-    Failed(Target),
+    Failed(Side),
 }
 
 impl Standby {
-    fn target(&self) -> Option<Target> {
+    fn target(&self) -> Option<Side> {
         match self {
             Standby::None => None,
             Standby::Connecting(t, _) | Standby::Ready(t, _) | Standby::Failed(t) => Some(*t),
@@ -352,7 +352,7 @@ async fn serve(
                 }
             }
             login = standby_login(&mut standby) => {
-                let target = standby.target().unwrap_or(Target::Blue);
+                let target = standby.target().unwrap_or(Side::Blue);
                 standby = match login {
                     Ok(conn) => {
                         handle.set_standby_ready(true);

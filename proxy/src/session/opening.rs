@@ -2,10 +2,10 @@
 //! negotiation, then a StartupMessage or a CancelRequest.
 
 use super::error::SessionError;
-use crate::config::TlsMode;
 use crate::stream::Stream;
 use crate::wire::{Conn, WireError};
 use crate::Shared;
+use pgcutover_config::TlsMode;
 use pgcutover_protocol::build;
 use pgcutover_protocol::{CancelKey, StartupMessage, StartupPacket};
 

@@ -1,0 +1,77 @@
+//! The calls a switchover makes on a proxy, as one trait: the orchestrator drives
+//! proxies through it, whether a proxy is in this process (the proxy crate implements
+//! it for its `Control`) or behind its admin API (the orchestrator's `RemoteProxy`).
+
+use crate::{HoldReply, PhaseUpdate, PrepareReply, ResumeReply, RouteReply, Side, StatusReply};
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+/// A boxed future borrowing its proxy, as trait objects return them.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One proxy instance, as the switchover sees it: each method is one admin call.
+pub trait ProxyControl: Send + Sync {
+    /// For messages: "proxy http://10.0.0.2:9187", or "this proxy".
+    fn name(&self) -> String;
+    /// `GET /status`.
+    fn status(&self) -> BoxFuture<'_, Result<StatusReply, ProxyError>>;
+    /// `POST /prepare`: standby connections to `target`, waiting up to `budget`.
+    fn prepare(&self, target: Side, budget: Duration) -> BoxFuture<'_, Result<PrepareReply, ProxyError>>;
+    /// `POST /hold`: hold and drain with the proxy's own drain settings. A drain that
+    /// times out is a reply with `drained: false`, not an error.
+    fn hold(&self, budget: Duration) -> BoxFuture<'_, Result<HoldReply, ProxyError>>;
+    /// `POST /route`: move every session to `target` (while held).
+    fn route(&self, target: Side, budget: Duration) -> BoxFuture<'_, Result<RouteReply, ProxyError>>;
+    /// `POST /resume`.
+    fn resume(&self) -> BoxFuture<'_, Result<ResumeReply, ProxyError>>;
+    /// `POST /phase`: the proxy shows the phase and records the switchover metrics.
+    fn report_phase(&self, update: PhaseUpdate) -> BoxFuture<'_, Result<(), ProxyError>>;
+}
+
+/// An admin call that did not give the switchover what it needed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No connection, or it broke.
+    #[error("{proxy}: {call}: {reason}")]
+    Unreachable {
+        /// The proxy.
+        proxy: String,
+        /// `POST /hold`, ...
+        call: &'static str,
+        /// The I/O or HTTP error.
+        reason: String,
+    },
+    /// No answer in time.
+    #[error("{proxy}: {call}: no answer within {timeout:?}")]
+    Timeout {
+        /// The proxy.
+        proxy: String,
+        /// `POST /hold`, ...
+        call: &'static str,
+        /// The budget that ran out.
+        timeout: Duration,
+    },
+    /// The proxy answered with a refusal.
+    #[error("{proxy}: {call} answered {status}: {message}")]
+    Refused {
+        /// The proxy.
+        proxy: String,
+        /// `POST /hold`, ...
+        call: &'static str,
+        /// The HTTP status.
+        status: u16,
+        /// The proxy's `error`, naming the problem and the fix.
+        message: String,
+    },
+    /// The reply is not what `pgcutover_api` says (a proxy of another version?).
+    #[error("{proxy}: {call}: unexpected reply ({reason}); are all proxies the same pgcutover version?")]
+    BadReply {
+        /// The proxy.
+        proxy: String,
+        /// `POST /hold`, ...
+        call: &'static str,
+        /// What did not parse.
+        reason: String,
+    },
+}

@@ -1,0 +1,204 @@
+//! The admin API as types, shared by the proxy that serves it and the orchestrator
+//! that calls it: a field renamed on one side is a compile error on the other. Also
+//! the vocabulary both sides speak: [`Side`], [`Phase`], [`Outcome`] and the
+//! switchover [`Report`].
+//!
+//! | endpoint | request | reply |
+//! |---|---|---|
+//! | `GET /status` | | [`StatusReply`] |
+//! | `POST /prepare` | [`PrepareRequest`] | [`PrepareReply`] |
+//! | `POST /hold` | | [`HoldReply`] |
+//! | `POST /route` | [`RouteRequest`] | [`RouteReply`] |
+//! | `POST /resume` | | [`ResumeReply`] |
+//! | `POST /phase` | [`PhaseUpdate`] | [`PhaseReply`] |
+//! | `POST /switchover` | [`SwitchoverRequest`] | [`Report`] |
+//!
+//! Every refusal is an [`ErrorReply`] (with the endpoint's reply fields, for `/hold`).
+
+mod control;
+mod report;
+mod side;
+
+pub use control::{BoxFuture, ProxyControl, ProxyError};
+pub use report::{Direction, Outcome, Phase, PhaseTime, Report};
+pub use side::{PerSide, Side};
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /status`: where a proxy routes and what its sessions are doing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReply {
+    /// Where new work goes.
+    pub route: Side,
+    /// Increases with every flip.
+    pub epoch: u64,
+    /// What the proxy is doing: serving, held, or the phase of a switchover driving it.
+    pub phase: ProxyPhase,
+    /// How long the current hold has lasted, if held.
+    pub held_ms: Option<f64>,
+    /// Sessions waiting at a transaction boundary while held.
+    pub held_clients: usize,
+    /// Sessions inside a transaction.
+    pub in_flight: usize,
+    /// Client sessions in all.
+    pub clients: usize,
+    /// Server connections per side.
+    pub server_connections: PerSide<usize>,
+    /// Backend pids of the sessions' server connections per side: a fence spares these.
+    pub server_pids: PerSide<Vec<i32>>,
+}
+
+/// `/status`'s `phase`: a proxy's own state, or the switchover phase it was told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyPhase {
+    /// Routing normally, nothing held.
+    Serving,
+    /// Held with no switchover phase reported (a manual `POST /hold`).
+    Held,
+    /// A switchover driving this proxy is in this phase.
+    #[serde(untagged)]
+    Switchover(Phase),
+}
+
+/// `POST /prepare`: open standby connections to `target` ahead of a flip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrepareRequest {
+    /// The side sessions will move to.
+    pub target: Side,
+}
+
+/// What `POST /prepare` achieved (409 when not every session got a standby).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrepareReply {
+    /// The side the standbys connect to.
+    pub target: Side,
+    /// Sessions holding a ready standby connection.
+    pub ready: usize,
+    /// Sessions that need one (those not already on the target).
+    pub sessions: usize,
+    /// How long it took.
+    pub prepare_ms: f64,
+}
+
+/// What `POST /hold` found: held, and whether every session drained (409 when not).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HoldReply {
+    /// Always true: the proxy stays held even when the drain fails.
+    pub held: bool,
+    /// Every session reached a transaction boundary within drain_timeout.
+    pub drained: bool,
+    /// Sessions still inside a transaction.
+    pub in_flight: usize,
+    /// Sessions in all.
+    pub sessions: usize,
+    /// How long the drain took.
+    pub drain_ms: f64,
+    /// Why the drain failed and what to do, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `POST /route`: move every session to `target` (only while held).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRequest {
+    /// Where sessions go.
+    pub target: Side,
+}
+
+/// What `POST /route` did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteReply {
+    /// Where sessions go now.
+    pub route: Side,
+    /// The new route epoch.
+    pub epoch: u64,
+    /// Sessions on the new side when the flip returned.
+    pub moved: usize,
+    /// Sessions still on the old one (in a transaction, pinned, or failed to move).
+    pub not_moved: usize,
+    /// How long moving the sessions took.
+    pub flip_ms: f64,
+}
+
+/// What `POST /resume` did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResumeReply {
+    /// Always false: new transactions start again.
+    pub held: bool,
+    /// Where they start.
+    pub route: Side,
+    /// How long the hold lasted, if there was one.
+    pub held_ms: Option<f64>,
+}
+
+/// `POST /phase`: the switchover driving a proxy reports its progress, so every
+/// proxy shows the phase in `/status` and records the switchover metrics, whoever
+/// runs it (the CLI, another proxy's `POST /switchover`, or this one's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseUpdate {
+    /// The phase now running; `None` once the switchover is over.
+    pub phase: Option<Phase>,
+    /// The phase that just ended, and how long it took.
+    #[serde(default)]
+    pub ended: Option<PhaseTime>,
+    /// How the switchover ended, sent once with `phase: None`.
+    #[serde(default)]
+    pub outcome: Option<Outcome>,
+}
+
+/// What `POST /phase` recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseReply {
+    /// The phase `/status` shows now.
+    pub phase: ProxyPhase,
+}
+
+/// `POST /switchover`: run the whole switchover from this proxy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchoverRequest {
+    /// Run the preflight and predict the hold; change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Overrides `[switchover] timeout`, as a human duration (`"30s"`).
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+/// A refused or failed call: what went wrong and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    /// The problem and the fix, in one line.
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn proxy_phase_is_one_flat_string_both_ways() {
+        for (phase, text) in [
+            (ProxyPhase::Serving, "serving"),
+            (ProxyPhase::Held, "held"),
+            (ProxyPhase::Switchover(Phase::CatchUp), "catch_up"),
+            (ProxyPhase::Switchover(Phase::RollingBack), "rolling_back"),
+        ] {
+            assert_eq!(serde_json::to_value(phase).unwrap(), json!(text));
+            assert_eq!(serde_json::from_value::<ProxyPhase>(json!(text)).unwrap(), phase);
+        }
+    }
+
+    #[test]
+    fn requests_refuse_unknown_fields_and_bad_sides() {
+        assert!(serde_json::from_value::<RouteRequest>(json!({"target": "green"})).is_ok());
+        assert!(serde_json::from_value::<RouteRequest>(json!({"target": "purple"})).is_err());
+        assert!(serde_json::from_value::<RouteRequest>(json!({"target": "green", "x": 1})).is_err());
+        assert!(serde_json::from_value::<SwitchoverRequest>(json!({"dry_run": true})).is_ok());
+    }
+}

@@ -1,0 +1,95 @@
+//! `[proxy]`: listener, TLS policies, limits, timeouts, the admin API and peers.
+
+use crate::HumanDuration;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `[proxy]`: listener, TLS, limits, timeouts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Address clients connect to. Default `127.0.0.1:6432`.
+    pub listen: SocketAddr,
+    /// PEM certificate chain for client TLS; absent = no TLS to clients.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key for `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// Client TLS policy. Default `allow`.
+    pub tls_mode: TlsMode,
+    /// TLS policy towards PostgreSQL servers. Default `prefer`.
+    pub server_tls_mode: ServerTlsMode,
+    /// PEM CA bundle that signs the servers' certificates; needed by `verify-full`.
+    pub server_tls_ca_file: Option<PathBuf>,
+    /// Most client connections at once; more get FATAL 53300. Default 1000.
+    pub max_client_conn: usize,
+    /// Time a client has to finish TLS, startup and authentication. Default `15s`.
+    pub client_login_timeout: HumanDuration,
+    /// Time to connect and log into a server. Default `10s`.
+    pub server_connect_timeout: HumanDuration,
+    /// On SIGTERM/SIGINT, time sessions get to finish their transactions before
+    /// they are closed with FATAL 57P01. Default `30s`.
+    pub shutdown_timeout: HumanDuration,
+    /// Largest single protocol message accepted, in bytes. Default 1 GiB (PostgreSQL's own cap).
+    pub max_message_bytes: usize,
+    /// Admin HTTP API address (status, hold, resume, route). Default `127.0.0.1:9187`.
+    pub admin_listen: SocketAddr,
+    /// File holding the bearer token that mutating admin calls must present; without
+    /// it they are refused.
+    pub admin_token_file: Option<PathBuf>,
+    /// Users allowed into the SQL admin console (database `pgcutover` on `listen`).
+    pub admin_users: Vec<String>,
+    /// Admin API base URLs of the other proxy instances serving the same
+    /// application (`["http://10.0.0.2:9187"]`); a switchover holds, flips and
+    /// resumes them with this one. They must accept this instance's admin token.
+    pub peers: Vec<String>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 6432)),
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_mode: TlsMode::Allow,
+            server_tls_mode: ServerTlsMode::Prefer,
+            server_tls_ca_file: None,
+            max_client_conn: 1000,
+            client_login_timeout: HumanDuration(Duration::from_secs(15)),
+            server_connect_timeout: HumanDuration(Duration::from_secs(10)),
+            shutdown_timeout: HumanDuration(Duration::from_secs(30)),
+            max_message_bytes: pgcutover_protocol::frame::DEFAULT_MAX_MESSAGE_LEN,
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9187)),
+            admin_token_file: None,
+            admin_users: Vec::new(),
+            peers: Vec::new(),
+        }
+    }
+}
+
+/// Client-side TLS policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// Answer SSLRequest with 'N'.
+    Disable,
+    /// TLS when the client asks and a certificate is configured.
+    Allow,
+    /// Plaintext sessions are refused with FATAL 28000.
+    Require,
+}
+
+/// Server-side TLS policy, as libpq's sslmode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerTlsMode {
+    /// Never TLS.
+    Disable,
+    /// TLS when the server offers it, certificate not verified.
+    Prefer,
+    /// TLS or fail, certificate not verified.
+    Require,
+    /// TLS or fail, certificate chain and host name verified against `server_tls_ca_file`.
+    VerifyFull,
+}

@@ -1,0 +1,61 @@
+//! The proxy in this process as a switchover drives it: the same calls as its
+//! admin API, made directly on its [`Control`], so a switchover run by this process
+//! (`POST /switchover`, the demo) treats it exactly like its peers.
+
+use crate::control::{Control, ControlError};
+use pgcutover_api::{
+    BoxFuture, HoldReply, PhaseUpdate, PrepareReply, ProxyControl, ProxyError, ResumeReply, RouteReply, Side,
+    StatusReply,
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// This process's proxy, for the orchestrator.
+pub struct LocalProxy(pub Arc<Control>);
+
+fn refused(call: &'static str, e: ControlError) -> ProxyError {
+    ProxyError::Refused {
+        proxy: "this proxy".into(),
+        call,
+        status: 409,
+        message: e.to_string(),
+    }
+}
+
+impl ProxyControl for LocalProxy {
+    fn name(&self) -> String {
+        "this proxy".into()
+    }
+
+    fn status(&self) -> BoxFuture<'_, Result<StatusReply, ProxyError>> {
+        Box::pin(async move { Ok(self.0.status_reply()) })
+    }
+
+    fn prepare(&self, target: Side, budget: Duration) -> BoxFuture<'_, Result<PrepareReply, ProxyError>> {
+        Box::pin(async move {
+            let report = self.0.prepare(target, budget).await;
+            report.map(PrepareReply::from).map_err(|e| refused("POST /prepare", e))
+        })
+    }
+
+    fn hold(&self, _budget: Duration) -> BoxFuture<'_, Result<HoldReply, ProxyError>> {
+        // The drain is bounded by this proxy's own drain settings, as over HTTP.
+        Box::pin(async move { Ok(HoldReply::from(self.0.hold_and_drain().await)) })
+    }
+
+    fn route(&self, target: Side, budget: Duration) -> BoxFuture<'_, Result<RouteReply, ProxyError>> {
+        Box::pin(async move {
+            let report = self.0.flip(target, budget).await;
+            report.map(RouteReply::from).map_err(|e| refused("POST /route", e))
+        })
+    }
+
+    fn resume(&self) -> BoxFuture<'_, Result<ResumeReply, ProxyError>> {
+        Box::pin(async move { Ok(self.0.resume_reply()) })
+    }
+
+    fn report_phase(&self, update: PhaseUpdate) -> BoxFuture<'_, Result<(), ProxyError>> {
+        self.0.record_phase(&update);
+        Box::pin(async { Ok(()) })
+    }
+}
