@@ -18,9 +18,11 @@ pub trait ProxyControl: Send + Sync {
     fn status(&self) -> BoxFuture<'_, Result<StatusReply, ProxyError>>;
     /// `POST /prepare`: standby connections to `target`, waiting up to `budget`.
     fn prepare(&self, target: Side, budget: Duration) -> BoxFuture<'_, Result<PrepareReply, ProxyError>>;
-    /// `POST /hold`: hold and drain with the proxy's own drain settings. A drain that
-    /// times out is a reply with `drained: false`, not an error.
-    fn hold(&self, budget: Duration) -> BoxFuture<'_, Result<HoldReply, ProxyError>>;
+    /// `POST /hold {"drain": false}`: new transactions wait; answers at once.
+    fn hold(&self) -> BoxFuture<'_, Result<HoldReply, ProxyError>>;
+    /// `POST /drain`: waits for in-flight transactions with the proxy's own drain
+    /// settings. A drain that times out is a reply with `drained: false`, not an error.
+    fn drain(&self, budget: Duration) -> BoxFuture<'_, Result<HoldReply, ProxyError>>;
     /// `POST /route`: move every session to `target` (while held).
     fn route(&self, target: Side, budget: Duration) -> BoxFuture<'_, Result<RouteReply, ProxyError>>;
     /// `POST /resume`.

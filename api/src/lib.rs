@@ -7,7 +7,8 @@
 //! |---|---|---|
 //! | `GET /status` | | [`StatusReply`] |
 //! | `POST /prepare` | [`PrepareRequest`] | [`PrepareReply`] |
-//! | `POST /hold` | | [`HoldReply`] |
+//! | `POST /hold` | [`HoldRequest`] (optional) | [`HoldReply`] |
+//! | `POST /drain` | | [`HoldReply`] |
 //! | `POST /route` | [`RouteRequest`] | [`RouteReply`] |
 //! | `POST /resume` | | [`ResumeReply`] |
 //! | `POST /phase` | [`PhaseUpdate`] | [`PhaseReply`] |
@@ -82,7 +83,28 @@ pub struct PrepareReply {
     pub prepare_ms: f64,
 }
 
-/// What `POST /hold` found: held, and whether every session drained (409 when not).
+/// `POST /hold`: hold new transactions, and by default wait for the drain too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldRequest {
+    /// Also wait for in-flight transactions (as `POST /drain`) before answering.
+    /// Default true; a switchover holds every proxy first and drains them after.
+    #[serde(default = "yes")]
+    pub drain: bool,
+}
+
+impl Default for HoldRequest {
+    fn default() -> Self {
+        HoldRequest { drain: true }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What `POST /hold` or `POST /drain` found: held, and whether every session drained
+/// (409 when not). A hold without drain reports the sessions in a transaction now.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HoldReply {
     /// Always true: the proxy stays held even when the drain fails.

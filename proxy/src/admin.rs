@@ -13,7 +13,8 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use pgcutover_api::{
-    ErrorReply, HoldReply, PhaseUpdate, PrepareReply, PrepareRequest, RouteReply, RouteRequest, SwitchoverRequest,
+    ErrorReply, HoldReply, HoldRequest, PhaseUpdate, PrepareReply, PrepareRequest, RouteReply, RouteRequest,
+    SwitchoverRequest,
 };
 use pgcutover_config::{AdminToken, Config, HumanDuration};
 use serde::de::DeserializeOwned;
@@ -42,6 +43,7 @@ enum Endpoint {
     Metrics,
     Prepare,
     Hold,
+    Drain,
     Route,
     Resume,
     Phase,
@@ -54,8 +56,7 @@ enum Unroutable {
     WrongMethod(&'static str),
 }
 
-const ENDPOINTS: &str =
-    "GET /status, GET /metrics, POST /switchover, POST /prepare, POST /hold, POST /route, POST /resume, POST /phase";
+const ENDPOINTS: &str = "GET /status, GET /metrics, POST /switchover, POST /prepare, POST /hold, POST /drain, POST /route, POST /resume, POST /phase";
 
 impl Endpoint {
     fn parse(method: &Method, path: &str) -> Result<Endpoint, Unroutable> {
@@ -64,6 +65,7 @@ impl Endpoint {
             "/metrics" => (Endpoint::Metrics, Method::GET),
             "/prepare" => (Endpoint::Prepare, Method::POST),
             "/hold" => (Endpoint::Hold, Method::POST),
+            "/drain" => (Endpoint::Drain, Method::POST),
             "/route" => (Endpoint::Route, Method::POST),
             "/resume" => (Endpoint::Resume, Method::POST),
             "/phase" => (Endpoint::Phase, Method::POST),
@@ -165,7 +167,18 @@ async fn handle(
             Ok(r) => prepare(&shared, r).await,
             Err(refusal) => *refusal,
         },
-        Endpoint::Hold => hold(control).await,
+        Endpoint::Hold => {
+            let text: &[u8] = if body.is_empty() { b"{}" } else { &body };
+            match parse_body::<HoldRequest>(text, "{\"drain\": false} (optional)") {
+                Ok(HoldRequest { drain: true }) => drain(control, true).await,
+                Ok(HoldRequest { drain: false }) => {
+                    control.hold();
+                    json(StatusCode::OK, &control.hold_reply())
+                }
+                Err(refusal) => *refusal,
+            }
+        }
+        Endpoint::Drain => drain(control, false).await,
         Endpoint::Route => match parse_body::<RouteRequest>(&body, "{\"target\": \"green\"}") {
             Ok(r) => route(&shared, r).await,
             Err(refusal) => *refusal,
@@ -222,8 +235,12 @@ async fn prepare(shared: &Shared, request: PrepareRequest) -> Reply {
     }
 }
 
-async fn hold(control: &Arc<Control>) -> Reply {
-    let report = control.hold_and_drain().await;
+/// Drains (holding first when `hold`); 409 when a session is still in a transaction.
+async fn drain(control: &Arc<Control>, hold: bool) -> Reply {
+    if hold {
+        control.hold();
+    }
+    let report = control.drain_configured().await;
     let drained = report.drained;
     let mut reply = HoldReply::from(report);
     if drained {
@@ -323,6 +340,7 @@ mod tests {
             (Method::GET, "/metrics", Metrics),
             (Method::POST, "/prepare", Prepare),
             (Method::POST, "/hold", Hold),
+            (Method::POST, "/drain", Drain),
             (Method::POST, "/route", Route),
             (Method::POST, "/resume", Resume),
             (Method::POST, "/phase", Phase),

@@ -296,6 +296,19 @@ impl Control {
         }
     }
 
+    /// Right after a hold without drain: held, with the sessions in a transaction now.
+    pub fn hold_reply(&self) -> HoldReply {
+        let s = self.status();
+        HoldReply {
+            held: s.held,
+            drained: s.in_flight == 0,
+            in_flight: s.in_flight,
+            sessions: s.clients,
+            drain_ms: 0.0,
+            error: None,
+        }
+    }
+
     /// Resumes, as `POST /resume` reports it.
     pub fn resume_reply(&self) -> ResumeReply {
         let held_ms = self.resume().map(millis);
@@ -404,6 +417,12 @@ impl Control {
     /// `drain_cancel_grace`: what every front end (HTTP, SQL console) means by HOLD.
     pub async fn hold_and_drain(self: &Arc<Self>) -> DrainReport {
         self.hold();
+        self.drain_configured().await
+    }
+
+    /// Drains with the configured `drain_timeout`, `drain_policy` and
+    /// `drain_cancel_grace` (after a [`hold`](Self::hold)).
+    pub async fn drain_configured(&self) -> DrainReport {
         let s = &self.settings;
         self.drain(s.drain_timeout.0, s.drain_policy, s.drain_cancel_grace.0)
             .await

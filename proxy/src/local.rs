@@ -38,9 +38,16 @@ impl ProxyControl for LocalProxy {
         })
     }
 
-    fn hold(&self, _budget: Duration) -> BoxFuture<'_, Result<HoldReply, ProxyError>> {
+    fn hold(&self) -> BoxFuture<'_, Result<HoldReply, ProxyError>> {
+        Box::pin(async move {
+            self.0.hold();
+            Ok(self.0.hold_reply())
+        })
+    }
+
+    fn drain(&self, _budget: Duration) -> BoxFuture<'_, Result<HoldReply, ProxyError>> {
         // The drain is bounded by this proxy's own drain settings, as over HTTP.
-        Box::pin(async move { Ok(HoldReply::from(self.0.hold_and_drain().await)) })
+        Box::pin(async move { Ok(HoldReply::from(self.0.drain_configured().await)) })
     }
 
     fn route(&self, target: Side, budget: Duration) -> BoxFuture<'_, Result<RouteReply, ProxyError>> {

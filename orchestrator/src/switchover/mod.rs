@@ -442,23 +442,24 @@ impl Run<'_> {
 
         self.go(Phase::Hold);
         self.hold_started = Some(Instant::now());
+        // Marked before the calls: a proxy that held but whose answer was lost is resumed too.
         self.changed.held = true;
-        for p in self.proxies {
-            if let Ok(s) = p.status().await {
-                self.report.transactions_drained += s.in_flight;
-            }
-        }
-        self.go(Phase::Drain);
-        let holds = self.proxies.iter().map(|p| p.hold(budget));
-        let results = join_all(holds).await;
-        for (p, r) in self.proxies.iter().zip(results) {
+        let holds = self.proxies.iter().map(|p| p.hold());
+        for (p, r) in self.proxies.iter().zip(join_all(holds).await) {
             let held = r.map_err(|e| format!("{}: hold: {e}", p.name()))?;
-            self.report.sessions_held += held.sessions;
-            if !held.drained {
+            self.report.transactions_drained += held.in_flight;
+        }
+
+        self.go(Phase::Drain);
+        let drains = self.proxies.iter().map(|p| p.drain(budget));
+        for (p, r) in self.proxies.iter().zip(join_all(drains).await) {
+            let drained = r.map_err(|e| format!("{}: drain: {e}", p.name()))?;
+            self.report.sessions_held += drained.sessions;
+            if !drained.drained {
                 return Err(format!(
                     "{}: {} session(s) still inside a transaction after drain_timeout",
                     p.name(),
-                    held.in_flight
+                    drained.in_flight
                 ));
             }
         }

@@ -8,8 +8,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use pgcutover_api::{
-    BoxFuture, ErrorReply, HoldReply, PhaseUpdate, PrepareReply, PrepareRequest, ProxyControl, ProxyError, ResumeReply,
-    RouteReply, RouteRequest, Side, StatusReply,
+    BoxFuture, ErrorReply, HoldReply, HoldRequest, PhaseUpdate, PrepareReply, PrepareRequest, ProxyControl, ProxyError,
+    ResumeReply, RouteReply, RouteRequest, Side, StatusReply,
 };
 use pgcutover_config::AdminToken;
 use serde::de::DeserializeOwned;
@@ -150,10 +150,18 @@ impl ProxyControl for RemoteProxy {
         Box::pin(async move { self.call("POST /prepare", Some(&body), &ok, budget + QUICK_CALL).await })
     }
 
-    fn hold(&self, budget: Duration) -> BoxFuture<'_, Result<HoldReply, ProxyError>> {
+    fn hold(&self) -> BoxFuture<'_, Result<HoldReply, ProxyError>> {
+        let body = HoldRequest { drain: false };
+        Box::pin(async move {
+            self.call("POST /hold", Some(&body), &[StatusCode::OK], QUICK_CALL)
+                .await
+        })
+    }
+
+    fn drain(&self, budget: Duration) -> BoxFuture<'_, Result<HoldReply, ProxyError>> {
         // 409: held but not drained; the reply says how far it got.
         let ok = [StatusCode::OK, StatusCode::CONFLICT];
-        Box::pin(async move { self.call("POST /hold", None::<&()>, &ok, budget).await })
+        Box::pin(async move { self.call("POST /drain", None::<&()>, &ok, budget + QUICK_CALL).await })
     }
 
     fn route(&self, target: Side, budget: Duration) -> BoxFuture<'_, Result<RouteReply, ProxyError>> {
