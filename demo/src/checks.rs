@@ -3,9 +3,10 @@
 //! write after the switchover.
 
 use crate::report::ClientsSeen;
-use crate::servers::{pg_message, Servers, ACCOUNTS};
+use crate::servers::{Servers, ACCOUNTS};
 use crate::workload::{thousands, Ack};
 use crate::DATABASE;
+use pgcutover_orchestrator::pg_message;
 use pgcutover_orchestrator::switchover::{Outcome, Report};
 use std::collections::HashSet;
 

@@ -433,29 +433,7 @@ pub(crate) fn sql_err(side: &'static str, doing: &str, e: &tokio_postgres::Error
     DemoError::Sql {
         side,
         doing: doing.to_owned(),
-        message: pg_message(e),
-    }
-}
-
-/// The server's message (SQLSTATE, detail) or the client-side error chain, on one line.
-pub(crate) fn pg_message(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => {
-            let mut m = format!("{} ({})", db.message(), db.code().code());
-            if let Some(d) = db.detail() {
-                m.push_str(&format!(": {d}"));
-            }
-            m
-        }
-        None => {
-            let mut m = e.to_string();
-            let mut src = std::error::Error::source(e);
-            while let Some(s) = src {
-                m.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            m
-        }
+        message: pgcutover_orchestrator::pg_message(e),
     }
 }
 

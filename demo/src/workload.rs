@@ -5,8 +5,9 @@
 //! Bounded in time and count.
 
 use crate::report::ClientsSeen;
-use crate::servers::{pg_message, ACCOUNTS};
+use crate::servers::ACCOUNTS;
 use crate::DemoError;
+use pgcutover_orchestrator::pg_message;
 use pgcutover_orchestrator::Progress;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -72,7 +72,7 @@ pub(crate) fn one_line(s: &str) -> String {
 }
 
 /// The message of a tokio-postgres error with its detail and hint, on one line.
-pub(crate) fn pg_message(e: &tokio_postgres::Error) -> String {
+pub fn pg_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => {
             let mut m = db.message().to_owned();

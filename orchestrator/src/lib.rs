@@ -26,7 +26,7 @@ pub mod verify;
 
 pub use check::{run_checks, CheckResult, CheckStatus};
 pub use clone::{parse_clone_log, CloneStart};
-pub use error::OrchestratorError;
+pub use error::{pg_message, OrchestratorError};
 pub use lsn::Lsn;
 pub use progress::Progress;
 pub use quote::{quote_ident, quote_literal};
