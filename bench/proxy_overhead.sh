@@ -2,12 +2,15 @@
 # Proxy overhead: pgbench straight at PostgreSQL 15 vs through PgBouncer (session mode)
 # vs through pgcutover, on one throwaway cluster on this machine (loopback only).
 #
-# Usage: bench/proxy_overhead.sh [--seconds N] [--runs R] [--scale S] [--no-build]
+# Usage: bench/proxy_overhead.sh [--seconds N] [--runs R] [--scale S] [--no-build] [--baseline BIN]
 #   --seconds N   length of every pgbench run (default 10)
 #   --runs R      runs per cell; medians are reported (default 1)
 #   --scale S     pgbench -i scale (default 10)
 #   --no-build    do not run `cargo build --release --bin pgcutover`; use the binary
 #                 that is there (PGCUTOVER_BIN, else $CARGO_TARGET_DIR or target/release)
+#   --baseline BIN  also measure another pgcutover build (e.g. the previous commit's
+#                 release binary) as a fourth column, interleaved in the same rounds,
+#                 so a before/after comparison shares every run's conditions
 #
 # Needs scripts/setup.sh (PostgreSQL 15, pgbench, pgbouncer). As root, postgres and
 # pgbouncer run as the `postgres` OS user (both refuse root). If pgcutover cannot be
@@ -20,13 +23,15 @@ SECS=10
 RUNS=1
 SCALE=10
 BUILD=1
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
+BASELINE_BIN="${PGCUTOVER_BASELINE_BIN:-}"
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --seconds) SECS="${2:?--seconds needs a value}"; shift 2 ;;
         --runs) RUNS="${2:?--runs needs a value}"; shift 2 ;;
         --scale) SCALE="${2:?--scale needs a value}"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
+        --baseline) BASELINE_BIN="${2:?--baseline needs a binary}"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -50,12 +55,14 @@ require_pg15
 
 WORK="$(make_workdir pgcutover-bench)"
 PROXY_PID=""
+BASELINE_PID=""
 
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     set +e
     if [ -n "$PROXY_PID" ]; then stop_pid "$PROXY_PID"; wait "$PROXY_PID" 2>/dev/null; fi
+    if [ -n "$BASELINE_PID" ]; then stop_pid "$BASELINE_PID"; wait "$BASELINE_PID" 2>/dev/null; fi
     if [ -f "$WORK/pgbouncer.pid" ]; then stop_pid "$(cat "$WORK/pgbouncer.pid")"; fi
     stop_pg15 "$WORK"
     if [ "${KEEP_BENCH_DIR:-0}" = 1 ]; then
@@ -108,11 +115,15 @@ fi
 if [ -z "$PGC_REASON" ] && [ ! -x "$PGCUTOVER_BIN" ]; then
     PGC_REASON="no binary at $PGCUTOVER_BIN"
 fi
-if [ -z "$PGC_REASON" ]; then
-    PGC_PORT="$(free_port)"
-        cat > "$WORK/pgcutover.toml" <<EOF
+# start_pgcutover NAME BIN: a pgcutover proxy in front of the cluster; sets
+# STARTED_PORT and STARTED_PID, or STARTED_REASON when it cannot be used.
+start_pgcutover() {
+    local name="$1" bin="$2" out code
+    STARTED_PORT="$(free_port)"; STARTED_PID=""; STARTED_REASON=""
+    cat > "$WORK/$name.toml" <<EOF
 [proxy]
-listen = "127.0.0.1:$PGC_PORT"
+listen = "127.0.0.1:$STARTED_PORT"
+admin_listen = "127.0.0.1:$(free_port)"
 server_tls_mode = "disable"
 
 [auth]
@@ -122,22 +133,34 @@ auth_file = "$WORK/userlist.txt"
 [blue]
 url = "postgres://postgres@127.0.0.1:$PGPORT/postgres"
 EOF
-    "$PGCUTOVER_BIN" proxy --config "$WORK/pgcutover.toml" > "$WORK/pgcutover.log" 2>&1 &
-    PROXY_PID=$!
-    if ! wait_port "$PGC_PORT" 20 "$PROXY_PID"; then
-        if kill -0 "$PROXY_PID" 2>/dev/null; then
-            PGC_REASON="pgcutover is not listening on $PGC_PORT after 20 s"
+    "$bin" proxy --config "$WORK/$name.toml" > "$WORK/$name.log" 2>&1 &
+    STARTED_PID=$!
+    if ! wait_port "$STARTED_PORT" 20 "$STARTED_PID"; then
+        if kill -0 "$STARTED_PID" 2>/dev/null; then
+            STARTED_REASON="$name is not listening on $STARTED_PORT after 20 s"
         else
-            code=0; wait "$PROXY_PID" 2>/dev/null || code=$?
-            PGC_REASON="pgcutover exited with status $code: $(tail -n 3 "$WORK/pgcutover.log" | tr '\n' ' ')"
-            PROXY_PID=""
+            code=0; wait "$STARTED_PID" 2>/dev/null || code=$?
+            STARTED_REASON="$name exited with status $code: $(tail -n 3 "$WORK/$name.log" | tr '\n' ' ')"
+            STARTED_PID=""
         fi
-    elif ! out="$(sql "$PGC_PORT" 'select 1' "$DB" 2>&1)" || [ "$out" != 1 ]; then
-        PGC_REASON="select 1 through pgcutover failed: $(printf '%s' "$out" | tail -n 2 | tr '\n' ' ')"
+    elif ! out="$(sql "$STARTED_PORT" 'select 1' "$DB" 2>&1)" || [ "$out" != 1 ]; then
+        STARTED_REASON="select 1 through $name failed: $(printf '%s' "$out" | tail -n 2 | tr '\n' ' ')"
     fi
-    if [ -n "$PGC_REASON" ]; then
-        log "pgcutover log tail:"; tail -n 10 "$WORK/pgcutover.log" >&2 || true
+    if [ -n "$STARTED_REASON" ]; then
+        log "$name log tail:"; tail -n 10 "$WORK/$name.log" >&2 || true
     fi
+}
+if [ -z "$PGC_REASON" ]; then
+    start_pgcutover pgcutover "$PGCUTOVER_BIN"
+    PGC_PORT="$STARTED_PORT"; PROXY_PID="$STARTED_PID"; PGC_REASON="$STARTED_REASON"
+fi
+BASE_PORT=""
+if [ -n "$BASELINE_BIN" ]; then
+    [ -x "$BASELINE_BIN" ] || die "--baseline $BASELINE_BIN is not an executable"
+    start_pgcutover baseline "$BASELINE_BIN"
+    [ -z "$STARTED_REASON" ] || die "the baseline cannot be used: $STARTED_REASON"
+    BASE_PORT="$STARTED_PORT"; BASELINE_PID="$STARTED_PID"
+    log "baseline pgcutover ($BASELINE_BIN) on 127.0.0.1:$BASE_PORT"
 fi
 if [ -n "$PGC_REASON" ]; then
     log "pgcutover: n/a ($PGC_REASON)"
@@ -163,8 +186,9 @@ ROW_ARGS=(
     "-S -C -c 8 -j 2"
 )
 TARGETS=(direct pgbouncer pgcutover)
-declare -A PORT_OF=([direct]="$PGPORT" [pgbouncer]="$BOUNCER_PORT" [pgcutover]="$PGC_PORT")
-declare -A PID_OF=([direct]="" [pgbouncer]="$(cat "$WORK/pgbouncer.pid" 2>/dev/null || true)" [pgcutover]="$PROXY_PID")
+declare -A PORT_OF=([direct]="$PGPORT" [pgbouncer]="$BOUNCER_PORT" [pgcutover]="$PGC_PORT" [baseline]="$BASE_PORT")
+declare -A PID_OF=([direct]="" [pgbouncer]="$(cat "$WORK/pgbouncer.pid" 2>/dev/null || true)" [pgcutover]="$PROXY_PID" [baseline]="$BASELINE_PID")
+if [ -n "$BASELINE_BIN" ]; then TARGETS+=(baseline); fi
 declare -A TPS LAT CPU
 
 cpu_ticks() { # pid -> utime+stime in clock ticks ("" when unknown)
@@ -273,6 +297,17 @@ for i in "${!ROW_NAMES[@]}"; do
     if [ -n "$PGC_REASON" ]; then p_cpu="n/a"; else p_cpu="$(cell_median CPU "$i" pgcutover)"; fi
     echo "| ${ROW_NAMES[$i]} | $b_cpu | $p_cpu |"
 done
+if [ -n "$BASELINE_BIN" ]; then
+    echo
+    echo "Before/after, interleaved in the same rounds: baseline $BASELINE_BIN vs $PGCUTOVER_BIN (tps ratio to direct; proxy CPU µs per transaction):"
+    echo
+    echo "| row | baseline tps (ratio) | pgcutover tps (ratio) | baseline CPU µs/tx | pgcutover CPU µs/tx |"
+    echo "|---|---:|---:|---:|---:|"
+    for i in "${!ROW_NAMES[@]}"; do
+        d_tps="$(cell_median TPS "$i" direct)"
+        echo "| ${ROW_NAMES[$i]} | $(fmt_ratio "$(cell_median TPS "$i" baseline)" "$d_tps") | $(fmt_ratio "$(cell_median TPS "$i" pgcutover)" "$d_tps") | $(cell_median CPU "$i" baseline) | $(cell_median CPU "$i" pgcutover) |"
+    done
+fi
 echo
 echo "Added latency per query at c=1 (select-only) vs direct: pgbouncer $(added pgbouncer), pgcutover $pgc_added"
 if [ -n "$PGC_REASON" ]; then
