@@ -2,9 +2,9 @@
 //! status, the objects involved and the exact fix. `replicate` runs the subset that
 //! guards it and refuses when one fails.
 //!
-//! One file per place a check runs: [`connection`] (logins), [`server`] (blue's and
-//! green's settings), [`blue`] (each database on blue), [`green`] (each database on
-//! green), with [`schema`] and [`reach`] for the two green checks that need their own
+//! One file per place a check runs: `connection` (logins), `server` (blue's and
+//! green's settings), `blue` (each database on blue), `green` (each database on
+//! green), with `schema` and `reach` for the two green checks that need their own
 //! SQL.
 
 mod blue;

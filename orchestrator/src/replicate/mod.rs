@@ -3,9 +3,9 @@
 //! catalogs for what exists or is recorded in `pgcutover.progress` in the same
 //! transaction as its effect.
 //!
-//! [`copy`] builds green from blue's schema and an initial copy; [`clone`] attaches to
+//! `copy` builds green from blue's schema and an initial copy; `clone` attaches to
 //! a green that is a clone of blue. Both create the subscription through
-//! [`subscription`].
+//! `subscription`.
 
 mod clone;
 mod copy;
