@@ -126,8 +126,8 @@ pub enum DemoError {
     Orchestrator {
         /// replicate, status, ...
         step: &'static str,
-        /// What the orchestrator said.
-        source: OrchestratorError,
+        /// What the orchestrator said (boxed: it is large and rare).
+        source: Box<OrchestratorError>,
     },
     /// Replication did not reach sync in time.
     #[error("replication blue → green was not in sync after {waited:?}: {verdict}")]
@@ -181,8 +181,8 @@ async fn demo(opts: &DemoOptions, slot: &mut Option<Servers>) -> Result<DemoRepo
     let servers = slot.insert(Servers::start(bins, p).await?);
     let config = servers.proxy_config()?;
     let targets = Targets::from_config(&config).map_err(|source| DemoError::Orchestrator {
+        source: Box::new(source),
         step: "targets",
-        source,
     })?;
     servers.start_proxy(config.clone(), p).await?;
 
@@ -202,8 +202,8 @@ async fn demo(opts: &DemoOptions, slot: &mut Option<Servers>) -> Result<DemoRepo
         verdict: "replicate did not finish".into(),
     })?
     .map_err(|source| DemoError::Orchestrator {
+        source: Box::new(source),
         step: "replicate",
-        source,
     })?;
     wait_in_sync(&targets, &config, p).await?;
     p.done(t, format!("green in sync; {}", load.summary()));

@@ -1,6 +1,7 @@
 //! The orchestrator's errors: each names the object, the cause and the fix, on one line.
 
 use crate::targets::Side;
+use tokio_postgres::error::SqlState;
 
 /// Something the orchestrator could not do, with what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +22,8 @@ pub enum OrchestratorError {
         reason: String,
         /// What to change.
         fix: String,
+        /// The server's SQLSTATE, when the server answered (none for network errors).
+        code: Option<SqlState>,
     },
     /// A statement failed.
     #[error("{side} database {database}: {doing} failed: {message}")]
@@ -59,6 +62,12 @@ impl OrchestratorError {
             problem: one_line(&problem.into()),
             fix: one_line(&fix.into()),
         }
+    }
+
+    /// Whether a login failed because its database does not exist (SQLSTATE 3D000): a
+    /// missing role says "does not exist" too, so the message text cannot tell.
+    pub fn is_missing_database(&self) -> bool {
+        matches!(self, OrchestratorError::Connect { code: Some(c), .. } if *c == SqlState::INVALID_CATALOG_NAME)
     }
 }
 

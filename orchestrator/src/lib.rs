@@ -10,7 +10,6 @@
 //! blue, both named [`subscription_name`].
 
 pub mod check;
-mod clone;
 mod error;
 mod lsn;
 mod progress;
@@ -25,12 +24,11 @@ mod tools;
 pub mod verify;
 
 pub use check::{run_checks, CheckResult, CheckStatus};
-pub use clone::{parse_clone_log, CloneStart};
 pub use error::{pg_message, OrchestratorError};
 pub use lsn::Lsn;
 pub use progress::Progress;
 pub use quote::{quote_ident, quote_literal};
-pub use replicate::{replicate, ReplicateOptions};
+pub use replicate::{parse_clone_log, replicate, CloneStart, ReplicateOptions};
 pub use setup::suppress_ddl_capture;
 pub use status::{replication_status, DatabaseStatus, Status};
 pub use targets::{connect, Side, Targets};

@@ -153,7 +153,7 @@ async fn database_status(targets: &Targets, db: &str, max_lag_bytes: u64) -> Dat
             }
         }
         // Before the copy method's first run green has no such database: nothing exists there.
-        Err(crate::OrchestratorError::Connect { reason, .. }) if reason.contains("does not exist") => {}
+        Err(e) if e.is_missing_database() => {}
         Err(e) => st.green_error = Some(e.to_string()),
     }
     let (ready, verdict) = verdict(&st, max_lag_bytes);

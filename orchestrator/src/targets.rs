@@ -214,5 +214,6 @@ fn connect_error(side: Side, url: &PgUrl, user: &str, database: &str, e: &tokio_
         database: database.to_owned(),
         reason,
         fix,
+        code: e.code().cloned(),
     }
 }

@@ -1,58 +1,26 @@
-//! `pgcutover replicate`: sets up blue → green logical replication, idempotently.
-//! Re-running continues where a previous run stopped: every step either checks the
-//! catalogs for what exists or is recorded in `pgcutover.progress` in the same
-//! transaction as its effect.
+//! The copy method: green gets blue's roles, a database with blue's encoding and
+//! locale, blue's schema (pg_dump, applied in one transaction) and a subscription
+//! with `copy_data = true` whose initial copy fills it.
 
-use crate::check::{preflight, Scope};
-use crate::clone;
+use super::subscription::{create_subscription, state_name, subscription_exists};
+use super::ReplicateOptions;
 use crate::error::{OrchestratorError, SqlContext};
-use crate::lsn::Lsn;
 use crate::progress::{human_duration, Progress};
 use crate::quote::{quote_ident, quote_literal};
 use crate::roles::copy_roles;
-use crate::setup::{create_subscription_sql, create_tables, record, setup_blue, step_done};
+use crate::setup::{create_tables, record, setup_blue, step_done};
 use crate::subscription_name;
 use crate::targets::{Side, Targets};
 use crate::tools::PgTools;
-use pgcutover_config::ReplicationMethod;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
-/// What `replicate` was asked to do.
-#[derive(Debug, Clone, Default)]
-pub struct ReplicateOptions {
-    /// Clone method, first half: create the publication and slot on blue and stop.
-    pub prepare_clone: bool,
-    /// Clone method: the clone's first start-up log, to find the start LSN in.
-    pub clone_log: Option<PathBuf>,
-    /// Clone method: the start LSN when neither Aurora nor the log gives it.
-    pub start_lsn: Option<Lsn>,
-    /// Return once the subscription exists instead of waiting for the initial copy.
-    pub no_wait: bool,
-}
-
-/// Runs `replicate` for every configured database.
-pub async fn replicate(
+/// `replicate` with method = copy, database by database.
+pub(super) async fn copy(
     targets: &Targets,
     opts: &ReplicateOptions,
     progress: &Progress,
 ) -> Result<(), OrchestratorError> {
-    let t = Instant::now();
-    if opts.prepare_clone {
-        preflight(targets, Scope::PrepareClone).await?;
-        progress.done(t, "preflight checks passed");
-        return clone::prepare(targets, progress).await;
-    }
-    preflight(targets, Scope::Replicate).await?;
-    progress.done(t, "preflight checks passed");
-    match targets.method {
-        ReplicationMethod::Copy => copy(targets, opts, progress).await,
-        ReplicationMethod::Clone => clone::attach(targets, opts, progress).await,
-    }
-}
-
-async fn copy(targets: &Targets, opts: &ReplicateOptions, progress: &Progress) -> Result<(), OrchestratorError> {
     let first = &targets.databases[0];
     let blue0 = targets.connect(Side::Blue, first).await?;
     let blue_major = server_major(&blue0, Side::Blue, first).await?;
@@ -83,7 +51,7 @@ async fn copy(targets: &Targets, opts: &ReplicateOptions, progress: &Progress) -
                 format!("{db}: blue has schema pgcutover, the sentinel row, publication and DDL capture"),
             );
         }
-        ensure_green_database(targets, &blue, &green_admin, db, progress).await?;
+        ensure_green_database(&blue, &green_admin, db, progress).await?;
         let green = targets.connect(Side::Green, db).await?;
         create_tables(&green, Side::Green, db).await?;
         copy_schema(targets, &tools, &green, db, progress).await?;
@@ -104,7 +72,7 @@ async fn copy(targets: &Targets, opts: &ReplicateOptions, progress: &Progress) -
     Ok(())
 }
 
-pub(crate) async fn server_major(c: &Client, side: Side, db: &str) -> Result<u32, OrchestratorError> {
+async fn server_major(c: &Client, side: Side, db: &str) -> Result<u32, OrchestratorError> {
     let v: String = c
         .query_one("SELECT current_setting('server_version_num')", &[])
         .await
@@ -115,7 +83,6 @@ pub(crate) async fn server_major(c: &Client, side: Side, db: &str) -> Result<u32
 
 /// Creates the database on green (copy method) with blue's encoding and locale.
 async fn ensure_green_database(
-    targets: &Targets,
     blue: &Client,
     green_admin: &Client,
     db: &str,
@@ -163,7 +130,6 @@ async fn ensure_green_database(
             db,
             "creating the database (with blue's encoding and locale)",
         )?;
-    let _ = targets;
     progress.done(t, format!("{db}: created on green ({enc}, {collate})"));
     Ok(())
 }
@@ -226,7 +192,21 @@ async fn copy_schema(
     Ok(())
 }
 
+/// Dumps blue's schema into `dir` and applies it to green; returns the TOC entries applied.
 async fn dump_and_apply(
+    targets: &Targets,
+    tools: &PgTools,
+    db: &str,
+    dir: &std::path::Path,
+) -> Result<usize, OrchestratorError> {
+    let entries = dump_schema(targets, tools, db, dir).await?;
+    apply_schema(targets, tools, db, dir, entries).await?;
+    Ok(entries)
+}
+
+/// Writes `schema.sql` in `dir`: blue's schema without pgcutover's own objects;
+/// returns its TOC entry count.
+async fn dump_schema(
     targets: &Targets,
     tools: &PgTools,
     db: &str,
@@ -279,6 +259,18 @@ async fn dump_and_apply(
             "writing the schema script".into(),
         )
         .await?;
+    Ok(entries)
+}
+
+/// Applies `schema.sql` and the progress marker in one transaction on green.
+async fn apply_schema(
+    targets: &Targets,
+    tools: &PgTools,
+    db: &str,
+    dir: &std::path::Path,
+    entries: usize,
+) -> Result<(), OrchestratorError> {
+    let p = |name: &str| dir.join(name).to_string_lossy().into_owned();
     let marker = format!(
         "INSERT INTO pgcutover.progress (side, step, detail) VALUES ('green', 'schema', {})
          ON CONFLICT (side, step) DO UPDATE SET done_at = now(), detail = EXCLUDED.detail;\n",
@@ -306,18 +298,7 @@ async fn dump_and_apply(
             format!("applying blue's schema to green database {db} (in one transaction: nothing was applied)"),
         )
         .await?;
-    Ok(entries)
-}
-
-pub(crate) async fn subscription_exists(green: &Client, db: &str, name: &str) -> Result<bool, OrchestratorError> {
-    Ok(green
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_subscription WHERE subname = $1)",
-            &[&name],
-        )
-        .await
-        .ctx(Side::Green, db, "looking for the subscription")?
-        .get(0))
+    Ok(())
 }
 
 /// The published tables of blue's database that already have rows on green (the
@@ -385,21 +366,11 @@ async fn create_copy_subscription(
             .ctx(Side::Blue, db, "dropping the leftover slot")?;
         progress.line(format!("{db}: dropped leftover inactive slot {name} on blue"));
     }
-    ensure_reverse_publication(green, db).await?;
-    let conninfo = targets.subscription_conninfo(db);
-    let sql = create_subscription_sql(
-        name,
-        &conninfo,
-        &format!(
-            "copy_data = true, create_slot = true, enabled = true, slot_name = {}",
-            quote_literal(name)
-        ),
+    let options = format!(
+        "copy_data = true, create_slot = true, enabled = true, slot_name = {}",
+        quote_literal(name)
     );
-    green.batch_execute(&sql).await.ctx(
-        Side::Green,
-        db,
-        "creating the subscription (green connects to blue with [replication] source_conninfo)",
-    )?;
+    create_subscription(targets, green, db, name, &options).await?;
     record(green, Side::Green, db, "subscription", "copy_data = true").await?;
     progress.done(
         t,
@@ -409,12 +380,7 @@ async fn create_copy_subscription(
 }
 
 /// Waits until every table of the subscription is ready ('r'), showing per-table progress.
-pub(crate) async fn wait_ready(
-    green: &Client,
-    db: &str,
-    name: &str,
-    progress: &Progress,
-) -> Result<(), OrchestratorError> {
+async fn wait_ready(green: &Client, db: &str, name: &str, progress: &Progress) -> Result<(), OrchestratorError> {
     let start = Instant::now();
     let green_major = server_major(green, Side::Green, db).await?;
     let copy_progress = if green_major >= 14 {
@@ -493,34 +459,4 @@ async fn error_count(green: &Client, db: &str, q: &str, name: &str) -> Result<i6
     }
     .ctx(Side::Green, db, "reading subscription error counts")?;
     Ok(rows.first().map(|r| r.get::<_, i64>(0)).unwrap_or(0))
-}
-
-/// pg_subscription_rel.srsubstate in words.
-pub(crate) fn state_name(s: &str) -> &'static str {
-    match s {
-        "i" => "waiting to copy",
-        "d" => "copying",
-        "f" => "copied",
-        "s" => "catching up",
-        "r" => "ready",
-        _ => "unknown",
-    }
-}
-
-/// Green's reverse publication (for `pgcutover rollback` after a switchover), made
-/// while green takes no writes yet: under apply load, `CREATE PUBLICATION ... FOR
-/// ALL TABLES` on green waited for seconds.
-pub(crate) async fn ensure_reverse_publication(
-    green: &tokio_postgres::Client,
-    db: &str,
-) -> Result<(), OrchestratorError> {
-    crate::switchover::database::create_reverse_publication(green, crate::switchover::REVERSE_PUBLICATION)
-        .await
-        .map(|_| ())
-        .map_err(|message| OrchestratorError::Sql {
-            side: Side::Green,
-            database: db.to_owned(),
-            doing: "creating the reverse publication".into(),
-            message,
-        })
 }

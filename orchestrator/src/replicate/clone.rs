@@ -10,12 +10,13 @@
 //! clone) or between the slot and the clone point (in the clone, and skipped because
 //! the origin is advanced past it); every later commit is sent.
 
+use super::subscription::{create_subscription, subscription_exists};
+use super::ReplicateOptions;
 use crate::error::{OrchestratorError, SqlContext};
 use crate::lsn::Lsn;
 use crate::progress::Progress;
 use crate::quote::quote_ident;
-use crate::replicate::{subscription_exists, ReplicateOptions};
-use crate::setup::{create_subscription_sql, drop_carried_over, record, setup_blue, step_done};
+use crate::setup::{drop_carried_over, record, setup_blue, step_done};
 use crate::subscription_name;
 use crate::targets::{Side, Targets};
 use std::time::{Duration, Instant};
@@ -55,7 +56,7 @@ pub fn parse_clone_log(text: &str) -> Option<CloneStart> {
 }
 
 /// `replicate --prepare-clone`: publication and slot on blue, then what to do next.
-pub(crate) async fn prepare(targets: &Targets, progress: &Progress) -> Result<(), OrchestratorError> {
+pub(super) async fn prepare(targets: &Targets, progress: &Progress) -> Result<(), OrchestratorError> {
     for db in &targets.databases {
         let t = Instant::now();
         let blue = targets.connect(Side::Blue, db).await?;
@@ -108,77 +109,121 @@ pub(crate) async fn prepare(targets: &Targets, progress: &Progress) -> Result<()
 }
 
 /// `replicate` with method = clone: green is the clone; start replication at its start LSN.
-pub(crate) async fn attach(
+pub(super) async fn attach(
     targets: &Targets,
     opts: &ReplicateOptions,
     progress: &Progress,
 ) -> Result<(), OrchestratorError> {
+    // Every database of one clone shares its start LSN: find it once.
     let mut start: Option<CloneStart> = None;
     for db in &targets.databases {
         let blue = targets.connect(Side::Blue, db).await?;
         let green = targets.connect(Side::Green, db).await?;
         let name = subscription_name(db);
-        if subscription_exists(&green, db, &name).await? {
-            let enabled: bool = green
-                .query_one("SELECT subenabled FROM pg_subscription WHERE subname = $1", &[&name])
-                .await
-                .ctx(Side::Green, db, "reading the subscription")?
-                .get(0);
-            if enabled {
-                progress.line(format!(
-                    "{db}: subscription {name} exists and is enabled; nothing to do"
-                ));
-                continue;
-            }
-            if step_done(&green, Side::Green, db, "origin").await? {
-                enable(&green, db, &name, progress).await?;
-                continue;
-            }
-            // Created but never advanced: start over from a clean subscription.
-            drop_subscription_keep_slot(&green, db, &name).await?;
+        if resume(&green, db, &name, progress).await? {
+            continue;
         }
-        let is_clone: bool = green
-            .query_one("SELECT to_regclass('pgcutover.sentinel') IS NOT NULL", &[])
-            .await
-            .ctx(Side::Green, db, "looking for pgcutover.sentinel")?
-            .get(0);
-        if !is_clone {
-            return Err(OrchestratorError::refused(
-                format!("green database {db} has no pgcutover.sentinel table, so it is not a clone of blue taken after `replicate --prepare-clone`"),
-                "run pgcutover replicate --prepare-clone, then take the clone, or use [replication] method = \"copy\"",
-            ));
-        }
-        let slot = blue
-            .query_opt(
-                "SELECT confirmed_flush_lsn::text, active, pg_current_wal_lsn()::text FROM pg_replication_slots WHERE slot_name = $1",
-                &[&name],
+        require_clone(&green, db).await?;
+        let slot = prepared_slot(&blue, db, &name).await?;
+        let st = match &start {
+            Some(st) => st.clone(),
+            None => start.insert(find_start(&green, db, opts).await?).clone(),
+        };
+        slot.check_start(&name, &st)?;
+        drop_what_the_clone_carried(&blue, &green, db, progress).await?;
+        subscribe_from(targets, &green, db, &name, &st, progress).await?;
+        enable(&green, db, &name, progress).await?;
+    }
+    Ok(())
+}
+
+/// Picks up a subscription an earlier run created; true when the database needs
+/// nothing more.
+async fn resume(green: &Client, db: &str, name: &str, progress: &Progress) -> Result<bool, OrchestratorError> {
+    if !subscription_exists(green, db, name).await? {
+        return Ok(false);
+    }
+    let enabled: bool = green
+        .query_one("SELECT subenabled FROM pg_subscription WHERE subname = $1", &[&name])
+        .await
+        .ctx(Side::Green, db, "reading the subscription")?
+        .get(0);
+    if enabled {
+        progress.line(format!(
+            "{db}: subscription {name} exists and is enabled; nothing to do"
+        ));
+        return Ok(true);
+    }
+    if step_done(green, Side::Green, db, "origin").await? {
+        enable(green, db, name, progress).await?;
+        return Ok(true);
+    }
+    // Created but never advanced: start over from a clean subscription.
+    drop_subscription_keep_slot(green, db, name).await?;
+    Ok(false)
+}
+
+/// A clone taken after `--prepare-clone` has the sentinel table `setup_blue` made.
+async fn require_clone(green: &Client, db: &str) -> Result<(), OrchestratorError> {
+    let is_clone: bool = green
+        .query_one("SELECT to_regclass('pgcutover.sentinel') IS NOT NULL", &[])
+        .await
+        .ctx(Side::Green, db, "looking for pgcutover.sentinel")?
+        .get(0);
+    if !is_clone {
+        return Err(OrchestratorError::refused(
+            format!("green database {db} has no pgcutover.sentinel table, so it is not a clone of blue taken after `replicate --prepare-clone`"),
+            "run pgcutover replicate --prepare-clone, then take the clone, or use [replication] method = \"copy\"",
+        ));
+    }
+    Ok(())
+}
+
+/// The slot `--prepare-clone` made on blue, which bounds where the clone may start.
+struct PreparedSlot {
+    /// Its consistent point: nothing before it can be decoded.
+    confirmed: Lsn,
+    /// Blue's WAL position now: nothing after it exists yet.
+    current: Lsn,
+}
+
+/// The prepared slot, refused when it is missing or another subscriber holds it.
+async fn prepared_slot(blue: &Client, db: &str, name: &str) -> Result<PreparedSlot, OrchestratorError> {
+    let slot = blue
+        .query_opt(
+            "SELECT confirmed_flush_lsn::text, active, pg_current_wal_lsn()::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&name],
+        )
+        .await
+        .ctx(Side::Blue, db, "looking for the slot")?
+        .ok_or_else(|| {
+            OrchestratorError::refused(
+                format!("blue has no slot {name}: the clone was not prepared"),
+                "run pgcutover replicate --prepare-clone on blue, take a NEW clone after it, then run replicate again",
             )
-            .await
-            .ctx(Side::Blue, db, "looking for the slot")?
-            .ok_or_else(|| {
-                OrchestratorError::refused(
-                    format!("blue has no slot {name}: the clone was not prepared"),
-                    "run pgcutover replicate --prepare-clone on blue, take a NEW clone after it, then run replicate again",
-                )
-            })?;
-        let (confirmed, active, current): (Option<String>, bool, String) = (slot.get(0), slot.get(1), slot.get(2));
-        if active {
-            return Err(OrchestratorError::refused(
-                format!("slot {name} on blue is in use by another subscriber"),
-                "find it in pg_stat_replication on blue and stop it; the slot belongs to this clone",
-            ));
-        }
-        if start.is_none() {
-            start = Some(find_start(&green, db, opts).await?);
-        }
-        let st = start.clone().expect("set above");
-        let confirmed: Lsn = confirmed
-            .unwrap_or_default()
-            .parse()
-            .map_err(|e: String| OrchestratorError::refused(e, "report this"))?;
-        let current: Lsn = current
-            .parse()
-            .map_err(|e: String| OrchestratorError::refused(e, "report this"))?;
+        })?;
+    let (confirmed, active, current): (Option<String>, bool, String) = (slot.get(0), slot.get(1), slot.get(2));
+    if active {
+        return Err(OrchestratorError::refused(
+            format!("slot {name} on blue is in use by another subscriber"),
+            "find it in pg_stat_replication on blue and stop it; the slot belongs to this clone",
+        ));
+    }
+    let parse = |s: &str| {
+        s.parse::<Lsn>()
+            .map_err(|e| OrchestratorError::refused(e, "report this"))
+    };
+    Ok(PreparedSlot {
+        confirmed: parse(&confirmed.unwrap_or_default())?,
+        current: parse(&current)?,
+    })
+}
+
+impl PreparedSlot {
+    /// The clone's start must lie between the slot's consistent point and blue's
+    /// current position, or rows are lost or the start is not from this blue.
+    fn check_start(&self, name: &str, st: &CloneStart) -> Result<(), OrchestratorError> {
+        let (confirmed, current) = (self.confirmed, self.current);
         if st.lsn < confirmed {
             return Err(OrchestratorError::refused(
                 format!(
@@ -197,55 +242,68 @@ pub(crate) async fn attach(
                 "check --start-lsn / --clone-log: they must come from a clone of this blue",
             ));
         }
-        let t = Instant::now();
-        let mut dropped = drop_carried_over(&green, db).await?;
-        dropped.extend(drop_carried_slots(&blue, &green, db).await?);
-        dropped.extend(drop_carried_subscriptions(&blue, &green, db).await?);
-        if !dropped.is_empty() {
-            progress.done(
-                t,
-                format!("{db}: dropped what the clone carried over: {}", dropped.join(", ")),
-            );
-        }
-        let t = Instant::now();
-        crate::replicate::ensure_reverse_publication(&green, db).await?;
-        let sql = create_subscription_sql(
-            &name,
-            &targets.subscription_conninfo(db),
-            &format!(
-                "copy_data = false, create_slot = false, enabled = false, slot_name = {}",
-                crate::quote::quote_literal(&name)
-            ),
-        );
-        green.batch_execute(&sql).await.ctx(
-            Side::Green,
-            db,
-            "creating the subscription (green connects to blue with [replication] source_conninfo)",
-        )?;
-        green
-            .execute(
-                "SELECT pg_replication_origin_advance('pg_' || oid::text, $2::text::pg_lsn) FROM pg_subscription WHERE subname = $1",
-                &[&name, &st.lsn.to_string()],
-            )
-            .await
-            .ctx(Side::Green, db, "advancing the subscription's replication origin")?;
-        record(
-            &green,
-            Side::Green,
-            db,
-            "origin",
-            &format!("{} from {}", st.lsn, st.source),
-        )
-        .await?;
+        Ok(())
+    }
+}
+
+/// Drops what green inherited from blue that would act on green's behalf.
+async fn drop_what_the_clone_carried(
+    blue: &Client,
+    green: &Client,
+    db: &str,
+    progress: &Progress,
+) -> Result<(), OrchestratorError> {
+    let t = Instant::now();
+    let mut dropped = drop_carried_over(green, db).await?;
+    dropped.extend(drop_carried_slots(blue, green, db).await?);
+    dropped.extend(drop_carried_subscriptions(blue, green, db).await?);
+    if !dropped.is_empty() {
         progress.done(
             t,
-            format!(
-                "{db}: subscription {name} created, origin advanced to {} ({})",
-                st.lsn, st.source
-            ),
+            format!("{db}: dropped what the clone carried over: {}", dropped.join(", ")),
         );
-        enable(&green, db, &name, progress).await?;
     }
+    Ok(())
+}
+
+/// Creates the subscription disabled and advances its origin to the clone's start,
+/// so enabling it replays exactly the transactions the clone lacks.
+async fn subscribe_from(
+    targets: &Targets,
+    green: &Client,
+    db: &str,
+    name: &str,
+    st: &CloneStart,
+    progress: &Progress,
+) -> Result<(), OrchestratorError> {
+    let t = Instant::now();
+    let options = format!(
+        "copy_data = false, create_slot = false, enabled = false, slot_name = {}",
+        crate::quote::quote_literal(name)
+    );
+    create_subscription(targets, green, db, name, &options).await?;
+    green
+        .execute(
+            "SELECT pg_replication_origin_advance('pg_' || oid::text, $2::text::pg_lsn) FROM pg_subscription WHERE subname = $1",
+            &[&name, &st.lsn.to_string()],
+        )
+        .await
+        .ctx(Side::Green, db, "advancing the subscription's replication origin")?;
+    record(
+        green,
+        Side::Green,
+        db,
+        "origin",
+        &format!("{} from {}", st.lsn, st.source),
+    )
+    .await?;
+    progress.done(
+        t,
+        format!(
+            "{db}: subscription {name} created, origin advanced to {} ({})",
+            st.lsn, st.source
+        ),
+    );
     Ok(())
 }
 
