@@ -396,32 +396,10 @@ async fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let targets = targets(&args.config)?;
     let results = pgcutover_orchestrator::run_checks(&targets).await;
     let failed = results.iter().filter(|r| r.status == CheckStatus::Fail).count();
-    let warned = results.iter().filter(|r| r.status == CheckStatus::Warn).count();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
     } else {
-        let width = results.iter().map(|r| r.name.len()).max().unwrap_or(0);
-        let scope_width = results.iter().map(|r| r.scope.len()).max().unwrap_or(0);
-        for r in &results {
-            let status = match r.status {
-                CheckStatus::Ok => "ok  ",
-                CheckStatus::Warn => "WARN",
-                CheckStatus::Fail => "FAIL",
-            };
-            println!("{status}  {:width$}  {:scope_width$}  {}", r.name, r.scope, r.message);
-            let indent = " ".repeat(6 + width + 2 + scope_width + 2);
-            if r.status != CheckStatus::Ok && !r.objects.is_empty() {
-                println!("{indent}objects: {}", r.objects.join(", "));
-            }
-            if !r.fix.is_empty() {
-                println!("{indent}fix: {}", r.fix);
-            }
-        }
-        println!(
-            "{} checks: {} ok, {warned} warning(s), {failed} failed",
-            results.len(),
-            results.len() - failed - warned
-        );
+        print!("{}", pgcutover_orchestrator::check::render(&results));
     }
     Ok(if failed == 0 {
         ExitCode::SUCCESS

@@ -255,3 +255,40 @@ fn plural(n: usize, what: &str) -> String {
         format!("{n} {what}s")
     }
 }
+
+/// The checks as `pgcutover check` prints them: one aligned line each, the objects
+/// and the fix below a failing or warning one, then the totals.
+pub fn render(results: &[CheckResult]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let width = results.iter().map(|r| r.name.len()).max().unwrap_or(0);
+    let scope_width = results.iter().map(|r| r.scope.len()).max().unwrap_or(0);
+    let indent = " ".repeat(6 + width + 2 + scope_width + 2);
+    for r in results {
+        let status = match r.status {
+            CheckStatus::Ok => "ok  ",
+            CheckStatus::Warn => "WARN",
+            CheckStatus::Fail => "FAIL",
+        };
+        let _ = writeln!(
+            out,
+            "{status}  {:width$}  {:scope_width$}  {}",
+            r.name, r.scope, r.message
+        );
+        if r.status != CheckStatus::Ok && !r.objects.is_empty() {
+            let _ = writeln!(out, "{indent}objects: {}", r.objects.join(", "));
+        }
+        if !r.fix.is_empty() {
+            let _ = writeln!(out, "{indent}fix: {}", r.fix);
+        }
+    }
+    let count = |s: CheckStatus| results.iter().filter(|r| r.status == s).count();
+    let (failed, warned) = (count(CheckStatus::Fail), count(CheckStatus::Warn));
+    let _ = writeln!(
+        out,
+        "{} checks: {} ok, {warned} warning(s), {failed} failed",
+        results.len(),
+        results.len() - failed - warned
+    );
+    out
+}
