@@ -45,8 +45,11 @@ pub struct StatusReply {
     pub clients: usize,
     /// Server connections per side.
     pub server_connections: PerSide<usize>,
-    /// Backend pids of the sessions' server connections per side: a fence spares these.
-    pub server_pids: PerSide<Vec<i32>>,
+    /// Backend pids of the sessions' server connections per side: a fence spares
+    /// these. Only for a caller presenting the admin token (a pid is what
+    /// `pg_terminate_backend` and the fence's list of sessions to spare take).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_pids: Option<PerSide<Vec<i32>>>,
 }
 
 /// `/status`'s `phase`: a proxy's own state, or the switchover phase it was told.

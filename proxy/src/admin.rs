@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use pgcutover_api::{
     ErrorReply, HoldReply, HoldRequest, PhaseUpdate, PrepareReply, PrepareRequest, RouteReply, RouteRequest,
     SwitchoverRequest,
@@ -24,10 +24,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tracing::{debug, info};
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
 
 /// Largest request body accepted (the bodies are tiny JSON objects).
 const MAX_BODY: usize = 4096;
+
+/// Admin connections served at once; more are closed at accept. The admin API
+/// shares the process's file descriptors with the PostgreSQL listener, so idle or
+/// slow admin connections must not be able to starve the data path.
+const MAX_CONNECTIONS: usize = 64;
+
+/// Time a caller has to send its request headers, and then its body.
+const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The bound admin listener and the token mutating calls must present.
 pub(crate) struct AdminServer {
@@ -108,16 +117,29 @@ impl AdminServer {
     pub(crate) async fn serve(self, shared: Arc<Shared>) {
         info!(admin = %self.local_addr(), mutating = self.token.is_some(), "admin API ready");
         let token = Arc::new(self.token);
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
             let Ok((tcp, peer)) = self.listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                debug!(%peer, "admin connection refused: {MAX_CONNECTIONS} already open");
+                continue;
+            };
             let shared = shared.clone();
             let token = token.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |req| handle(shared.clone(), token.clone(), req));
-                if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await {
+                let _slot = slot;
+                let service = service_fn(move |req| handle(shared.clone(), token.clone(), req, peer));
+                // One request per connection, headers within the timeout: a caller that
+                // stalls is dropped instead of holding a descriptor.
+                let connection = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(REQUEST_READ_TIMEOUT)
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(tcp), service);
+                if let Err(e) = connection.await {
                     debug!(%peer, "admin connection: {e}");
                 }
             });
@@ -131,6 +153,7 @@ async fn handle(
     shared: Arc<Shared>,
     token: Arc<Option<AdminToken>>,
     req: Request<Incoming>,
+    peer: SocketAddr,
 ) -> Result<Reply, Infallible> {
     let endpoint = match Endpoint::parse(req.method(), req.uri().path()) {
         Ok(e) => e,
@@ -147,21 +170,36 @@ async fn handle(
             return Ok(error(StatusCode::METHOD_NOT_ALLOWED, message));
         }
     };
+    let authorized = authorize(&token, &req);
     if endpoint.mutates() {
-        if let Some(refusal) = authorize(&token, &req) {
-            return Ok(refusal);
+        if let Err(refusal) = authorized {
+            if refusal == Refusal::WrongToken {
+                warn!(%peer, "admin API: {} {} refused: missing or wrong token", req.method(), req.uri().path());
+            }
+            return Ok(refusal.reply());
         }
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
+    let body = Limited::new(req.into_body(), MAX_BODY).collect();
+    let body = match tokio::time::timeout(REQUEST_READ_TIMEOUT, body).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) => {
             let message = format!("cannot read the request body: {e}");
             return Ok(error(StatusCode::BAD_REQUEST, message));
+        }
+        Err(_) => {
+            let message = format!("the request body did not arrive within {REQUEST_READ_TIMEOUT:?}");
+            return Ok(error(StatusCode::REQUEST_TIMEOUT, message));
         }
     };
     let control = &shared.control;
     Ok(match endpoint {
-        Endpoint::Status => json(StatusCode::OK, &control.status_reply()),
+        Endpoint::Status => {
+            let mut status = control.status_reply();
+            if authorized.is_err() {
+                status.server_pids = None;
+            }
+            json(StatusCode::OK, &status)
+        }
         Endpoint::Metrics => metrics(&shared),
         Endpoint::Prepare => match parse_body::<PrepareRequest>(&body, "{\"target\": \"green\"}") {
             Ok(r) => prepare(&shared, r).await,
@@ -289,13 +327,34 @@ async fn switchover(shared: &Shared, request: SwitchoverRequest) -> Reply {
     json(code, &report)
 }
 
-/// None when the request may mutate; else the refusal to send.
-fn authorize(token: &Option<AdminToken>, req: &Request<Incoming>) -> Option<Reply> {
+/// Why a request may not mutate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// No `admin_token_file`: mutating calls are off.
+    Disabled,
+    /// No token, or not the configured one.
+    WrongToken,
+}
+
+impl Refusal {
+    fn reply(self) -> Reply {
+        match self {
+            Refusal::Disabled => error(
+                StatusCode::FORBIDDEN,
+                "mutating admin calls are disabled: set [proxy] admin_token_file to a file holding a token, then send Authorization: Bearer <token>".into(),
+            ),
+            Refusal::WrongToken => error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong Authorization: Bearer token (see [proxy] admin_token_file)".into(),
+            ),
+        }
+    }
+}
+
+/// Whether the request carries the admin token.
+fn authorize(token: &Option<AdminToken>, req: &Request<Incoming>) -> Result<(), Refusal> {
     let Some(expected) = token else {
-        return Some(error(
-            StatusCode::FORBIDDEN,
-            "mutating admin calls are disabled: set [proxy] admin_token_file to a file holding a token, then send Authorization: Bearer <token>".into(),
-        ));
+        return Err(Refusal::Disabled);
     };
     let presented = req
         .headers()
@@ -304,12 +363,9 @@ fn authorize(token: &Option<AdminToken>, req: &Request<Incoming>) -> Option<Repl
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if expected.matches(presented) {
-        None
+        Ok(())
     } else {
-        Some(error(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong Authorization: Bearer token (see [proxy] admin_token_file)".into(),
-        ))
+        Err(Refusal::WrongToken)
     }
 }
 

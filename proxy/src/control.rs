@@ -292,7 +292,7 @@ impl Control {
                 blue: s.blue_servers,
                 green: s.green_servers,
             },
-            server_pids: PerSide::from_fn(|side| self.server_pids(side)),
+            server_pids: Some(PerSide::from_fn(|side| self.server_pids(side))),
         }
     }
 

@@ -2,6 +2,7 @@
 //! proxy, real clients (tokio-postgres, psql, pgbench). One test binary so the slow
 //! suite builds and links once.
 
+mod admin_api;
 mod auth;
 mod bad_input;
 mod cli;

@@ -207,6 +207,15 @@ impl Db {
     pub fn default_config(&self) -> Config {
         self.config("", &format!("auth_file = {:?}", self.userlist()))
     }
+
+    /// The default config with the admin token, so mutating admin calls work.
+    pub fn default_config_with_token(&self) -> Config {
+        let token = self.dir.write("admin.token", ADMIN_TOKEN);
+        self.config(
+            &format!("admin_token_file = {token:?}"),
+            &format!("auth_file = {:?}", self.userlist()),
+        )
+    }
 }
 
 /// A proxy running on the test's runtime; shut down (gracefully) on drop.

@@ -468,7 +468,13 @@ impl Run<'_> {
         let mut spared = self.own_pids.clone();
         for p in self.proxies {
             let s = p.status().await.map_err(|e| e.to_string())?;
-            spared.extend(s.server_pids.get(source));
+            let pids = s.server_pids.as_ref().ok_or_else(|| {
+                format!(
+                    "{}: GET /status lists no backend pids, which it shows only with the admin token: give every proxy the same admin_token_file",
+                    p.name()
+                )
+            })?;
+            spared.extend(pids.get(source));
         }
         let first = self.dbs.first().ok_or("no database to switch")?;
         self.changed.fenced = true;
