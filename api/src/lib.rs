@@ -16,6 +16,8 @@
 //!
 //! Every refusal is an [`ErrorReply`] (with the endpoint's reply fields, for `/hold`).
 
+#![warn(missing_docs)]
+
 mod control;
 mod report;
 mod side;

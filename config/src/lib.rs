@@ -5,6 +5,8 @@
 //! both the proxy and the orchestrator build from it: the TLS connector towards
 //! servers and the admin token.
 
+#![warn(missing_docs)]
+
 mod admin_token;
 mod auth;
 mod duration;
