@@ -45,15 +45,32 @@ async fn garbage_oversized_and_half_packets_do_not_disturb_a_healthy_client() {
     let stop = Arc::new(AtomicBool::new(false));
     let healthy = healthy_client(proxy.conninfo(PLAIN_USER, PLAIN_PASSWORD, DB), stop.clone());
 
-    // Garbage instead of a startup packet: an absurd length word.
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-    assert_eq!(error_then_close(s).await.as_deref(), Some("08P01"));
-
-    // A startup packet claiming 100 MB.
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(&100_000_000u32.to_be_bytes()).await.unwrap();
-    assert_eq!(error_then_close(s).await.as_deref(), Some("08P01"));
+    // Before a valid startup packet the proxy answers exactly as PostgreSQL does,
+    // byte for byte up to the message text: silence for a length out of range
+    // (garbage, node-postgres' Terminate before its startup, a 100 MB claim),
+    // FATAL 0A000 for an unknown protocol version.
+    let direct: std::net::SocketAddr = format!("127.0.0.1:{}", db.cluster.port()).parse().unwrap();
+    let mut protocol_4 = vec![0, 0, 0, 17, 0, 4, 0, 0];
+    protocol_4.extend_from_slice(b"user\0x\0\0");
+    protocol_4[3] = protocol_4.len() as u8;
+    for (what, input) in [
+        ("garbage", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("Terminate first", vec![b'X', 0, 0, 0, 4]),
+        ("a 100 MB startup packet", 100_000_000u32.to_be_bytes().to_vec()),
+        ("protocol 4.0", protocol_4),
+    ] {
+        let (ours, theirs) = (answer(proxy.addr, &input).await, answer(direct, &input).await);
+        assert_eq!(
+            sqlstates(&ours),
+            sqlstates(&theirs),
+            "{what}: proxy {ours:?} vs PostgreSQL {theirs:?}"
+        );
+        assert_eq!(
+            ours.is_empty(),
+            theirs.is_empty(),
+            "{what}: proxy {ours:?} vs PostgreSQL {theirs:?}"
+        );
+    }
 
     // Half a startup packet, then silence: closed after client_login_timeout.
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
@@ -78,6 +95,31 @@ async fn garbage_oversized_and_half_packets_do_not_disturb_a_healthy_client() {
     stop.store(true, Ordering::Relaxed);
     let ran = healthy.await.unwrap();
     assert!(ran > 0);
+}
+
+/// Everything a server sends to `input` until it closes the connection.
+async fn answer(addr: std::net::SocketAddr, input: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(input).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("the connection is closed")
+        .ok();
+    out
+}
+
+/// The SQLSTATE of every ErrorResponse in `bytes`.
+fn sqlstates(bytes: &[u8]) -> Vec<String> {
+    let mut buf = bytes::BytesMut::from(bytes);
+    let mut codes = Vec::new();
+    while let Ok(Some(f)) = pgcutover_protocol::frame::decode_frame(&mut buf, 1 << 20) {
+        if f.tag == b'E' {
+            let fields = pgcutover_protocol::backend::ErrorFields::new(&f.body);
+            codes.push(fields.code().unwrap_or("none").to_owned());
+        }
+    }
+    codes
 }
 
 #[tokio::test]

@@ -15,6 +15,13 @@ pub(crate) enum SessionError {
     LoginTimeout(Duration),
     #[error("invalid startup: {0}")]
     ClientProtocol(String),
+    /// What PostgreSQL answers with silence: logged, and the connection closed
+    /// without a byte (e.g. `invalid length of startup packet`).
+    #[error("invalid startup, closed without a reply as PostgreSQL does: {0}")]
+    Unanswered(String),
+    /// A protocol version PostgreSQL refuses with FATAL 0A000.
+    #[error("{0}")]
+    UnsupportedProtocol(String),
     #[error("client sent a plaintext startup while tls_mode = require")]
     TlsRequired,
     #[error("no user name in the startup packet")]
@@ -113,7 +120,8 @@ impl SessionError {
             SessionError::Auth(AuthFailure::Wire(WireError::Frame(e))) => {
                 fatal(out, "08P01", &format!("pgcutover: {e}"), None)
             }
-            SessionError::Auth(AuthFailure::Wire(_)) | SessionError::ClientGone(_) => {}
+            SessionError::Auth(AuthFailure::Wire(_)) | SessionError::ClientGone(_) | SessionError::Unanswered(_) => {}
+            SessionError::UnsupportedProtocol(m) => fatal(out, "0A000", &format!("pgcutover: {m}"), None),
             SessionError::AuthQuery(e) => fatal(
                 out,
                 "28000",

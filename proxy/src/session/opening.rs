@@ -7,6 +7,7 @@ use crate::wire::{Conn, WireError};
 use crate::Shared;
 use pgcutover_config::TlsMode;
 use pgcutover_protocol::build;
+use pgcutover_protocol::startup::StartupError;
 use pgcutover_protocol::{CancelKey, StartupMessage, StartupPacket};
 
 /// What the client opened the connection for.
@@ -20,7 +21,13 @@ pub(super) enum Opening {
 /// Reads startup packets until a StartupMessage or CancelRequest, upgrading the
 /// connection to TLS on the way when asked and allowed.
 pub(super) async fn open(shared: &Shared, client: &mut Conn) -> Result<Opening, SessionError> {
+    // As PostgreSQL: a length out of range gets no answer (its COMMERROR), an
+    // unknown protocol version FATAL 0A000, a malformed body FATAL 08P01.
     let bad = |e: WireError| match e {
+        WireError::Startup(e @ StartupError::InvalidLength(_)) => SessionError::Unanswered(e.to_string()),
+        WireError::Startup(e @ StartupError::UnsupportedProtocol { .. }) => {
+            SessionError::UnsupportedProtocol(e.to_string())
+        }
         WireError::Startup(e) => SessionError::ClientProtocol(e.to_string()),
         other => SessionError::ClientGone(other.to_string()),
     };
