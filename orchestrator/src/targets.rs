@@ -13,6 +13,9 @@ use tokio_postgres::Client;
 
 pub use pgcutover_api::Side;
 
+/// Where an admin connection goes when the url's database does not exist (yet).
+const MAINTENANCE_DATABASES: [&str; 2] = ["postgres", "template1"];
+
 /// Blue, green, the replicated databases and how to reach each.
 #[derive(Clone)]
 pub struct Targets {
@@ -75,6 +78,26 @@ impl Targets {
     /// The admin login's user name on one side (`postgres` when the url names none).
     pub fn user(&self, side: Side) -> String {
         self.url(side).user.clone().unwrap_or_else(|| "postgres".into())
+    }
+
+    /// An admin connection to `side` for server-wide work (roles, creating databases,
+    /// server checks), and the database it is in: the url's database, or, when that
+    /// does not exist yet (a fresh green whose url names the application database, as
+    /// the example config does), a maintenance database (`postgres`, then `template1`).
+    pub async fn connect_admin(&self, side: Side) -> Result<(String, Client), OrchestratorError> {
+        let named = self.url(side).database.clone();
+        let mut first_error = None;
+        let candidates = named.iter().map(String::as_str).chain(MAINTENANCE_DATABASES);
+        for db in candidates {
+            match self.connect(side, db).await {
+                Ok(client) => return Ok((db.to_owned(), client)),
+                Err(e) if e.is_missing_database() => {
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => return Err(first_error.unwrap_or(e)),
+            }
+        }
+        Err(first_error.expect("the maintenance databases were tried"))
     }
 
     /// Connects to `database` on `side` as the admin, naming the fix when that fails.

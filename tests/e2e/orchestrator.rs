@@ -244,6 +244,46 @@ async fn orchestrator_check_fails_on_a_table_without_a_key_naming_the_fix_and_pa
     );
 }
 
+/// The example config's form: `[green] url` names the application database, which a
+/// fresh green does not have yet. `check` runs every check (through a maintenance
+/// database) and `replicate` creates the database and copies the data.
+#[tokio::test]
+async fn orchestrator_green_url_naming_a_database_green_lacks_checks_everything_and_replicates() {
+    let blue = blue_with_schema(&Binaries::pg15().unwrap());
+    blue.psql(DB, "ALTER TABLE audit REPLICA IDENTITY FULL").unwrap();
+    let green = Cluster::start(&Binaries::pg17().unwrap()).unwrap();
+    let dir = Scratch::new();
+    let (config, _) = write_config(&dir, &url(&blue, DB), &url(&green, DB), "");
+
+    let out = pgcutover()
+        .args(["check", "--json", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check --json prints JSON");
+    let checks = json.as_array().unwrap();
+    let failed: Vec<_> = checks.iter().filter(|c| c["status"] == "fail").collect();
+    assert!(out.status.success() && failed.is_empty(), "{failed:#?}");
+    for name in ["wal_level", "replica_identity", "green_reaches_blue"] {
+        assert!(
+            checks.iter().any(|c| c["name"] == name && c["status"] == "ok"),
+            "check {name} did not run or failed: {json:#}"
+        );
+    }
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["message"].as_str().unwrap_or("").contains("replicate creates it")),
+        "{json:#}"
+    );
+
+    let out = pgcutover().args(["replicate", "-c"]).arg(&config).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_caught_up(&blue, &green).await;
+    let count = "SELECT count(*) FROM accounts";
+    assert_eq!(green.psql(DB, count).unwrap(), blue.psql(DB, count).unwrap());
+}
+
 #[tokio::test]
 async fn orchestrator_copy_method_replicates_every_row_written_during_setup_and_status_shows_ddl() {
     let blue = blue_with_schema(&Binaries::pg15().unwrap());

@@ -49,10 +49,10 @@ pub(super) async fn green_clients(targets: &Targets, out: &mut Vec<CheckResult>)
             }
         }
     }
-    let admin_db = targets.green.database.clone().unwrap_or_else(|| "postgres".into());
-    match targets.connect(Side::Green, &admin_db).await {
-        Ok(admin) => Some(GreenClients { admin_db, admin, dbs }),
+    match targets.connect_admin(Side::Green).await {
+        Ok((admin_db, admin)) => Some(GreenClients { admin_db, admin, dbs }),
         Err(e) => {
+            let admin_db = targets.green.database.clone().unwrap_or_else(|| "postgres".into());
             // No admin database on green: any replicated database serves for server-wide checks.
             if let Some((d, _)) = dbs.first() {
                 if let Ok(admin) = targets.connect(Side::Green, d).await {

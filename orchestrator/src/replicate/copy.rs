@@ -28,8 +28,7 @@ pub(super) async fn copy(
 
     // Roles are cluster-wide: copy them once, through the green admin database.
     let t = Instant::now();
-    let green_admin_db = targets.green.database.clone().unwrap_or_else(|| "postgres".into());
-    let green_admin = targets.connect(Side::Green, &green_admin_db).await?;
+    let (_, green_admin) = targets.connect_admin(Side::Green).await?;
     let roles = copy_roles(&blue0, &green_admin, &targets.user(Side::Green), first).await?;
     progress.done(
         t,
