@@ -22,6 +22,24 @@ pub(crate) async fn copy_roles(
     green_admin: &str,
     db: &str,
 ) -> Result<RolesCopied, OrchestratorError> {
+    let mut sql = String::from("BEGIN;\n");
+    let (done, copied) = role_statements(blue, green, green_admin, db, &mut sql).await?;
+    membership_statements(blue, db, &copied, &mut sql).await?;
+    setting_statements(blue, db, &copied, &mut sql).await?;
+    sql.push_str("COMMIT;");
+    green.batch_execute(&sql).await.ctx(Side::Green, db, "copying roles")?;
+    Ok(done)
+}
+
+/// `CREATE ROLE` / `ALTER ROLE ... WITH` for each role to copy: what was done, and
+/// the names copied (memberships and settings follow only those).
+async fn role_statements(
+    blue: &Client,
+    green: &Client,
+    green_admin: &str,
+    db: &str,
+    sql: &mut String,
+) -> Result<(RolesCopied, Vec<String>), OrchestratorError> {
     let rows = blue
         .query(
             "SELECT rolname, rolsuper, rolinherit, rolcreaterole, rolcreatedb, rolcanlogin, rolreplication,
@@ -39,7 +57,6 @@ pub(crate) async fn copy_roles(
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     let mut done = RolesCopied::default();
-    let mut sql = String::from("BEGIN;\n");
     let mut copied: Vec<String> = Vec::new();
     for r in &rows {
         let name: String = r.get(0);
@@ -48,13 +65,7 @@ pub(crate) async fn copy_roles(
             done.skipped.push(name);
             continue;
         }
-        let flag = |i: usize, yes: &str, no: &str| {
-            if r.get::<_, bool>(i) {
-                yes.to_owned()
-            } else {
-                no.to_owned()
-            }
-        };
+        let flag = |i: usize, yes: &'static str, no: &'static str| if r.get::<_, bool>(i) { yes } else { no };
         let password: Option<String> = r.get(9);
         let valid: Option<String> = r.get(10);
         let ident = quote_ident(&name);
@@ -79,6 +90,16 @@ pub(crate) async fn copy_roles(
         ));
         copied.push(name);
     }
+    Ok((done, copied))
+}
+
+/// `GRANT role TO member` for every membership of a copied role.
+async fn membership_statements(
+    blue: &Client,
+    db: &str,
+    copied: &[String],
+    sql: &mut String,
+) -> Result<(), OrchestratorError> {
     let members = blue
         .query(
             "SELECT r.rolname, m.rolname, am.admin_option FROM pg_auth_members am
@@ -99,6 +120,16 @@ pub(crate) async fn copy_roles(
             quote_ident(&member)
         ));
     }
+    Ok(())
+}
+
+/// `ALTER ROLE ... SET` for the server-wide settings of every copied role.
+async fn setting_statements(
+    blue: &Client,
+    db: &str,
+    copied: &[String],
+    sql: &mut String,
+) -> Result<(), OrchestratorError> {
     let settings = blue
         .query(
             "SELECT r.rolname, split_part(c, '=', 1), substr(c, strpos(c, '=') + 1)
@@ -125,7 +156,5 @@ pub(crate) async fn copy_roles(
             quote_ident(&key)
         ));
     }
-    sql.push_str("COMMIT;");
-    green.batch_execute(&sql).await.ctx(Side::Green, db, "copying roles")?;
-    Ok(done)
+    Ok(())
 }

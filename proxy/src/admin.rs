@@ -191,22 +191,27 @@ async fn handle(
             return Ok(error(StatusCode::REQUEST_TIMEOUT, message));
         }
     };
+    Ok(serve(&shared, endpoint, authorized.is_ok(), &body).await)
+}
+
+/// Answers a routed, authorized request whose body has been read.
+async fn serve(shared: &Shared, endpoint: Endpoint, authorized: bool, body: &[u8]) -> Reply {
     let control = &shared.control;
-    Ok(match endpoint {
+    match endpoint {
         Endpoint::Status => {
             let mut status = control.status_reply();
-            if authorized.is_err() {
+            if !authorized {
                 status.server_pids = None;
             }
             json(StatusCode::OK, &status)
         }
-        Endpoint::Metrics => metrics(&shared),
-        Endpoint::Prepare => match parse_body::<PrepareRequest>(&body, "{\"target\": \"green\"}") {
-            Ok(r) => prepare(&shared, r).await,
+        Endpoint::Metrics => metrics(shared),
+        Endpoint::Prepare => match parse_body::<PrepareRequest>(body, "{\"target\": \"green\"}") {
+            Ok(r) => prepare(shared, r).await,
             Err(refusal) => *refusal,
         },
         Endpoint::Hold => {
-            let text: &[u8] = if body.is_empty() { b"{}" } else { &body };
+            let text: &[u8] = if body.is_empty() { b"{}" } else { body };
             match parse_body::<HoldRequest>(text, "{\"drain\": false} (optional)") {
                 Ok(HoldRequest { drain: true }) => drain(control, true).await,
                 Ok(HoldRequest { drain: false }) => {
@@ -217,24 +222,24 @@ async fn handle(
             }
         }
         Endpoint::Drain => drain(control, false).await,
-        Endpoint::Route => match parse_body::<RouteRequest>(&body, "{\"target\": \"green\"}") {
-            Ok(r) => route(&shared, r).await,
+        Endpoint::Route => match parse_body::<RouteRequest>(body, "{\"target\": \"green\"}") {
+            Ok(r) => route(shared, r).await,
             Err(refusal) => *refusal,
         },
         Endpoint::Resume => resume(control),
-        Endpoint::Phase => match parse_body::<PhaseUpdate>(&body, "{\"phase\": \"fence\"}") {
+        Endpoint::Phase => match parse_body::<PhaseUpdate>(body, "{\"phase\": \"fence\"}") {
             Ok(update) => json(StatusCode::OK, &control.record_phase(&update)),
             Err(refusal) => *refusal,
         },
         Endpoint::Switchover => {
             let example = "{\"dry_run\": true, \"timeout\": \"30s\"} (both optional)";
-            let text: &[u8] = if body.is_empty() { b"{}" } else { &body };
+            let text: &[u8] = if body.is_empty() { b"{}" } else { body };
             match parse_body::<SwitchoverRequest>(text, example) {
-                Ok(r) => switchover(&shared, r).await,
+                Ok(r) => switchover(shared, r).await,
                 Err(refusal) => *refusal,
             }
         }
-    })
+    }
 }
 
 /// The body as `T`, or a 400 that shows the expected form.
