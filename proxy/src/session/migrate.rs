@@ -16,6 +16,7 @@ use crate::Shared;
 use bytes::{BufMut, Bytes, BytesMut};
 use pgcutover_protocol::backend::{self, ErrorFields};
 use pgcutover_protocol::build;
+use pgcutover_protocol::quote::{quote_ident, quote_literal};
 use pgcutover_protocol::sql::{self, Effect};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
@@ -547,25 +548,5 @@ async fn replay(
         Ok(dropped)
     } else {
         Err(failures.join("; "))
-    }
-}
-
-/// An escape-string literal: correct whatever `standard_conforming_strings` the session set.
-fn quote_literal(s: &str) -> String {
-    format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
-}
-
-fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quoting_survives_quotes_and_backslashes() {
-        assert_eq!(quote_literal(r"a'b\c"), r"E'a''b\\c'");
-        assert_eq!(quote_ident(r#"we"ird"#), r#""we""ird""#);
     }
 }
