@@ -53,7 +53,10 @@ mod tests {
             let quoted = quote_literal(input);
             let inner = &quoted[2..quoted.len() - 1];
             let unescaped = inner.replace("\\\\", "").replace("''", "");
-            assert!(!unescaped.contains('\'') && !unescaped.contains('\\'), "{input} -> {quoted}");
+            assert!(
+                !unescaped.contains('\'') && !unescaped.contains('\\'),
+                "{input} -> {quoted}"
+            );
         }
     }
 

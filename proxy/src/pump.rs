@@ -8,7 +8,7 @@
 //! `select!` on it and call it again.
 
 use crate::metrics::Metrics;
-use crate::registry::SessionHandle;
+use crate::registry::{SessionHandle, TxPhase};
 use crate::state_log::{StateLog, MAX_INSPECTED_QUERY};
 use crate::stream::Stream;
 use crate::wire::BUF_SIZE;
@@ -81,6 +81,17 @@ impl TxState {
     /// the only time a CancelRequest may be forwarded.
     pub fn in_flight(&self) -> bool {
         self.awaiting_ready > 0 || self.open_pipeline
+    }
+
+    /// The same, as the registry publishes it.
+    pub fn phase(&self) -> TxPhase {
+        if self.in_flight() {
+            TxPhase::Busy
+        } else if self.idle() {
+            TxPhase::Idle
+        } else {
+            TxPhase::Open
+        }
     }
 }
 
@@ -578,7 +589,7 @@ impl Pump {
     /// and flushes the traffic counters then: about once per transaction.
     fn publish(&mut self, was: TxState) {
         if was.in_flight() != self.tx.in_flight() || was.idle() != self.tx.idle() {
-            self.handle.set_state(self.tx.in_flight(), !self.tx.idle());
+            self.handle.set_tx(self.tx.phase());
             self.flush_counters();
         }
     }

@@ -350,7 +350,7 @@ async fn switch(
     m.replayed("prepared_statement", snapshot.protocol_statements.len());
     m.replayed("sql_prepare", snapshot.state.sql_prepares.len());
     m.replayed("listen", snapshot.state.channels.len());
-    retire(std::mem::replace(server, new), shared.control.watch_gate());
+    retire(std::mem::replace(server, new), shared.control.watch());
     Ok(())
 }
 
@@ -358,9 +358,9 @@ async fn switch(
 /// hold is over and spread over [`RETIRE_SPREAD`]: every old backend exiting at
 /// once would compete for the CPU with the moves still running, or with the
 /// released clients right after the resume.
-fn retire(mut old: ServerConn, mut gate: tokio::sync::watch::Receiver<crate::control::Gate>) {
+fn retire(mut old: ServerConn, mut cutover: tokio::sync::watch::Receiver<crate::control::Cutover>) {
     tokio::spawn(async move {
-        let _ = tokio::time::timeout(RETIRE_WAIT, gate.wait_for(|g| !g.held)).await;
+        let _ = tokio::time::timeout(RETIRE_WAIT, cutover.wait_for(|c| !c.gate.is_held())).await;
         // Backend pids are as good a spread as any.
         let spread = RETIRE_SPREAD.as_millis() as u64;
         tokio::time::sleep(Duration::from_millis((old.key.pid as u64).wrapping_mul(7919) % spread)).await;

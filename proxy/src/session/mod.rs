@@ -8,7 +8,7 @@ mod opening;
 
 use crate::auth::{authenticate_client, AuthFailure, Secret, ServerCredential};
 use crate::pump::{Pump, PumpEnd, PumpError, RunMode};
-use crate::registry::Registration;
+use crate::registry::{Order, Registration};
 use crate::server::{self, ServerConn};
 use crate::wire::Conn;
 use crate::{ClientSlot, Shared, ShutdownPhase};
@@ -70,11 +70,18 @@ pub(crate) async fn run(
         if startup.param("database") == Some(console::DATABASE) {
             return console::serve(&shared, &mut client, &startup, &slot, login_timeout).await;
         }
-        let logged_in = tokio::time::timeout(login_timeout, login(&shared, &mut client, &startup, &slot, peer)).await;
-        let (mut server, ctx) = match logged_in {
+        // Only the client's own part is bounded by its login timeout: the wait for a
+        // held gate is bounded by the hold, and the server login by server_connect_timeout.
+        let authenticated =
+            tokio::time::timeout(login_timeout, authenticate(&shared, &mut client, &startup, &slot)).await;
+        let who = match authenticated {
             Err(_) => return goodbye(&mut client, SessionError::LoginTimeout(login_timeout)).await,
             Ok(Err(e)) => return goodbye(&mut client, e).await,
-            Ok(Ok(s)) => s,
+            Ok(Ok(who)) => who,
+        };
+        let (mut server, ctx) = match login(&shared, &mut client, &startup, who, peer).await {
+            Err(e) => return goodbye(&mut client, e).await,
+            Ok(s) => s,
         };
         info!(server_pid = server.key.pid, server_version = %server.server_version(), tls = client.stream.is_tls(), target = ctx.registration.handle.target().name(), "session started");
         let end = serve(&shared, &mut client, &mut server, &ctx, shutdown).await;
@@ -137,17 +144,16 @@ pub(crate) struct SessionCtx {
     client_pid: i32,
 }
 
-/// Authenticates the client, logs into the routed server, and sends the client the
-/// rest of its startup: AuthenticationOk, the server's parameters, our
-/// BackendKeyData and ReadyForQuery.
+/// For an authenticated client, waits out a hold, logs into the routed server,
+/// and sends the client the rest of its startup: AuthenticationOk, the server's
+/// parameters, our BackendKeyData and ReadyForQuery.
 async fn login(
     shared: &Shared,
     client: &mut Conn,
     startup: &StartupMessage,
-    slot: &ClientSlot,
+    (user, database, credential): (String, String, ServerCredential),
     peer: SocketAddr,
 ) -> Result<(ServerConn, SessionCtx), SessionError> {
-    let (user, database, credential) = authenticate(shared, client, startup, slot).await?;
     let (user, database) = (user.as_str(), database.as_str());
     let mut params: Vec<(String, String)> = startup.params.clone();
     if startup.param("database").is_none() {
@@ -155,8 +161,7 @@ async fn login(
     }
     // A client arriving during a hold is authenticated, then waits here (before its
     // server login, so it logs in where the route points once the hold ends).
-    let mut gate = shared.control.watch_gate();
-    let _ = gate.wait_for(|g| !g.held).await;
+    shared.control.wait_open().await;
     let route = shared.control.route();
     let backend = shared.backend(route.target);
     let server = server::connect(backend, &shared.login, &params, &credential)
@@ -263,12 +268,10 @@ async fn serve(
         ctx.registration.handle.clone(),
         shared.metrics.clone(),
     );
-    let mut route_rx = shared.control.watch_route();
-    let mut gate_rx = shared.control.watch_gate();
-    let mut standby_rx = shared.control.watch_standby();
-    let mut kick_rx = shared.control.watch_kick();
-    let mut standby = Standby::None;
+    let mut cutover_rx = shared.control.watch();
     let handle = &ctx.registration.handle;
+    let mut orders = handle.orders();
+    let mut standby = Standby::None;
     // Set when the server connection ended: the session may live on elsewhere.
     let mut lost: Option<Result<PumpEnd, PumpError>> = None;
     let end = loop {
@@ -278,7 +281,8 @@ async fn serve(
                 Err(()) => break DataEnd::Pump(r),
             }
         }
-        let wanted = (*standby_rx.borrow_and_update()).filter(|t| *t != handle.target());
+        let cutover = *cutover_rx.borrow_and_update();
+        let wanted = cutover.standby.filter(|t| *t != handle.target());
         if standby.target() != wanted {
             if let Standby::Connecting(_, task) = &standby {
                 task.abort();
@@ -300,9 +304,9 @@ async fn serve(
         if phase == ShutdownPhase::Forced {
             break DataEnd::ShutdownForced;
         }
-        let route = *route_rx.borrow_and_update();
-        let held = gate_rx.borrow_and_update().held;
-        let must_move = route.epoch != handle.epoch() && route.epoch != handle.declined();
+        let (route, held) = (cutover.route, cutover.gate.is_held());
+        let status = handle.status();
+        let must_move = route.epoch != status.epoch && Some(route.epoch) != status.declined;
         if must_move && pump.at_boundary() && phase == ShutdownPhase::Running {
             let prepared = match std::mem::replace(&mut standby, Standby::None) {
                 Standby::Ready(t, conn) if t == route.target => Some(*conn),
@@ -343,11 +347,9 @@ async fn serve(
                 lost_server @ (Ok(PumpEnd::ServerClosed) | Err(PumpError::ServerIo(_))) => lost = Some(lost_server),
                 other => break DataEnd::Pump(other),
             },
-            _ = route_rx.changed() => {}
-            _ = gate_rx.changed() => {}
-            _ = standby_rx.changed() => {}
-            _ = kick_rx.changed() => {
-                if handle.termination_requested() && !pump.tx().idle() {
+            _ = cutover_rx.changed() => {}
+            Ok(()) = orders.changed() => {
+                if *orders.borrow_and_update() == Order::EndTransaction && !pump.tx().idle() {
                     break DataEnd::DrainCancelled;
                 }
             }
