@@ -226,7 +226,7 @@ enum DataEnd {
 /// A logged-in connection to another target, opened ahead of a flip.
 enum Standby {
     None,
-    Connecting(Side, tokio::task::JoinHandle<Result<migrate::Warm, String>>),
+    Connecting(Side, tokio::task::JoinHandle<Result<migrate::Warm, migrate::StepError>>),
     Ready(Side, Box<migrate::Warm>),
     /// The login failed; not retried until another target is asked for.
     Failed(Side),
@@ -242,11 +242,11 @@ impl Standby {
 }
 
 /// Resolves when a standby login finishes; never while there is none.
-async fn standby_login(standby: &mut Standby) -> Result<migrate::Warm, String> {
+async fn standby_login(standby: &mut Standby) -> Result<migrate::Warm, migrate::StepError> {
     match standby {
         Standby::Connecting(_, task) => match task.await {
             Ok(r) => r,
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(migrate::StepError::Stopped(e.to_string())),
         },
         _ => std::future::pending().await,
     }
@@ -424,7 +424,7 @@ async fn server_lost(
 }
 
 async fn finish(shared: &Shared, client: &mut Conn, server: &mut ServerConn, ctx: &SessionCtx, end: DataEnd) {
-    let target = shared.backend(ctx.registration.handle.target()).name;
+    let target = shared.backend(ctx.registration.handle.target()).side.name();
     let (client_error, tell_server) = match &end {
         DataEnd::Pump(Ok(PumpEnd::ClientTerminated)) | DataEnd::ServerClosedWithError => (None, false),
         DataEnd::Pump(Ok(PumpEnd::ClientClosed)) => (None, true),
