@@ -176,10 +176,30 @@ async fn connect_inner(
         .unwrap_or_default();
     authenticate(&mut conn, target, user, credential).await?;
 
+    let (login_messages, key, reported) = read_login_reply(&mut conn, target).await?;
+    Ok(ServerConn {
+        conn,
+        key,
+        addr,
+        login_messages,
+        params: reported,
+    })
+}
+
+/// Reads what the server sends after authentication: its parameters and notices
+/// (kept for the client), its cancel key, up to ReadyForQuery.
+async fn read_login_reply(
+    conn: &mut Conn,
+    target: &'static str,
+) -> Result<(BytesMut, CancelKey, Vec<(String, String)>), LoginError> {
+    let protocol = |e: WireError| LoginError::Protocol {
+        target,
+        reason: e.to_string(),
+    };
     let mut login_messages = BytesMut::new();
     let mut key = None;
     let mut reported = Vec::new();
-    let read = super::round_trip(&mut conn, 1, |_, f| {
+    let read = super::round_trip(conn, 1, |_, f| {
         match f.tag {
             backend::PARAMETER_STATUS => {
                 if let Ok((name, value)) = backend::parse_parameter_status(&f.body) {
@@ -213,13 +233,7 @@ async fn connect_inner(
         target,
         reason: "server sent no BackendKeyData".into(),
     })?;
-    Ok(ServerConn {
-        conn,
-        key,
-        addr,
-        login_messages,
-        params: reported,
-    })
+    Ok((login_messages, key, reported))
 }
 
 async fn negotiate_tls(mut tcp: TcpStream, backend: &Backend, tls: &ServerTls) -> Result<Stream, LoginError> {

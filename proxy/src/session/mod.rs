@@ -5,20 +5,22 @@ mod console;
 mod error;
 mod migrate;
 mod opening;
+mod standby;
 
 use crate::auth::{authenticate_client, AuthFailure, Secret, ServerCredential};
 use crate::pump::{Pump, PumpEnd, PumpError, RunMode};
 use crate::registry::{Order, Registration};
+use crate::route::Route;
 use crate::server::{self, ServerConn};
 use crate::wire::Conn;
 use crate::{ClientSlot, Shared, ShutdownPhase};
 use error::SessionError;
 use opening::Opening;
-use pgcutover_api::Side;
 use pgcutover_config::{AuthType, PinnedPolicy, TlsMode};
 use pgcutover_protocol::backend::TransactionStatus;
 use pgcutover_protocol::build;
 use pgcutover_protocol::StartupMessage;
+use standby::Standby;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -223,35 +225,6 @@ enum DataEnd {
     ShutdownForced,
 }
 
-/// A logged-in connection to another target, opened ahead of a flip.
-enum Standby {
-    None,
-    Connecting(Side, tokio::task::JoinHandle<Result<migrate::Warm, migrate::StepError>>),
-    Ready(Side, Box<migrate::Warm>),
-    /// The login failed; not retried until another target is asked for.
-    Failed(Side),
-}
-
-impl Standby {
-    fn target(&self) -> Option<Side> {
-        match self {
-            Standby::None => None,
-            Standby::Connecting(t, _) | Standby::Ready(t, _) | Standby::Failed(t) => Some(*t),
-        }
-    }
-}
-
-/// Resolves when a standby login finishes; never while there is none.
-async fn standby_login(standby: &mut Standby) -> Result<migrate::Warm, migrate::StepError> {
-    match standby {
-        Standby::Connecting(_, task) => match task.await {
-            Ok(r) => r,
-            Err(e) => Err(migrate::StepError::Stopped(e.to_string())),
-        },
-        _ => std::future::pending().await,
-    }
-}
-
 /// The data phase: pump, and at transaction boundaries obey the hold gate, move to
 /// the routed target when the route changed, and close on shutdown.
 async fn serve(
@@ -282,24 +255,7 @@ async fn serve(
             }
         }
         let cutover = *cutover_rx.borrow_and_update();
-        let wanted = cutover.standby.filter(|t| *t != handle.target());
-        if standby.target() != wanted {
-            if let Standby::Connecting(_, task) = &standby {
-                task.abort();
-            }
-            handle.set_standby_ready(false);
-            standby = match wanted {
-                Some(target) => {
-                    let (backend, opts) = (shared.backend(target).clone(), shared.login.clone());
-                    let (params, credential) = (ctx.params.clone(), ctx.credential.clone());
-                    let statements = pump.state_log().statements().iter();
-                    let statements = statements.map(|(n, f)| (n.to_owned(), f.clone())).collect();
-                    let warm = migrate::warm_standby(backend, opts, params, credential, statements);
-                    Standby::Connecting(target, tokio::spawn(warm))
-                }
-                None => Standby::None,
-            };
-        }
+        standby.sync(shared, ctx, &pump, cutover.standby.filter(|t| *t != handle.target()));
         let phase = *shutdown.borrow_and_update();
         if phase == ShutdownPhase::Forced {
             break DataEnd::ShutdownForced;
@@ -308,31 +264,10 @@ async fn serve(
         let status = handle.status();
         let must_move = route.epoch != status.epoch && Some(route.epoch) != status.declined;
         if must_move && pump.at_boundary() && phase == ShutdownPhase::Running {
-            let prepared = match std::mem::replace(&mut standby, Standby::None) {
-                Standby::Ready(t, conn) if t == route.target => Some(*conn),
-                other => {
-                    standby = other;
-                    None
-                }
-            };
-            handle.set_standby_ready(false);
-            match migrate::move_to(shared, client, server, ctx, &mut pump, route, prepared).await {
-                Ok(()) => continue,
-                Err(migrate::MoveError::Pinned(reason))
-                    if shared.config.switchover.pinned_policy == PinnedPolicy::Close =>
-                {
-                    break DataEnd::Pinned(reason)
-                }
-                Err(e) => {
-                    // Still whole where it is: it stays, and the flip reports it as not moved.
-                    warn!(
-                        target = route.target.name(),
-                        "session stays on {}: {e}",
-                        handle.target().name()
-                    );
-                    handle.decline(route.epoch);
-                    continue;
-                }
+            let prepared = standby.take_for(route.target, handle);
+            match move_session(shared, client, server, ctx, &mut pump, route, prepared).await {
+                Some(end) => break end,
+                None => continue,
             }
         }
         let mode = RunMode {
@@ -353,19 +288,7 @@ async fn serve(
                     break DataEnd::DrainCancelled;
                 }
             }
-            login = standby_login(&mut standby) => {
-                let target = standby.target().unwrap_or(Side::Blue);
-                standby = match login {
-                    Ok(conn) => {
-                        handle.set_standby_ready(true);
-                        Standby::Ready(target, Box::new(conn))
-                    }
-                    Err(e) => {
-                        warn!(target = target.name(), "standby connection failed: {e}");
-                        Standby::Failed(target)
-                    }
-                };
-            }
+            login = standby.login() => standby.settle(login, handle),
             changed = shutdown.changed() => {
                 if changed.is_err() {
                     // The listener is gone without saying why: treat as a forced shutdown.
@@ -374,6 +297,41 @@ async fn serve(
             }
         }
     };
+    last_words(client, &pump, end)
+}
+
+/// Moves the session at a flip; returns how it ends if it must close instead
+/// (pinned, under pinned_policy = close). A session that cannot move stays whole
+/// where it is, and the flip reports it as not moved.
+async fn move_session(
+    shared: &Shared,
+    client: &mut Conn,
+    server: &mut ServerConn,
+    ctx: &SessionCtx,
+    pump: &mut Pump,
+    route: Route,
+    prepared: Option<migrate::Warm>,
+) -> Option<DataEnd> {
+    let handle = &ctx.registration.handle;
+    match migrate::move_to(shared, client, server, ctx, pump, route, prepared).await {
+        Ok(()) => None,
+        Err(migrate::MoveError::Pinned(reason)) if shared.config.switchover.pinned_policy == PinnedPolicy::Close => {
+            Some(DataEnd::Pinned(reason))
+        }
+        Err(e) => {
+            warn!(
+                target = route.target.name(),
+                "session stays on {}: {e}",
+                handle.target().name()
+            );
+            handle.decline(route.epoch);
+            None
+        }
+    }
+}
+
+/// Refines how the data phase ended by what the client may still be told.
+fn last_words(client: &mut Conn, pump: &Pump, end: DataEnd) -> DataEnd {
     if let Some(farewell) = pump.server_farewell() {
         // The FATAL the server sent before it went away, held back for a reconnect
         // that did not happen: the client gets it as it would directly.
