@@ -146,6 +146,15 @@ pub(crate) struct SessionCtx {
     client_pid: i32,
 }
 
+/// What the data phase works on: the session's two connections and its pump.
+pub(crate) struct Live<'a> {
+    shared: &'a Shared,
+    ctx: &'a SessionCtx,
+    client: &'a mut Conn,
+    server: &'a mut ServerConn,
+    pump: Pump,
+}
+
 /// For an authenticated client, waits out a hold, logs into the routed server,
 /// and sends the client the rest of its startup: AuthenticationOk, the server's
 /// parameters, our BackendKeyData and ReadyForQuery.
@@ -234,13 +243,20 @@ async fn serve(
     ctx: &SessionCtx,
     mut shutdown: watch::Receiver<ShutdownPhase>,
 ) -> DataEnd {
-    let mut pump = Pump::new(
+    let pump = Pump::new(
         std::mem::take(&mut client.rbuf),
         std::mem::take(&mut server.conn.rbuf),
         shared.config.proxy.max_message_bytes,
         ctx.registration.handle.clone(),
         shared.metrics.clone(),
     );
+    let mut live = Live {
+        shared,
+        ctx,
+        client,
+        server,
+        pump,
+    };
     let mut cutover_rx = shared.control.watch();
     let handle = &ctx.registration.handle;
     let mut orders = handle.orders();
@@ -249,13 +265,18 @@ async fn serve(
     let mut lost: Option<Result<PumpEnd, PumpError>> = None;
     let end = loop {
         if let Some(r) = lost.take() {
-            match server_lost(shared, client, server, ctx, &mut pump).await {
+            match server_lost(&mut live).await {
                 Ok(()) => continue,
                 Err(()) => break DataEnd::Pump(r),
             }
         }
         let cutover = *cutover_rx.borrow_and_update();
-        standby.sync(shared, ctx, &pump, cutover.standby.filter(|t| *t != handle.target()));
+        standby.sync(
+            shared,
+            ctx,
+            &live.pump,
+            cutover.standby.filter(|t| *t != handle.target()),
+        );
         let phase = *shutdown.borrow_and_update();
         if phase == ShutdownPhase::Forced {
             break DataEnd::ShutdownForced;
@@ -263,9 +284,9 @@ async fn serve(
         let (route, held) = (cutover.route, cutover.gate.is_held());
         let status = handle.status();
         let must_move = route.epoch != status.epoch && Some(route.epoch) != status.declined;
-        if must_move && pump.at_boundary() && phase == ShutdownPhase::Running {
+        if must_move && live.pump.at_boundary() && phase == ShutdownPhase::Running {
             let prepared = standby.take_for(route.target, handle);
-            match move_session(shared, client, server, ctx, &mut pump, route, prepared).await {
+            match move_session(&mut live, route, prepared).await {
                 Some(end) => break end,
                 None => continue,
             }
@@ -275,7 +296,7 @@ async fn serve(
             stop_at_boundary: must_move || phase == ShutdownPhase::Draining,
         };
         tokio::select! {
-            r = pump.run(&mut client.stream, &mut server.conn.stream, mode) => match r {
+            r = live.pump.run(&mut live.client.stream, &mut live.server.conn.stream, mode) => match r {
                 Ok(PumpEnd::AtBoundary) if phase == ShutdownPhase::Draining => break DataEnd::Pump(r),
                 // At a boundary with a move pending: the loop moves the session.
                 Ok(PumpEnd::AtBoundary) => continue,
@@ -284,7 +305,7 @@ async fn serve(
             },
             _ = cutover_rx.changed() => {}
             Ok(()) = orders.changed() => {
-                if *orders.borrow_and_update() == Order::EndTransaction && !pump.tx().idle() {
+                if *orders.borrow_and_update() == Order::EndTransaction && !live.pump.tx().idle() {
                     break DataEnd::DrainCancelled;
                 }
             }
@@ -297,23 +318,15 @@ async fn serve(
             }
         }
     };
-    last_words(client, &pump, end)
+    last_words(live.client, &live.pump, end)
 }
 
 /// Moves the session at a flip; returns how it ends if it must close instead
 /// (pinned, under pinned_policy = close). A session that cannot move stays whole
 /// where it is, and the flip reports it as not moved.
-async fn move_session(
-    shared: &Shared,
-    client: &mut Conn,
-    server: &mut ServerConn,
-    ctx: &SessionCtx,
-    pump: &mut Pump,
-    route: Route,
-    prepared: Option<migrate::Warm>,
-) -> Option<DataEnd> {
-    let handle = &ctx.registration.handle;
-    match migrate::move_to(shared, client, server, ctx, pump, route, prepared).await {
+async fn move_session(live: &mut Live<'_>, route: Route, prepared: Option<migrate::Warm>) -> Option<DataEnd> {
+    let (shared, handle) = (live.shared, &live.ctx.registration.handle);
+    match migrate::move_to(live, route, prepared).await {
         Ok(()) => None,
         Err(migrate::MoveError::Pinned(reason)) if shared.config.switchover.pinned_policy == PinnedPolicy::Close => {
             Some(DataEnd::Pinned(reason))
@@ -353,13 +366,8 @@ fn last_words(client: &mut Conn, pump: &Pump, end: DataEnd) -> DataEnd {
 /// everything it set up, it is recreated on the active target and the client
 /// notices nothing; otherwise (inside a transaction, or state the log could not
 /// follow) the client gets the error, as with a direct connection.
-async fn server_lost(
-    shared: &Shared,
-    client: &mut Conn,
-    server: &mut ServerConn,
-    ctx: &SessionCtx,
-    pump: &mut Pump,
-) -> Result<(), ()> {
+async fn server_lost(live: &mut Live<'_>) -> Result<(), ()> {
+    let (shared, pump) = (live.shared, &live.pump);
     if !pump.at_boundary() {
         return Err(());
     }
@@ -368,7 +376,7 @@ async fn server_lost(
         shared.metrics.server_reconnect("not_attempted");
         return Err(());
     }
-    match migrate::reconnect(shared, client, server, ctx, pump).await {
+    match migrate::reconnect(live).await {
         Ok(()) => {
             shared.metrics.server_reconnect("reconnected");
             Ok(())

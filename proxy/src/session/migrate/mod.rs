@@ -11,12 +11,11 @@ mod standby;
 
 pub(crate) use standby::{warm_standby, Warm};
 
-use super::SessionCtx;
-use crate::pump::{PidRewrite, Pump};
+use super::Live;
+use crate::pump::PidRewrite;
 use crate::route::Route;
 use crate::server::{self, LoginError, ServerConn};
 use crate::wire::{Conn, WireError};
-use crate::Shared;
 use bytes::BytesMut;
 use pgcutover_api::Side;
 use pgcutover_protocol::build;
@@ -104,26 +103,19 @@ async fn within<T>(exchange: impl Future<Output = Result<Result<T, StepError>, W
 /// Moves the session to `route`'s target at a flip: reads its state from the old
 /// server (refusing if something pins it there), then [`switch`]es. On success the
 /// log is whole again (it adopts what the server reported).
-pub(crate) async fn move_to(
-    shared: &Shared,
-    client: &mut Conn,
-    server: &mut ServerConn,
-    ctx: &SessionCtx,
-    pump: &mut Pump,
-    route: Route,
-    warm: Option<Warm>,
-) -> Result<(), MoveError> {
+pub(crate) async fn move_to(live: &mut Live<'_>, route: Route, warm: Option<Warm>) -> Result<(), MoveError> {
+    let (shared, ctx) = (live.shared, live.ctx);
     let started = Instant::now();
     let old_target = ctx.registration.handle.target();
     // Whatever the old server sent that was not scanned yet (a notification arriving
     // right now) is read here, and reaches the client either way.
-    server.conn.rbuf = pump.take_server_buffer();
+    live.server.conn.rbuf = live.pump.take_server_buffer();
     let mut to_client = BytesMut::new();
-    let read = tokio::time::timeout(STEP_TIMEOUT, snapshot(&mut server.conn, &mut to_client)).await;
+    let read = tokio::time::timeout(STEP_TIMEOUT, snapshot(&mut live.server.conn, &mut to_client)).await;
     let snapshot = match read.unwrap_or(Err(StepError::Timeout(STEP_TIMEOUT))) {
         Ok(s) => s,
         Err(reason) => {
-            stay(client, server, pump, &to_client).await;
+            stay(live, &to_client).await;
             return Err(MoveError::Snapshot {
                 target: old_target,
                 reason,
@@ -131,7 +123,7 @@ pub(crate) async fn move_to(
         }
     };
     let mut pinned = snapshot.pinned.clone();
-    let log = pump.state_log().statements();
+    let log = live.pump.state_log().statements();
     if snapshot
         .protocol_statements
         .iter()
@@ -144,17 +136,18 @@ pub(crate) async fn move_to(
         for reason in &pinned {
             shared.metrics.pinned(reason);
         }
-        stay(client, server, pump, &to_client).await;
+        stay(live, &to_client).await;
         return Err(MoveError::Pinned(pinned.join(", ")));
     }
     let snapshot_time = started.elapsed();
-    switch(shared, client, server, ctx, pump, route, warm, &snapshot, to_client).await?;
-    pump.state_log_mut()
+    switch(live, route, warm, &snapshot, to_client).await?;
+    live.pump
+        .state_log_mut()
         .adopt(snapshot.state.clone(), &snapshot.protocol_statements);
     info!(
         from = old_target.name(),
         to = route.target.name(),
-        server_pid = server.key.pid,
+        server_pid = live.server.key.pid,
         settings = snapshot.state.settings.len(),
         statements = snapshot.protocol_statements.len() + snapshot.state.sql_prepares.len(),
         channels = snapshot.state.channels.len(),
@@ -167,46 +160,30 @@ pub(crate) async fn move_to(
 
 /// The session does not move: the pump goes on with the old server's unread bytes,
 /// and the client gets what arrived during the snapshot.
-async fn stay(client: &mut Conn, server: &mut ServerConn, pump: &mut Pump, to_client: &[u8]) {
-    pump.set_server_buffer(std::mem::take(&mut server.conn.rbuf));
-    forward(client, to_client).await;
+async fn stay(live: &mut Live<'_>, to_client: &[u8]) {
+    live.pump.set_server_buffer(std::mem::take(&mut live.server.conn.rbuf));
+    forward(live.client, to_client).await;
 }
 
 /// Recreates the session on the active target after its server connection was
 /// lost while the session was idle, from the session's own log (the old server
 /// cannot be asked). The client notices nothing but a delay. Retries the login
 /// until `server_connect_timeout` has passed.
-pub(crate) async fn reconnect(
-    shared: &Shared,
-    client: &mut Conn,
-    server: &mut ServerConn,
-    ctx: &SessionCtx,
-    pump: &mut Pump,
-) -> Result<(), MoveError> {
+pub(crate) async fn reconnect(live: &mut Live<'_>) -> Result<(), MoveError> {
+    let shared = live.shared;
     let started = Instant::now();
-    let snapshot = Snapshot::from_log(pump.state_log());
+    let snapshot = Snapshot::from_log(live.pump.state_log());
     let deadline = started + shared.config.proxy.server_connect_timeout.0;
     let mut pause = Duration::from_millis(50);
     loop {
         // The route may change while this waits: always the active target.
         let route = shared.control.route();
-        let switched = switch(
-            shared,
-            client,
-            server,
-            ctx,
-            pump,
-            route,
-            None,
-            &snapshot,
-            BytesMut::new(),
-        )
-        .await;
+        let switched = switch(live, route, None, &snapshot, BytesMut::new()).await;
         match switched {
             Ok(()) => {
                 info!(
                     target = route.target.name(),
-                    server_pid = server.key.pid,
+                    server_pid = live.server.key.pid,
                     settings = snapshot.state.settings.len(),
                     statements = snapshot.protocol_statements.len() + snapshot.state.sql_prepares.len(),
                     channels = snapshot.state.channels.len(),
@@ -232,18 +209,15 @@ pub(crate) async fn reconnect(
 /// there, tells the client about parameters that differ, and swaps: the old server
 /// is sent Terminate, the registry and the pump follow the new one. On error
 /// nothing has changed for the session.
-#[allow(clippy::too_many_arguments)]
 async fn switch(
-    shared: &Shared,
-    client: &mut Conn,
-    server: &mut ServerConn,
-    ctx: &SessionCtx,
-    pump: &mut Pump,
+    live: &mut Live<'_>,
     route: Route,
     warm: Option<Warm>,
     snapshot: &Snapshot,
     mut to_client: BytesMut,
 ) -> Result<(), MoveError> {
+    let (shared, ctx) = (live.shared, live.ctx);
+    let (client, server, pump) = (&mut *live.client, &mut *live.server, &mut live.pump);
     let backend = shared.backend(route.target);
     let login = || async {
         server::connect(backend, &shared.login, &ctx.params, &ctx.credential)
