@@ -178,20 +178,9 @@ impl SessionHandle {
         self.lock().side
     }
 
-    /// The route epoch the session's current server belongs to.
-    pub fn epoch(&self) -> u64 {
-        self.lock().epoch
-    }
-
     /// Records that the session stays where it is for route `epoch`.
     pub fn decline(&self, epoch: u64) {
         self.update(|s| s.declined = Some(epoch), |_, _| true);
-    }
-
-    /// The current server's address and backend pid.
-    pub fn server(&self) -> (SocketAddr, i32) {
-        let (addr, key) = self.lock().server;
-        (addr, key.pid)
     }
 
     /// Cancels the query running on the session's current server, if one is.
