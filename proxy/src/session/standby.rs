@@ -11,8 +11,11 @@ use tracing::warn;
 
 /// The session's standby connection, if any.
 pub(super) enum Standby {
+    /// None wanted.
     None,
+    /// Logging in, in a task of its own so the session keeps serving.
     Connecting(Side, tokio::task::JoinHandle<Result<Warm, StepError>>),
+    /// Logged in, statements prepared: waiting for the flip.
     Ready(Side, Box<Warm>),
     /// The login failed; not retried until another target is asked for.
     Failed(Side),

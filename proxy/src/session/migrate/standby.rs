@@ -10,6 +10,7 @@ use pgcutover_protocol::{backend, build, frontend};
 
 /// A logged-in standby connection.
 pub(crate) struct Warm {
+    /// The connection, logged in as the session's user.
     pub server: ServerConn,
     /// (name, Parse frame) of each statement prepared on `server`.
     pub statements: Vec<(String, Bytes)>,
