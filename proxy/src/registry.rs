@@ -340,3 +340,62 @@ impl SessionRegistry {
         self.len() == 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn register(registry: &Arc<SessionRegistry>) -> Registration {
+        let addr: SocketAddr = "127.0.0.1:5432".parse().unwrap();
+        let identity = SessionIdentity {
+            user: "u".into(),
+            database: "d".into(),
+            peer: addr,
+        };
+        registry.register(addr, CancelKey { pid: 7, secret: 1 }, Side::Blue, 0, identity)
+    }
+
+    #[test]
+    fn a_move_is_seen_whole() {
+        let registry = Arc::new(SessionRegistry::default());
+        let r = register(&registry);
+        let green: SocketAddr = "127.0.0.2:5433".parse().unwrap();
+        r.handle
+            .set_server(green, CancelKey { pid: 9, secret: 3 }, Side::Green, 4);
+        let s = r.handle.status();
+        assert_eq!(
+            (s.side, s.epoch, s.server.0, s.server.1.pid),
+            (Side::Green, 4, green, 9)
+        );
+        assert_eq!(s.declined, None);
+        r.handle.decline(5);
+        assert_eq!(r.handle.status().declined, Some(5));
+    }
+
+    #[tokio::test]
+    async fn an_idle_session_is_not_cancelled_and_orders_reach_it() {
+        let registry = Arc::new(SessionRegistry::default());
+        let r = register(&registry);
+        assert_eq!(r.handle.send_cancel().await.unwrap(), CancelOutcome::DroppedIdle);
+        let mut orders = r.handle.orders();
+        r.handle.order(Order::EndTransaction);
+        orders.changed().await.unwrap();
+        assert_eq!(*orders.borrow_and_update(), Order::EndTransaction);
+    }
+
+    #[test]
+    fn a_poisoned_registry_still_registers_and_removes() {
+        let registry = Arc::new(SessionRegistry::default());
+        let poisoner = registry.clone();
+        let _ = std::thread::spawn(move || {
+            let _held = poisoner.sessions.lock().unwrap();
+            panic!("poison the registry lock");
+        })
+        .join();
+        assert!(registry.sessions.is_poisoned());
+        let r = register(&registry);
+        assert_eq!(registry.len(), 1);
+        drop(r);
+        assert!(registry.is_empty(), "Drop must remove the session, not panic");
+    }
+}
