@@ -5,7 +5,7 @@
 //! untagged startup-phase packets ([`startup`]), lazy views of the handful of
 //! messages whose fields it reads ([`backend`], [`frontend`]), builders for the
 //! messages it writes itself ([`build`]), and the password exchanges it speaks on
-//! both sides ([`scram`], [`md5`]), and a lexer that follows session state through
+//! both sides ([`scram`], [`md5`]), quoting for the SQL it builds ([`quote`]), and a lexer that follows session state through
 //! SQL text ([`sql`]).
 
 pub mod backend;
@@ -13,6 +13,7 @@ pub mod build;
 pub mod frame;
 pub mod frontend;
 pub mod md5;
+pub mod quote;
 pub mod scram;
 pub mod sql;
 pub mod startup;

@@ -189,11 +189,11 @@ impl Proxy {
                 source,
             })?;
         let blue = Backend {
-            name: "blue",
+            side: Side::Blue,
             url: config.blue.url.clone(),
         };
         let green = config.green.as_ref().map(|g| Backend {
-            name: "green",
+            side: Side::Green,
             url: g.url.clone(),
         });
         let registry = Arc::new(SessionRegistry::default());

@@ -1,7 +1,8 @@
 //! Every live session's public face, by the cancel key its client was given.
 //!
 //! The session task owns its state; what others need (cancel routing, drain
-//! accounting, status) it publishes here through atomics. Clients get BackendKeyData
+//! accounting, status) it publishes here as one [`SessionStatus`], written as a
+//! whole about once per transaction. Clients get BackendKeyData
 //! with the real pid of their first server connection and a secret the proxy issues;
 //! the registry maps that key to whichever server connection the session has now, so
 //! a CancelRequest reaches the right backend after the session moved.
@@ -12,11 +13,16 @@ use pgcutover_protocol::startup::encode_cancel_request;
 use pgcutover_protocol::CancelKey;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
+
+/// How long forwarding one CancelRequest may take, connect included: a server
+/// that does not answer must not hold a client slot or stall a drain.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Who a session is, for the admin console.
 #[derive(Debug, Clone)]
@@ -29,24 +35,57 @@ pub struct SessionIdentity {
     pub peer: SocketAddr,
 }
 
+/// Where a session stands in its protocol exchange, as the drain and cancels need it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxPhase {
+    /// At a transaction boundary with nothing in flight.
+    Idle,
+    /// Inside a transaction, nothing sent and unanswered.
+    Open,
+    /// Work sent to the server and not yet answered: only then may a cancel go through.
+    Busy,
+}
+
+/// One session's published state, written and read as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionStatus {
+    /// The target of the session's current server.
+    pub side: Side,
+    /// The route epoch that server belongs to.
+    pub epoch: u64,
+    /// Where cancels for the session go: the server's address and its own cancel key.
+    pub server: (SocketAddr, CancelKey),
+    /// Where the session stands; the drain waits for [`TxPhase::Idle`].
+    pub tx: TxPhase,
+    /// The session holds a logged-in standby connection to the prepared target.
+    pub standby: bool,
+    /// A route epoch the session will not move to (pinned state under `wait`).
+    pub declined: Option<u64>,
+}
+
+impl SessionStatus {
+    /// Whether the session is inside a transaction or has work in flight.
+    pub fn in_transaction(&self) -> bool {
+        self.tx != TxPhase::Idle
+    }
+}
+
+/// What the control asks of one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Nothing.
+    None,
+    /// End the open transaction by closing (the drain gave up on it, drain_policy = cancel).
+    EndTransaction,
+}
+
 /// What the rest of the proxy may know about one session.
 #[derive(Debug)]
 pub struct SessionHandle {
     /// Who the session is.
     pub identity: SessionIdentity,
-    server: Mutex<(SocketAddr, CancelKey)>,
-    /// Work sent to the server and not yet answered: only then may a cancel go through.
-    busy: AtomicBool,
-    /// Not at a transaction boundary: the drain waits for this to clear.
-    in_transaction: AtomicBool,
-    target: AtomicU8,
-    epoch: AtomicU64,
-    /// A route epoch the session will not move to (pinned state under `wait`).
-    declined: AtomicU64,
-    /// The session holds a logged-in standby connection to the prepared target.
-    standby_ready: AtomicBool,
-    /// The drain gave up on this session's transaction (drain_policy = cancel).
-    terminate: AtomicBool,
+    status: Mutex<SessionStatus>,
+    orders: watch::Sender<Order>,
     changed: Arc<Changes>,
 }
 
@@ -86,98 +125,105 @@ impl Drop for ChangeWatch<'_> {
 }
 
 impl SessionHandle {
-    /// Points cancels at a (new) server connection on `target` as of route `epoch`.
-    pub fn set_server(&self, addr: SocketAddr, key: CancelKey, target: Side, epoch: u64) {
-        *self.server.lock().expect("session handle lock") = (addr, key);
-        self.target.store(target as u8, Ordering::Relaxed);
-        self.epoch.store(epoch, Ordering::Release);
-        self.changed.notify();
+    fn lock(&self) -> MutexGuard<'_, SessionStatus> {
+        // The status is plain data, whole after every write: a panic elsewhere cannot tear it.
+        self.status.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Publishes the session's protocol state; wakes drain and flip waiters when it changes.
-    pub fn set_state(&self, busy: bool, in_transaction: bool) {
-        self.busy.store(busy, Ordering::Relaxed);
-        if self.in_transaction.swap(in_transaction, Ordering::AcqRel) != in_transaction {
+    /// Changes the status in one step and wakes drain and flip waiters if `wakes`
+    /// says the change matters to them.
+    fn update(
+        &self,
+        change: impl FnOnce(&mut SessionStatus),
+        wakes: impl FnOnce(&SessionStatus, &SessionStatus) -> bool,
+    ) {
+        let mut status = self.lock();
+        let was = *status;
+        change(&mut status);
+        let wake = wakes(&was, &status);
+        drop(status);
+        if wake {
             self.changed.notify();
         }
+    }
+
+    /// The session's status at one moment.
+    pub fn status(&self) -> SessionStatus {
+        *self.lock()
+    }
+
+    /// Points cancels at a (new) server connection on `side` as of route `epoch`.
+    pub fn set_server(&self, addr: SocketAddr, key: CancelKey, side: Side, epoch: u64) {
+        let change = |s: &mut SessionStatus| {
+            s.server = (addr, key);
+            s.side = side;
+            s.epoch = epoch;
+        };
+        self.update(change, |_, _| true);
+    }
+
+    /// Publishes where the session stands; wakes drain and flip waiters when it
+    /// enters or leaves a transaction.
+    pub fn set_tx(&self, tx: TxPhase) {
+        self.update(|s| s.tx = tx, |was, now| was.in_transaction() != now.in_transaction());
     }
 
     /// Whether the session is inside a transaction or has work in flight.
     pub fn in_transaction(&self) -> bool {
-        self.in_transaction.load(Ordering::Acquire)
-    }
-
-    /// The backend pid of the session's current server connection.
-    pub fn server_pid(&self) -> i32 {
-        self.server.lock().expect("session handle lock").1.pid
+        self.lock().in_transaction()
     }
 
     /// The target of the session's current server.
     pub fn target(&self) -> Side {
-        match self.target.load(Ordering::Relaxed) {
-            0 => Side::Blue,
-            _ => Side::Green,
-        }
-    }
-
-    /// The route epoch the session's current server belongs to.
-    pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+        self.lock().side
     }
 
     /// Records that the session stays where it is for route `epoch`.
     pub fn decline(&self, epoch: u64) {
-        self.declined.store(epoch, Ordering::Release);
-        self.changed.notify();
-    }
-
-    /// The current server's address and backend pid.
-    pub fn server(&self) -> (SocketAddr, i32) {
-        let (addr, key) = *self.server.lock().expect("session handle lock");
-        (addr, key.pid)
+        self.update(|s| s.declined = Some(epoch), |_, _| true);
     }
 
     /// Cancels the query running on the session's current server, if one is.
     pub async fn send_cancel(&self) -> std::io::Result<CancelOutcome> {
-        if !self.busy.load(Ordering::Relaxed) {
+        let status = self.status();
+        if status.tx != TxPhase::Busy {
             return Ok(CancelOutcome::DroppedIdle);
         }
-        let (addr, server_key) = *self.server.lock().expect("session handle lock");
-        // Servers accept cancels in plaintext whatever the session used, so no TLS here.
-        let mut tcp = TcpStream::connect(addr).await?;
-        let mut packet = BytesMut::with_capacity(16);
-        encode_cancel_request(server_key, &mut packet);
-        tcp.write_all(&packet).await?;
-        tcp.shutdown().await?;
-        Ok(CancelOutcome::Forwarded)
+        let (addr, server_key) = status.server;
+        // Bounded: the caller holds a client slot, and the drain waits for every cancel.
+        match tokio::time::timeout(CANCEL_TIMEOUT, forward_cancel(addr, server_key)).await {
+            Ok(sent) => sent.map(|()| CancelOutcome::Forwarded),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the server at {addr} did not take the cancel request within {CANCEL_TIMEOUT:?}"),
+            )),
+        }
     }
 
     /// Asks the session to end its open transaction by closing (drain_policy = cancel).
-    pub fn request_termination(&self) {
-        self.terminate.store(true, Ordering::Release);
+    pub fn order(&self, order: Order) {
+        self.orders.send_replace(order);
     }
 
-    /// Whether the session was asked to end its open transaction.
-    pub fn termination_requested(&self) -> bool {
-        self.terminate.load(Ordering::Acquire)
+    /// Where the session receives its orders.
+    pub fn orders(&self) -> watch::Receiver<Order> {
+        self.orders.subscribe()
     }
 
     /// Records whether the session holds a ready standby connection.
     pub fn set_standby_ready(&self, ready: bool) {
-        if self.standby_ready.swap(ready, Ordering::AcqRel) != ready {
-            self.changed.notify();
-        }
+        self.update(|s| s.standby = ready, |was, now| was.standby != now.standby);
     }
+}
 
-    /// Whether the session holds a ready standby connection.
-    pub fn standby_ready(&self) -> bool {
-        self.standby_ready.load(Ordering::Acquire)
-    }
-
-    /// The route epoch the session declined to move to, if any (0: none).
-    pub fn declined(&self) -> u64 {
-        self.declined.load(Ordering::Acquire)
-    }
+/// Sends a CancelRequest for `key` to the server at `addr`.
+async fn forward_cancel(addr: SocketAddr, key: CancelKey) -> std::io::Result<()> {
+    // Servers accept cancels in plaintext whatever the session used, so no TLS here.
+    let mut tcp = TcpStream::connect(addr).await?;
+    let mut packet = BytesMut::with_capacity(16);
+    encode_cancel_request(key, &mut packet);
+    tcp.write_all(&packet).await?;
+    tcp.shutdown().await
 }
 
 /// Every live session, by client cancel key.
@@ -198,11 +244,8 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.registry
-            .sessions
-            .lock()
-            .expect("session registry lock")
-            .remove(&self.client_key);
+        // Never a panic here: this runs while a session unwinds, too.
+        self.registry.lock().remove(&self.client_key);
         self.registry.changed.notify();
     }
 }
@@ -219,6 +262,11 @@ pub enum CancelOutcome {
 }
 
 impl SessionRegistry {
+    fn lock(&self) -> MutexGuard<'_, HashMap<CancelKey, Arc<SessionHandle>>> {
+        // A map insert or remove cannot leave it half-written: a poisoned lock is still usable.
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Registers a session whose first server connection is `server_key` at `addr`
     /// on `target`; the client is given that pid and a fresh random secret.
     pub fn register(
@@ -231,17 +279,18 @@ impl SessionRegistry {
     ) -> Registration {
         let handle = Arc::new(SessionHandle {
             identity,
-            server: Mutex::new((addr, server_key)),
-            busy: AtomicBool::new(false),
-            in_transaction: AtomicBool::new(false),
-            target: AtomicU8::new(target as u8),
-            epoch: AtomicU64::new(epoch),
-            declined: AtomicU64::new(0),
-            standby_ready: AtomicBool::new(false),
-            terminate: AtomicBool::new(false),
+            status: Mutex::new(SessionStatus {
+                side: target,
+                epoch,
+                server: (addr, server_key),
+                tx: TxPhase::Idle,
+                standby: false,
+                declined: None,
+            }),
+            orders: watch::Sender::new(Order::None),
             changed: self.changed.clone(),
         });
-        let mut sessions = self.sessions.lock().expect("session registry lock");
+        let mut sessions = self.lock();
         let client_key = loop {
             let mut secret = [0u8; 4];
             getrandom::fill(&mut secret).expect("the OS random source is available");
@@ -263,7 +312,7 @@ impl SessionRegistry {
 
     /// Forwards a client's CancelRequest to the session's current server.
     pub async fn cancel(&self, key: CancelKey) -> std::io::Result<CancelOutcome> {
-        let Some(handle) = self.sessions.lock().expect("session registry lock").get(&key).cloned() else {
+        let Some(handle) = self.lock().get(&key).cloned() else {
             return Ok(CancelOutcome::UnknownKey);
         };
         handle.send_cancel().await
@@ -271,17 +320,12 @@ impl SessionRegistry {
 
     /// Number of registered sessions.
     pub fn len(&self) -> usize {
-        self.sessions.lock().expect("session registry lock").len()
+        self.lock().len()
     }
 
     /// A snapshot of every session's handle.
     pub fn handles(&self) -> Vec<Arc<SessionHandle>> {
-        self.sessions
-            .lock()
-            .expect("session registry lock")
-            .values()
-            .cloned()
-            .collect()
+        self.lock().values().cloned().collect()
     }
 
     /// Starts watching for session state changes (and sessions ending); until the
@@ -294,5 +338,64 @@ impl SessionRegistry {
     /// Whether no session is registered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn register(registry: &Arc<SessionRegistry>) -> Registration {
+        let addr: SocketAddr = "127.0.0.1:5432".parse().unwrap();
+        let identity = SessionIdentity {
+            user: "u".into(),
+            database: "d".into(),
+            peer: addr,
+        };
+        registry.register(addr, CancelKey { pid: 7, secret: 1 }, Side::Blue, 0, identity)
+    }
+
+    #[test]
+    fn a_move_is_seen_whole() {
+        let registry = Arc::new(SessionRegistry::default());
+        let r = register(&registry);
+        let green: SocketAddr = "127.0.0.2:5433".parse().unwrap();
+        r.handle
+            .set_server(green, CancelKey { pid: 9, secret: 3 }, Side::Green, 4);
+        let s = r.handle.status();
+        assert_eq!(
+            (s.side, s.epoch, s.server.0, s.server.1.pid),
+            (Side::Green, 4, green, 9)
+        );
+        assert_eq!(s.declined, None);
+        r.handle.decline(5);
+        assert_eq!(r.handle.status().declined, Some(5));
+    }
+
+    #[tokio::test]
+    async fn an_idle_session_is_not_cancelled_and_orders_reach_it() {
+        let registry = Arc::new(SessionRegistry::default());
+        let r = register(&registry);
+        assert_eq!(r.handle.send_cancel().await.unwrap(), CancelOutcome::DroppedIdle);
+        let mut orders = r.handle.orders();
+        r.handle.order(Order::EndTransaction);
+        orders.changed().await.unwrap();
+        assert_eq!(*orders.borrow_and_update(), Order::EndTransaction);
+    }
+
+    #[test]
+    fn a_poisoned_registry_still_registers_and_removes() {
+        let registry = Arc::new(SessionRegistry::default());
+        let poisoner = registry.clone();
+        let _ = std::thread::spawn(move || {
+            let _held = poisoner.sessions.lock().unwrap();
+            panic!("poison the registry lock");
+        })
+        .join();
+        assert!(registry.sessions.is_poisoned());
+        let r = register(&registry);
+        assert_eq!(registry.len(), 1);
+        drop(r);
+        assert!(registry.is_empty(), "Drop must remove the session, not panic");
     }
 }

@@ -125,6 +125,7 @@ impl StateLog {
     pub(crate) fn on_query(&mut self, frame: &[u8]) {
         let changes = self.query_changes(frame);
         self.pending.push_back(Pending { changes, failed: false });
+        self.statements.pipeline_sent();
     }
 
     fn query_changes(&mut self, frame: &[u8]) -> Option<Vec<Change>> {
@@ -163,15 +164,19 @@ impl StateLog {
     /// A Sync or FunctionCall: another message answered by ReadyForQuery.
     pub(crate) fn on_sync(&mut self) {
         self.pending.push_back(Pending::default());
+        self.statements.pipeline_sent();
     }
 
-    /// A Parse frame (header included).
+    /// A Parse frame (header included). An empty frame means it was too large to
+    /// be read.
     pub(crate) fn on_parse(&mut self, frame: &[u8]) {
         self.statements.record_parse(frame);
         if self.opaque.is_some() {
             return;
         }
-        let Some(body) = frame.get(HEADER_LEN..) else { return };
+        let Some(body) = frame.get(HEADER_LEN..) else {
+            return self.make_opaque("a prepared statement too large to follow");
+        };
         let Ok(parse) = pgcutover_protocol::frontend::parse_parse(body) else {
             return;
         };
@@ -184,8 +189,17 @@ impl StateLog {
         }
     }
 
+    /// The server's ParseComplete.
+    pub(crate) fn on_parse_complete(&mut self) {
+        self.statements.parse_complete();
+    }
+
     /// A Close frame (header included).
     pub(crate) fn on_close(&mut self, frame: &[u8]) {
+        if frame.is_empty() {
+            // Too large to read: the log cannot tell what the client closed.
+            self.make_opaque("a Close too large to follow");
+        }
         self.statements.record_close(frame);
     }
 
@@ -203,6 +217,7 @@ impl StateLog {
 
     /// The server sent ReadyForQuery: the oldest unanswered message is done.
     pub(crate) fn on_ready(&mut self, status: TransactionStatus) {
+        self.statements.pipeline_done();
         let Some(Pending {
             changes: Some(changes),
             failed: false,

@@ -1,29 +1,77 @@
 //! The session-state log for prepared statements created with the extended
 //! protocol: the client's own Parse messages, byte for byte, by statement name, so a
 //! session that moves to another server can recreate exactly what it prepared.
+//!
+//! A Parse counts once the server answered it with ParseComplete. The server
+//! answers in order, and after an error skips everything up to the next Sync, so
+//! each Parse gets either its ParseComplete or, when its pipeline ends first, nothing:
+//! then it failed (or was skipped) and is dropped.
 
 use bytes::Bytes;
 use pgcutover_protocol::frame::HEADER_LEN;
 use pgcutover_protocol::frontend::{parse_parse, parse_target, Target};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 /// Named statements the client prepared and has not closed.
 #[derive(Debug, Default)]
 pub struct StatementLog {
     parses: HashMap<String, Bytes>,
+    /// Parses sent and not answered yet, oldest first.
+    pending: VecDeque<PendingParse>,
+    /// Messages sent that the server answers with ReadyForQuery (each ends a pipeline)...
+    pipelines_sent: u64,
+    /// ...and the ReadyForQuery answers received.
+    pipelines_done: u64,
+}
+
+/// A Parse waiting for its ParseComplete.
+#[derive(Debug)]
+struct PendingParse {
+    /// The pipeline it belongs to: it has no answer coming once that one is done.
+    pipeline: u64,
+    /// What to keep once it succeeds; `None` for what is not kept (the unnamed
+    /// statement, one too large to log, one closed again before its answer).
+    statement: Option<(String, Bytes)>,
 }
 
 impl StatementLog {
-    /// Records a whole Parse frame (header included). The unnamed statement is not
-    /// kept: it lives only until the next Parse and never crosses a transaction
-    /// boundary in practice. A later Parse of the same name wins, as a client that
-    /// retries after a failed Parse expects.
+    /// Records a whole Parse frame (header included), kept once the server
+    /// confirms it; an empty frame stands for one too large to keep. The unnamed
+    /// statement is not kept: it lives only until the next Parse and never crosses
+    /// a transaction boundary in practice. A later Parse of the same name wins, as
+    /// a client that retries after a failed Parse expects.
     pub(crate) fn record_parse(&mut self, frame: &[u8]) {
-        let Some(body) = frame.get(HEADER_LEN..) else { return };
-        if let Ok(p) = parse_parse(body) {
-            if !p.name.is_empty() {
-                self.parses.insert(p.name.to_owned(), Bytes::copy_from_slice(frame));
-            }
+        let parsed = frame.get(HEADER_LEN..).and_then(|body| parse_parse(body).ok());
+        let statement = parsed
+            .filter(|p| !p.name.is_empty())
+            .map(|p| (p.name.to_owned(), Bytes::copy_from_slice(frame)));
+        self.pending.push_back(PendingParse {
+            pipeline: self.pipelines_sent,
+            statement,
+        });
+    }
+
+    /// The server's ParseComplete: the oldest pending Parse succeeded.
+    pub(crate) fn parse_complete(&mut self) {
+        if let Some(PendingParse {
+            statement: Some((name, frame)),
+            ..
+        }) = self.pending.pop_front()
+        {
+            self.parses.insert(name, frame);
+        }
+    }
+
+    /// The client sent a message the server answers with ReadyForQuery.
+    pub(crate) fn pipeline_sent(&mut self) {
+        self.pipelines_sent += 1;
+    }
+
+    /// The server sent ReadyForQuery: Parses of that pipeline without an answer failed.
+    pub(crate) fn pipeline_done(&mut self) {
+        self.pipelines_done += 1;
+        while self.pending.front().is_some_and(|p| p.pipeline < self.pipelines_done) {
+            self.pending.pop_front();
         }
     }
 
@@ -32,6 +80,12 @@ impl StatementLog {
         let Some(body) = frame.get(HEADER_LEN..) else { return };
         if let Ok(Target::Statement(name)) = parse_target(body) {
             self.parses.remove(name);
+            // Closed before it was confirmed: its ParseComplete must not bring it back.
+            for p in &mut self.pending {
+                if p.statement.as_ref().is_some_and(|(n, _)| n == name) {
+                    p.statement = None;
+                }
+            }
         }
     }
 
@@ -88,13 +142,25 @@ mod tests {
         b
     }
 
+    /// Parses one pipeline (ending in Sync) that the server answers with
+    /// ParseComplete for the first `ok` of them, then an error.
+    fn pipeline(log: &mut StatementLog, parses: &[BytesMut], ok: usize) {
+        for p in parses {
+            log.record_parse(p);
+        }
+        log.pipeline_sent();
+        for _ in 0..ok {
+            log.parse_complete();
+        }
+        log.pipeline_done();
+    }
+
     #[test]
     fn keeps_named_statements_until_closed() {
         let mut log = StatementLog::default();
-        log.record_parse(&parse("s1", "select 1"));
-        log.record_parse(&parse("", "select 2"));
-        log.record_parse(&parse("s2", "select 3"));
-        log.record_parse(&parse("s2", "select 4"));
+        let parses = [parse("s1", "select 1"), parse("", "select 2"), parse("s2", "select 3")];
+        pipeline(&mut log, &parses, 3);
+        pipeline(&mut log, &[parse("s2", "select 4")], 1);
         assert_eq!(log.len(), 2);
         assert_eq!(log.parse_frame("s2").unwrap()[..], parse("s2", "select 4")[..]);
         let mut close = BytesMut::new();
@@ -106,8 +172,64 @@ mod tests {
         assert!(log.parse_frame("s1").is_none());
         assert!(log.parse_frame("s2").is_some());
         // Malformed frames are ignored, never a panic.
-        log.record_parse(b"P\0");
+        pipeline(&mut log, &[BytesMut::from(&b"P\0"[..])], 1);
         log.record_close(b"");
         assert_eq!(log.len(), 1);
+    }
+
+    #[test]
+    fn a_parse_the_server_refused_is_not_kept() {
+        let mut log = StatementLog::default();
+        // s1 succeeds; s2 fails, and the server skips s3 up to the Sync.
+        let parses = [parse("s1", "select 1"), parse("s2", "selec 2"), parse("s3", "select 3")];
+        pipeline(&mut log, &parses, 1);
+        assert!(log.parse_frame("s1").is_some());
+        assert!(log.parse_frame("s2").is_none());
+        assert!(log.parse_frame("s3").is_none());
+        // The next pipeline's answers go to its own Parses, not to the skipped ones.
+        pipeline(&mut log, &[parse("s4", "select 4")], 1);
+        assert_eq!(log.parse_frame("s4").unwrap()[..], parse("s4", "select 4")[..]);
+        assert_eq!(log.len(), 2);
+    }
+
+    #[test]
+    fn a_parse_waits_for_its_answer_across_pipelined_syncs() {
+        let mut log = StatementLog::default();
+        log.record_parse(&parse("a", "select 1"));
+        log.pipeline_sent();
+        log.record_parse(&parse("b", "select 2"));
+        log.pipeline_sent();
+        assert!(log.is_empty(), "nothing counts before the server answers");
+        log.parse_complete();
+        log.pipeline_done();
+        log.parse_complete();
+        log.pipeline_done();
+        assert_eq!(log.len(), 2);
+    }
+
+    #[test]
+    fn a_statement_closed_before_its_answer_stays_closed() {
+        let mut log = StatementLog::default();
+        let mut close = BytesMut::new();
+        build::frame(&mut close, b'C', |b| b.extend_from_slice(b"Ss1\0"));
+        log.record_parse(&parse("s1", "select 1"));
+        log.record_close(&close);
+        log.pipeline_sent();
+        log.parse_complete();
+        log.pipeline_done();
+        assert!(log.is_empty());
+    }
+
+    #[test]
+    fn a_parse_too_large_to_keep_still_takes_its_answer() {
+        let mut log = StatementLog::default();
+        log.record_parse(&[]);
+        log.record_parse(&parse("s1", "select 1"));
+        log.pipeline_sent();
+        log.parse_complete();
+        log.parse_complete();
+        log.pipeline_done();
+        assert_eq!(log.len(), 1);
+        assert!(log.parse_frame("s1").is_some());
     }
 }

@@ -621,3 +621,29 @@ async fn sql_admin_console_shows_status_and_holds_and_resumes() {
     assert_eq!(sqlstate(&e), "28000", "{e}");
     assert!(e.as_db_error().unwrap().message().contains("admin console"), "{e}");
 }
+
+/// The wait for a held gate is the proxy's doing, not the client's: it is bounded by
+/// the hold's own limit, not by `client_login_timeout` (which once closed such a
+/// client with FATAL 08006 after a second here).
+#[tokio::test]
+async fn a_client_arriving_during_a_hold_longer_than_its_login_timeout_gets_in_at_the_resume() {
+    let blue = Db::pg15();
+    let config = blue.config(
+        "client_login_timeout = \"1s\"",
+        &format!("auth_file = {:?}", blue.userlist()),
+    );
+    let proxy = RunningProxy::start(config).await;
+    proxy.control.hold();
+    let conninfo = proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB);
+    let arriving = tokio::spawn(async move { connect(&conninfo).await });
+    // Not synchronisation: the duration under test, well past the login timeout.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!arriving.is_finished(), "a held client waits for the resume");
+    proxy.control.resume();
+    let client = arriving
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the held client must get in, not {}: {e}", sqlstate(&e)));
+    let n: i32 = client.query_one("select 41 + 1", &[]).await.unwrap().get(0);
+    assert_eq!(n, 42);
+}

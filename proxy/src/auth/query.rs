@@ -1,10 +1,10 @@
 //! `auth_user` + `auth_query`: secrets looked up in the active database, cached.
 
 use super::secret::{Secret, ServerCredential};
-use crate::server::{self, Backend, LoginError, LoginOptions};
+use crate::server::{self, round_trip, Backend, LoginError, LoginOptions};
 use pgcutover_protocol::{backend, build};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Looks secrets up with `auth_query`, logging in as `auth_user`.
@@ -52,6 +52,11 @@ impl AuthQuery {
         }
     }
 
+    fn cache(&self) -> MutexGuard<'_, HashMap<String, (Option<Secret>, Instant)>> {
+        // A cache entry is written whole: a poisoned lock still holds usable entries.
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The secret of `user` (None: no such role, or it has no password), from the
     /// cache while fresh, else from `backend`.
     pub async fn lookup(
@@ -61,23 +66,20 @@ impl AuthQuery {
         user: &str,
         client_db: &str,
     ) -> Result<Option<Secret>, LookupError> {
-        if let Some((secret, at)) = self.cache.lock().expect("auth cache lock").get(user) {
+        if let Some((secret, at)) = self.cache().get(user) {
             if at.elapsed() < self.ttl {
                 return Ok(secret.clone());
             }
         }
         let secret = self.fetch(backend, opts, user, client_db).await?;
-        self.cache
-            .lock()
-            .expect("auth cache lock")
-            .insert(user.to_owned(), (secret.clone(), Instant::now()));
+        self.cache().insert(user.to_owned(), (secret.clone(), Instant::now()));
         Ok(secret)
     }
 
     /// Forgets a cached secret, so that a failed login retries with a fresh one (the
     /// password may have just changed).
     pub fn invalidate(&self, user: &str) {
-        self.cache.lock().expect("auth cache lock").remove(user);
+        self.cache().remove(user);
     }
 
     async fn fetch(
@@ -102,11 +104,9 @@ impl AuthQuery {
         let conn = &mut server.conn;
         build::extended_query(&mut conn.wbuf, &self.query, &[Some(user)]);
         let query_err = |e: &dyn std::fmt::Display| LookupError::Query(e.to_string());
-        conn.flush().await.map_err(|e| query_err(&e))?;
         let mut secret: Option<Option<String>> = None;
         let mut error = None;
-        loop {
-            let f = conn.read_frame().await.map_err(|e| query_err(&e))?;
+        let read = round_trip(conn, 1, |_, f| {
             match f.tag {
                 backend::DATA_ROW if secret.is_none() => {
                     let row = backend::parse_data_row(&f.body).map_err(|e| query_err(&e))?;
@@ -123,10 +123,11 @@ impl AuthQuery {
                         fields.code().unwrap_or("?????")
                     ));
                 }
-                backend::READY_FOR_QUERY => break,
                 _ => {}
             }
-        }
+            Ok(())
+        });
+        read.await.map_err(|e| query_err(&e))??;
         build::terminate(&mut conn.wbuf);
         let _ = conn.flush().await;
         if let Some(e) = error {

@@ -4,6 +4,7 @@ use crate::auth::ServerCredential;
 use crate::stream::Stream;
 use crate::wire::{Conn, WireError};
 use bytes::{Bytes, BytesMut};
+use pgcutover_api::Side;
 use pgcutover_config::ServerTls;
 use pgcutover_config::{PgUrl, ServerTlsMode};
 use pgcutover_protocol::backend::{self, Authentication};
@@ -20,8 +21,8 @@ use tokio::net::TcpStream;
 /// A database server clients can be routed to.
 #[derive(Debug, Clone)]
 pub struct Backend {
-    /// "blue" or "green", for messages and metrics.
-    pub name: &'static str,
+    /// Which side it is, for messages and metrics.
+    pub side: Side,
     /// Where it is.
     pub url: PgUrl,
 }
@@ -128,7 +129,7 @@ pub async fn connect(
     match tokio::time::timeout(opts.timeout, connect_inner(backend, opts, params, credential)).await {
         Ok(r) => r,
         Err(_) => Err(LoginError::Timeout {
-            target: backend.name,
+            target: backend.side.name(),
             addr,
             secs: opts.timeout.as_secs_f64(),
         }),
@@ -141,7 +142,7 @@ async fn connect_inner(
     params: &[(String, String)],
     credential: &ServerCredential,
 ) -> Result<ServerConn, LoginError> {
-    let target = backend.name;
+    let target = backend.side.name();
     let addr_text = backend.url.host_port();
     let connect_err = |source| LoginError::Connect {
         target,
@@ -175,11 +176,30 @@ async fn connect_inner(
         .unwrap_or_default();
     authenticate(&mut conn, target, user, credential).await?;
 
+    let (login_messages, key, reported) = read_login_reply(&mut conn, target).await?;
+    Ok(ServerConn {
+        conn,
+        key,
+        addr,
+        login_messages,
+        params: reported,
+    })
+}
+
+/// Reads what the server sends after authentication: its parameters and notices
+/// (kept for the client), its cancel key, up to ReadyForQuery.
+async fn read_login_reply(
+    conn: &mut Conn,
+    target: &'static str,
+) -> Result<(BytesMut, CancelKey, Vec<(String, String)>), LoginError> {
+    let protocol = |e: WireError| LoginError::Protocol {
+        target,
+        reason: e.to_string(),
+    };
     let mut login_messages = BytesMut::new();
     let mut key = None;
     let mut reported = Vec::new();
-    loop {
-        let f = conn.read_frame().await.map_err(protocol)?;
+    let read = super::round_trip(conn, 1, |_, f| {
         match f.tag {
             backend::PARAMETER_STATUS => {
                 if let Ok((name, value)) = backend::parse_parameter_status(&f.body) {
@@ -197,9 +217,8 @@ async fn connect_inner(
                 );
             }
             backend::ERROR_RESPONSE => return Err(LoginError::Rejected(f.body)),
-            backend::READY_FOR_QUERY => break,
             // NegotiateProtocolVersion cannot matter: we ask for 3.0 without _pq_ options.
-            backend::NEGOTIATE_PROTOCOL_VERSION => {}
+            backend::READY_FOR_QUERY | backend::NEGOTIATE_PROTOCOL_VERSION => {}
             other => {
                 return Err(LoginError::Protocol {
                     target,
@@ -207,22 +226,18 @@ async fn connect_inner(
                 })
             }
         }
-    }
+        Ok(())
+    });
+    read.await.map_err(protocol)??;
     let key = key.ok_or_else(|| LoginError::Protocol {
         target,
         reason: "server sent no BackendKeyData".into(),
     })?;
-    Ok(ServerConn {
-        conn,
-        key,
-        addr,
-        login_messages,
-        params: reported,
-    })
+    Ok((login_messages, key, reported))
 }
 
 async fn negotiate_tls(mut tcp: TcpStream, backend: &Backend, tls: &ServerTls) -> Result<Stream, LoginError> {
-    let target = backend.name;
+    let target = backend.side.name();
     let addr = backend.url.host_port();
     let Some(connector) = tls.connector() else {
         return Ok(Stream::Plain(tcp));

@@ -2,5 +2,7 @@
 //! credential the client's authentication produced.
 
 mod login;
+mod query;
 
 pub use login::{connect, Backend, LoginError, LoginOptions, ServerConn};
+pub(crate) use query::round_trip;

@@ -137,12 +137,20 @@ async fn run(shared: &Shared, command: &str, out: &mut BytesMut) -> bool {
                 .handles()
                 .iter()
                 .map(|h| {
+                    let status = h.status();
                     vec![
                         Some(h.identity.user.clone()),
                         Some(h.identity.database.clone()),
                         Some(h.identity.peer.to_string()),
-                        Some(if h.in_transaction() { "in_transaction" } else { "idle" }.to_owned()),
-                        Some(h.target().name().to_owned()),
+                        Some(
+                            if status.in_transaction() {
+                                "in_transaction"
+                            } else {
+                                "idle"
+                            }
+                            .to_owned(),
+                        ),
+                        Some(status.side.name().to_owned()),
                     ]
                 })
                 .collect();
@@ -154,14 +162,16 @@ async fn run(shared: &Shared, command: &str, out: &mut BytesMut) -> bool {
                 .handles()
                 .iter()
                 .map(|h| {
-                    let (addr, pid) = h.server();
+                    // One read per row: target, address, pid and epoch belong together.
+                    let status = h.status();
+                    let (addr, key) = status.server;
                     vec![
-                        Some(h.target().name().to_owned()),
+                        Some(status.side.name().to_owned()),
                         Some(addr.to_string()),
-                        Some(pid.to_string()),
+                        Some(key.pid.to_string()),
                         Some(h.identity.user.clone()),
                         Some(h.identity.database.clone()),
-                        Some(h.epoch().to_string()),
+                        Some(status.epoch.to_string()),
                     ]
                 })
                 .collect();

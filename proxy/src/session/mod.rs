@@ -5,20 +5,22 @@ mod console;
 mod error;
 mod migrate;
 mod opening;
+mod standby;
 
 use crate::auth::{authenticate_client, AuthFailure, Secret, ServerCredential};
 use crate::pump::{Pump, PumpEnd, PumpError, RunMode};
-use crate::registry::Registration;
+use crate::registry::{Order, Registration};
+use crate::route::Route;
 use crate::server::{self, ServerConn};
 use crate::wire::Conn;
 use crate::{ClientSlot, Shared, ShutdownPhase};
 use error::SessionError;
 use opening::Opening;
-use pgcutover_api::Side;
 use pgcutover_config::{AuthType, PinnedPolicy, TlsMode};
 use pgcutover_protocol::backend::TransactionStatus;
 use pgcutover_protocol::build;
 use pgcutover_protocol::StartupMessage;
+use standby::Standby;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,11 +72,18 @@ pub(crate) async fn run(
         if startup.param("database") == Some(console::DATABASE) {
             return console::serve(&shared, &mut client, &startup, &slot, login_timeout).await;
         }
-        let logged_in = tokio::time::timeout(login_timeout, login(&shared, &mut client, &startup, &slot, peer)).await;
-        let (mut server, ctx) = match logged_in {
+        // Only the client's own part is bounded by its login timeout: the wait for a
+        // held gate is bounded by the hold, and the server login by server_connect_timeout.
+        let authenticated =
+            tokio::time::timeout(login_timeout, authenticate(&shared, &mut client, &startup, &slot)).await;
+        let who = match authenticated {
             Err(_) => return goodbye(&mut client, SessionError::LoginTimeout(login_timeout)).await,
             Ok(Err(e)) => return goodbye(&mut client, e).await,
-            Ok(Ok(s)) => s,
+            Ok(Ok(who)) => who,
+        };
+        let (mut server, ctx) = match login(&shared, &mut client, &startup, who, peer).await {
+            Err(e) => return goodbye(&mut client, e).await,
+            Ok(s) => s,
         };
         info!(server_pid = server.key.pid, server_version = %server.server_version(), tls = client.stream.is_tls(), target = ctx.registration.handle.target().name(), "session started");
         let end = serve(&shared, &mut client, &mut server, &ctx, shutdown).await;
@@ -137,17 +146,25 @@ pub(crate) struct SessionCtx {
     client_pid: i32,
 }
 
-/// Authenticates the client, logs into the routed server, and sends the client the
-/// rest of its startup: AuthenticationOk, the server's parameters, our
-/// BackendKeyData and ReadyForQuery.
+/// What the data phase works on: the session's two connections and its pump.
+pub(crate) struct Live<'a> {
+    shared: &'a Shared,
+    ctx: &'a SessionCtx,
+    client: &'a mut Conn,
+    server: &'a mut ServerConn,
+    pump: Pump,
+}
+
+/// For an authenticated client, waits out a hold, logs into the routed server,
+/// and sends the client the rest of its startup: AuthenticationOk, the server's
+/// parameters, our BackendKeyData and ReadyForQuery.
 async fn login(
     shared: &Shared,
     client: &mut Conn,
     startup: &StartupMessage,
-    slot: &ClientSlot,
+    (user, database, credential): (String, String, ServerCredential),
     peer: SocketAddr,
 ) -> Result<(ServerConn, SessionCtx), SessionError> {
-    let (user, database, credential) = authenticate(shared, client, startup, slot).await?;
     let (user, database) = (user.as_str(), database.as_str());
     let mut params: Vec<(String, String)> = startup.params.clone();
     if startup.param("database").is_none() {
@@ -155,8 +172,7 @@ async fn login(
     }
     // A client arriving during a hold is authenticated, then waits here (before its
     // server login, so it logs in where the route points once the hold ends).
-    let mut gate = shared.control.watch_gate();
-    let _ = gate.wait_for(|g| !g.held).await;
+    shared.control.wait_open().await;
     let route = shared.control.route();
     let backend = shared.backend(route.target);
     let server = server::connect(backend, &shared.login, &params, &credential)
@@ -218,35 +234,6 @@ enum DataEnd {
     ShutdownForced,
 }
 
-/// A logged-in connection to another target, opened ahead of a flip.
-enum Standby {
-    None,
-    Connecting(Side, tokio::task::JoinHandle<Result<migrate::Warm, String>>),
-    Ready(Side, Box<migrate::Warm>),
-    /// The login failed; not retried until another target is asked for.
-    Failed(Side),
-}
-
-impl Standby {
-    fn target(&self) -> Option<Side> {
-        match self {
-            Standby::None => None,
-            Standby::Connecting(t, _) | Standby::Ready(t, _) | Standby::Failed(t) => Some(*t),
-        }
-    }
-}
-
-/// Resolves when a standby login finishes; never while there is none.
-async fn standby_login(standby: &mut Standby) -> Result<migrate::Warm, String> {
-    match standby {
-        Standby::Connecting(_, task) => match task.await {
-            Ok(r) => r,
-            Err(e) => Err(e.to_string()),
-        },
-        _ => std::future::pending().await,
-    }
-}
-
 /// The data phase: pump, and at transaction boundaries obey the hold gate, move to
 /// the routed target when the route changed, and close on shutdown.
 async fn serve(
@@ -256,79 +243,52 @@ async fn serve(
     ctx: &SessionCtx,
     mut shutdown: watch::Receiver<ShutdownPhase>,
 ) -> DataEnd {
-    let mut pump = Pump::new(
+    let pump = Pump::new(
         std::mem::take(&mut client.rbuf),
         std::mem::take(&mut server.conn.rbuf),
         shared.config.proxy.max_message_bytes,
         ctx.registration.handle.clone(),
         shared.metrics.clone(),
     );
-    let mut route_rx = shared.control.watch_route();
-    let mut gate_rx = shared.control.watch_gate();
-    let mut standby_rx = shared.control.watch_standby();
-    let mut kick_rx = shared.control.watch_kick();
-    let mut standby = Standby::None;
+    let mut live = Live {
+        shared,
+        ctx,
+        client,
+        server,
+        pump,
+    };
+    let mut cutover_rx = shared.control.watch();
     let handle = &ctx.registration.handle;
+    let mut orders = handle.orders();
+    let mut standby = Standby::None;
     // Set when the server connection ended: the session may live on elsewhere.
     let mut lost: Option<Result<PumpEnd, PumpError>> = None;
     let end = loop {
         if let Some(r) = lost.take() {
-            match server_lost(shared, client, server, ctx, &mut pump).await {
+            match server_lost(&mut live).await {
                 Ok(()) => continue,
                 Err(()) => break DataEnd::Pump(r),
             }
         }
-        let wanted = (*standby_rx.borrow_and_update()).filter(|t| *t != handle.target());
-        if standby.target() != wanted {
-            if let Standby::Connecting(_, task) = &standby {
-                task.abort();
-            }
-            handle.set_standby_ready(false);
-            standby = match wanted {
-                Some(target) => {
-                    let (backend, opts) = (shared.backend(target).clone(), shared.login.clone());
-                    let (params, credential) = (ctx.params.clone(), ctx.credential.clone());
-                    let statements = pump.state_log().statements().iter();
-                    let statements = statements.map(|(n, f)| (n.to_owned(), f.clone())).collect();
-                    let warm = migrate::warm_standby(backend, opts, params, credential, statements);
-                    Standby::Connecting(target, tokio::spawn(warm))
-                }
-                None => Standby::None,
-            };
-        }
+        let cutover = *cutover_rx.borrow_and_update();
+        standby.sync(
+            shared,
+            ctx,
+            &live.pump,
+            cutover.standby.filter(|t| *t != handle.target()),
+        );
         let phase = *shutdown.borrow_and_update();
         if phase == ShutdownPhase::Forced {
             break DataEnd::ShutdownForced;
         }
-        let route = *route_rx.borrow_and_update();
-        let held = gate_rx.borrow_and_update().held;
-        let must_move = route.epoch != handle.epoch() && route.epoch != handle.declined();
-        if must_move && pump.at_boundary() && phase == ShutdownPhase::Running {
-            let prepared = match std::mem::replace(&mut standby, Standby::None) {
-                Standby::Ready(t, conn) if t == route.target => Some(*conn),
-                other => {
-                    standby = other;
-                    None
-                }
-            };
-            handle.set_standby_ready(false);
-            match migrate::move_to(shared, client, server, ctx, &mut pump, route, prepared).await {
-                Ok(()) => continue,
-                Err(migrate::MoveError::Pinned(reason))
-                    if shared.config.switchover.pinned_policy == PinnedPolicy::Close =>
-                {
-                    break DataEnd::Pinned(reason)
-                }
-                Err(e) => {
-                    // Still whole where it is: it stays, and the flip reports it as not moved.
-                    warn!(
-                        target = route.target.name(),
-                        "session stays on {}: {e}",
-                        handle.target().name()
-                    );
-                    handle.decline(route.epoch);
-                    continue;
-                }
+        let (route, held) = (cutover.route, cutover.gate.is_held());
+        let status = handle.status();
+        let must_move = route.epoch != status.epoch && Some(route.epoch) != status.declined;
+        if must_move && live.pump.at_boundary() && phase == ShutdownPhase::Running {
+            let prepared = standby.take_for(route.target, handle);
+            match move_session(&mut live, route, prepared).await {
+                Some(end) => break end,
+                None => continue,
             }
         }
         let mode = RunMode {
@@ -336,34 +296,20 @@ async fn serve(
             stop_at_boundary: must_move || phase == ShutdownPhase::Draining,
         };
         tokio::select! {
-            r = pump.run(&mut client.stream, &mut server.conn.stream, mode) => match r {
+            r = live.pump.run(&mut live.client.stream, &mut live.server.conn.stream, mode) => match r {
                 Ok(PumpEnd::AtBoundary) if phase == ShutdownPhase::Draining => break DataEnd::Pump(r),
                 // At a boundary with a move pending: the loop moves the session.
                 Ok(PumpEnd::AtBoundary) => continue,
                 lost_server @ (Ok(PumpEnd::ServerClosed) | Err(PumpError::ServerIo(_))) => lost = Some(lost_server),
                 other => break DataEnd::Pump(other),
             },
-            _ = route_rx.changed() => {}
-            _ = gate_rx.changed() => {}
-            _ = standby_rx.changed() => {}
-            _ = kick_rx.changed() => {
-                if handle.termination_requested() && !pump.tx().idle() {
+            _ = cutover_rx.changed() => {}
+            Ok(()) = orders.changed() => {
+                if *orders.borrow_and_update() == Order::EndTransaction && !live.pump.tx().idle() {
                     break DataEnd::DrainCancelled;
                 }
             }
-            login = standby_login(&mut standby) => {
-                let target = standby.target().unwrap_or(Side::Blue);
-                standby = match login {
-                    Ok(conn) => {
-                        handle.set_standby_ready(true);
-                        Standby::Ready(target, Box::new(conn))
-                    }
-                    Err(e) => {
-                        warn!(target = target.name(), "standby connection failed: {e}");
-                        Standby::Failed(target)
-                    }
-                };
-            }
+            login = standby.login() => standby.settle(login, handle),
             changed = shutdown.changed() => {
                 if changed.is_err() {
                     // The listener is gone without saying why: treat as a forced shutdown.
@@ -372,6 +318,33 @@ async fn serve(
             }
         }
     };
+    last_words(live.client, &live.pump, end)
+}
+
+/// Moves the session at a flip; returns how it ends if it must close instead
+/// (pinned, under pinned_policy = close). A session that cannot move stays whole
+/// where it is, and the flip reports it as not moved.
+async fn move_session(live: &mut Live<'_>, route: Route, prepared: Option<migrate::Warm>) -> Option<DataEnd> {
+    let (shared, handle) = (live.shared, &live.ctx.registration.handle);
+    match migrate::move_to(live, route, prepared).await {
+        Ok(()) => None,
+        Err(migrate::MoveError::Pinned(reason)) if shared.config.switchover.pinned_policy == PinnedPolicy::Close => {
+            Some(DataEnd::Pinned(reason))
+        }
+        Err(e) => {
+            warn!(
+                target = route.target.name(),
+                "session stays on {}: {e}",
+                handle.target().name()
+            );
+            handle.decline(route.epoch);
+            None
+        }
+    }
+}
+
+/// Refines how the data phase ended by what the client may still be told.
+fn last_words(client: &mut Conn, pump: &Pump, end: DataEnd) -> DataEnd {
     if let Some(farewell) = pump.server_farewell() {
         // The FATAL the server sent before it went away, held back for a reconnect
         // that did not happen: the client gets it as it would directly.
@@ -393,13 +366,8 @@ async fn serve(
 /// everything it set up, it is recreated on the active target and the client
 /// notices nothing; otherwise (inside a transaction, or state the log could not
 /// follow) the client gets the error, as with a direct connection.
-async fn server_lost(
-    shared: &Shared,
-    client: &mut Conn,
-    server: &mut ServerConn,
-    ctx: &SessionCtx,
-    pump: &mut Pump,
-) -> Result<(), ()> {
+async fn server_lost(live: &mut Live<'_>) -> Result<(), ()> {
+    let (shared, pump) = (live.shared, &live.pump);
     if !pump.at_boundary() {
         return Err(());
     }
@@ -408,7 +376,7 @@ async fn server_lost(
         shared.metrics.server_reconnect("not_attempted");
         return Err(());
     }
-    match migrate::reconnect(shared, client, server, ctx, pump).await {
+    match migrate::reconnect(live).await {
         Ok(()) => {
             shared.metrics.server_reconnect("reconnected");
             Ok(())
@@ -422,7 +390,7 @@ async fn server_lost(
 }
 
 async fn finish(shared: &Shared, client: &mut Conn, server: &mut ServerConn, ctx: &SessionCtx, end: DataEnd) {
-    let target = shared.backend(ctx.registration.handle.target()).name;
+    let target = shared.backend(ctx.registration.handle.target()).side.name();
     let (client_error, tell_server) = match &end {
         DataEnd::Pump(Ok(PumpEnd::ClientTerminated)) | DataEnd::ServerClosedWithError => (None, false),
         DataEnd::Pump(Ok(PumpEnd::ClientClosed)) => (None, true),

@@ -1,42 +1,25 @@
 //! Hold, drain, flip and resume: the cutover core's controls. This is the one owner
-//! of the route and the hold gate; sessions only watch them, and report back through
-//! the session registry.
+//! of the [`Cutover`] state (route, hold gate, standby wish); sessions only watch
+//! it, and report back through the session registry.
+
+mod cutover;
+mod drain;
+
+pub use cutover::{Cutover, Gate};
+pub use drain::DrainReport;
 
 use crate::metrics::Metrics;
-use crate::registry::{SessionHandle, SessionRegistry};
+use crate::registry::SessionRegistry;
 use crate::route::Route;
 use pgcutover_api::Side;
 use pgcutover_api::{
     HoldReply, PerSide, Phase, PhaseReply, PhaseUpdate, PrepareReply, ProxyPhase, ResumeReply, RouteReply, StatusReply,
 };
-use pgcutover_config::{DrainPolicy, SwitchoverConfig};
-use std::sync::atomic::{AtomicU64, Ordering};
+use pgcutover_config::SwitchoverConfig;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{info, warn};
-
-/// Whether new transactions may start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Gate {
-    /// New transactions wait.
-    pub held: bool,
-    /// Which hold this is; a timer only releases the hold it was started for.
-    pub generation: u64,
-}
-
-/// What a drain found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DrainReport {
-    /// Every session reached a transaction boundary in time.
-    pub drained: bool,
-    /// Sessions still inside a transaction when the drain ended.
-    pub in_flight: usize,
-    /// Sessions in all.
-    pub sessions: usize,
-    /// How long the drain took.
-    pub waited: Duration,
-}
 
 /// What a flip did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,14 +123,9 @@ pub enum ControlError {
 
 /// The proxy's cutover controls, shared by sessions (as watchers) and the admin API.
 pub struct Control {
-    route: watch::Sender<Route>,
-    gate: watch::Sender<Gate>,
-    standby: watch::Sender<Option<Side>>,
-    /// Bumped to make sessions look at their termination requests.
-    kick: watch::Sender<u64>,
+    /// Route, gate and standby wish: changed only by one closure at a time.
+    state: watch::Sender<Cutover>,
     sessions: Arc<SessionRegistry>,
-    generations: AtomicU64,
-    held_since: Mutex<Option<Instant>>,
     /// The phase of the switchover driving this proxy, as it last reported.
     phase: Mutex<Option<Phase>>,
     /// Hold limit (`timeout`) and drain settings.
@@ -166,19 +144,8 @@ impl Control {
         metrics: Arc<Metrics>,
     ) -> Arc<Control> {
         Arc::new(Control {
-            route: watch::Sender::new(Route {
-                target: Side::Blue,
-                epoch: 0,
-            }),
-            gate: watch::Sender::new(Gate {
-                held: false,
-                generation: 0,
-            }),
-            standby: watch::Sender::new(None),
-            kick: watch::Sender::new(0),
+            state: watch::Sender::new(Cutover::new()),
             sessions,
-            generations: AtomicU64::new(0),
-            held_since: Mutex::new(None),
             phase: Mutex::new(None),
             settings,
             has_green,
@@ -186,24 +153,21 @@ impl Control {
         })
     }
 
-    /// Watches the route.
-    pub fn watch_route(&self) -> watch::Receiver<Route> {
-        self.route.subscribe()
+    /// Watches the route, the gate and the standby wish: all a session follows.
+    pub fn watch(&self) -> watch::Receiver<Cutover> {
+        self.state.subscribe()
     }
 
-    /// Watches the hold gate.
-    pub fn watch_gate(&self) -> watch::Receiver<Gate> {
-        self.gate.subscribe()
+    /// The cutover state now.
+    pub fn cutover(&self) -> Cutover {
+        *self.state.borrow()
     }
 
-    /// Watches for termination requests (drain_policy = cancel).
-    pub fn watch_kick(&self) -> watch::Receiver<u64> {
-        self.kick.subscribe()
-    }
-
-    /// Watches which target sessions should hold a standby connection to.
-    pub fn watch_standby(&self) -> watch::Receiver<Option<Side>> {
-        self.standby.subscribe()
+    /// Waits until the gate is open, at most as long as a hold can last (the
+    /// hold's own timer opens it by then).
+    pub async fn wait_open(&self) {
+        let mut rx = self.watch();
+        let _ = tokio::time::timeout(self.settings.timeout.0, rx.wait_for(|c| !c.gate.is_held())).await;
     }
 
     /// Has every session open a logged-in standby connection to `target` now, so
@@ -215,24 +179,28 @@ impl Control {
             return Err(ControlError::NoGreen);
         }
         let started = Instant::now();
-        self.standby.send_replace(Some(target));
+        self.state.send_modify(|c| c.standby = Some(target));
         info!(target = target.name(), "prepare: sessions open standby connections");
         let control = self.clone();
         let max = self.settings.timeout.0;
+        let deadline = tokio::time::Instant::now() + max;
         tokio::spawn(async move {
-            tokio::time::sleep(max).await;
-            if *control.standby.borrow() == Some(target) && !control.is_held() && control.route().target != target {
+            tokio::time::sleep_until(deadline).await;
+            if control.state.send_if_modified(|c| c.drop_unused_standby(target)) {
                 info!(
                     "standby connections to {} dropped: no flip within {max:?}",
                     target.name()
                 );
-                control.standby.send_replace(None);
             }
         });
         Ok(self
             .wait_for_sessions(timeout, |handles| {
-                let needing: Vec<_> = handles.iter().filter(|h| h.target() != target).collect();
-                let ready = needing.iter().filter(|h| h.standby_ready()).count();
+                let needing: Vec<_> = handles
+                    .iter()
+                    .map(|h| h.status())
+                    .filter(|s| s.side != target)
+                    .collect();
+                let ready = needing.iter().filter(|s| s.standby).count();
                 let report = PrepareReport {
                     target,
                     ready,
@@ -246,32 +214,40 @@ impl Control {
 
     /// The current route.
     pub fn route(&self) -> Route {
-        *self.route.borrow()
+        self.state.borrow().route
     }
 
     /// Whether new transactions are held.
     pub fn is_held(&self) -> bool {
-        self.gate.borrow().held
+        self.state.borrow().gate.is_held()
     }
 
     /// How long the current hold has lasted.
     pub fn held_for(&self) -> Option<Duration> {
-        self.held_since.lock().expect("hold lock").map(|t| t.elapsed())
+        match self.state.borrow().gate {
+            Gate::Held { since, .. } => Some(since.elapsed()),
+            Gate::Open => None,
+        }
     }
 
     /// The proxy's state now.
     pub fn status(&self) -> Status {
-        let handles = self.sessions.handles();
-        let in_flight = handles.iter().filter(|h| h.in_transaction()).count();
-        let held = self.is_held();
-        let on = |t: Side| handles.iter().filter(|h| h.target() == t).count();
+        let statuses: Vec<_> = self.sessions.handles().iter().map(|h| h.status()).collect();
+        let in_flight = statuses.iter().filter(|s| s.in_transaction()).count();
+        let cutover = self.cutover();
+        let held = cutover.gate.is_held();
+        let on = |t: Side| statuses.iter().filter(|s| s.side == t).count();
+        let held_ms = match cutover.gate {
+            Gate::Held { since, .. } => Some(millis(since.elapsed())),
+            Gate::Open => None,
+        };
         Status {
-            route: self.route(),
+            route: cutover.route,
             held,
-            held_ms: self.held_for().map(|d| d.as_secs_f64() * 1000.0),
-            clients: handles.len(),
+            held_ms,
+            clients: statuses.len(),
             in_flight,
-            held_clients: if held { handles.len() - in_flight } else { 0 },
+            held_clients: if held { statuses.len() - in_flight } else { 0 },
             blue_servers: on(Side::Blue),
             green_servers: on(Side::Green),
         }
@@ -325,8 +301,9 @@ impl Control {
         let handles = self.sessions.handles();
         handles
             .iter()
-            .filter(|h| h.target() == target)
-            .map(|h| h.server_pid())
+            .map(|h| h.status())
+            .filter(|s| s.side == target)
+            .map(|s| s.server.1.pid)
             .collect()
     }
 
@@ -369,25 +346,33 @@ impl Control {
 
     /// Stops new transactions from starting. The hold ends by itself after
     /// the switchover timeout, so a lost orchestrator cannot stall
-    /// clients forever.
+    /// clients forever. Holding while held changes nothing (and keeps the first
+    /// hold's timer).
     pub fn hold(self: &Arc<Self>) {
-        if self.is_held() {
-            return;
-        }
-        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
-        *self.held_since.lock().expect("hold lock") = Some(Instant::now());
-        self.gate.send_replace(Gate { held: true, generation });
+        let mut started = None;
+        self.state.send_if_modified(|c| {
+            started = c.hold(tokio::time::Instant::now());
+            started.is_some()
+        });
+        let Some(generation) = started else { return };
         info!(generation, "hold: new transactions wait");
         let control = self.clone();
         let max_hold = self.settings.timeout.0;
+        // From now, not from whenever the timer task first runs.
+        let deadline = tokio::time::Instant::now() + max_hold;
         tokio::spawn(async move {
-            tokio::time::sleep(max_hold).await;
-            if control.gate.borrow().generation == generation && control.is_held() {
+            tokio::time::sleep_until(deadline).await;
+            let mut held_for = None;
+            control.state.send_if_modified(|c| {
+                held_for = c.expire(generation, tokio::time::Instant::now());
+                held_for.is_some()
+            });
+            if let Some(d) = held_for {
                 warn!(
                     "hold released after {max_hold:?} (switchover timeout) without a resume: clients go on on {}",
                     control.route().target.name()
                 );
-                control.resume();
+                control.resumed(d);
             }
         });
     }
@@ -395,22 +380,30 @@ impl Control {
     /// Lets held transactions start, wherever the route points now.
     /// Returns how long the hold lasted, if there was one.
     pub fn resume(&self) -> Option<Duration> {
-        let held_for = self.held_since.lock().expect("hold lock").take().map(|t| t.elapsed());
-        self.gate.send_modify(|g| g.held = false);
+        let mut held_for = None;
         // Standbys have served their flip, or the switchover was called off.
-        self.standby.send_if_modified(|s| s.take().is_some());
+        self.state.send_if_modified(|c| {
+            let (held, changed) = c.resume(tokio::time::Instant::now());
+            held_for = held;
+            changed
+        });
         if let Some(d) = held_for {
-            // Every session present waited (at most) this long for its next transaction.
-            for _ in 0..self.sessions.len() {
-                self.metrics.hold_seconds.observe(d.as_secs_f64());
-            }
-            info!(
-                held_ms = d.as_millis() as u64,
-                target = self.route().target.name(),
-                "resume"
-            );
+            self.resumed(d);
         }
         held_for
+    }
+
+    /// Accounts for a hold that just ended after `d`.
+    fn resumed(&self, d: Duration) {
+        // Every session present waited (at most) this long for its next transaction.
+        for _ in 0..self.sessions.len() {
+            self.metrics.hold_seconds.observe(d.as_secs_f64());
+        }
+        info!(
+            held_ms = d.as_millis() as u64,
+            target = self.route().target.name(),
+            "resume"
+        );
     }
 
     /// Holds, then drains with the configured `drain_timeout`, `drain_policy` and
@@ -428,106 +421,30 @@ impl Control {
             .await
     }
 
-    /// Waits until no session is inside a transaction, up to `timeout`. With
-    /// [`DrainPolicy::Cancel`], stragglers are then cancelled and, after `grace`,
-    /// closed, and the drain waits for them to be gone.
-    pub async fn drain(&self, timeout: Duration, policy: DrainPolicy, grace: Duration) -> DrainReport {
-        let report = self.wait_drained(timeout).await;
-        if report.drained || policy == DrainPolicy::Abort {
-            return report;
-        }
-        let stragglers: Vec<_> = self
-            .sessions
-            .handles()
-            .into_iter()
-            .filter(|h| h.in_transaction())
-            .collect();
-        warn!(
-            sessions = stragglers.len(),
-            "drain_timeout passed: cancelling the stragglers' queries (drain_policy = cancel)"
-        );
-        for h in &stragglers {
-            if let Err(e) = h.send_cancel().await {
-                warn!("could not cancel a straggler's query: {e}");
-            }
-        }
-        let after_cancel = self.wait_drained(grace).await;
-        if !after_cancel.drained {
-            for h in stragglers.iter().filter(|h| h.in_transaction()) {
-                h.request_termination();
-            }
-            self.kick.send_modify(|k| *k += 1);
-        }
-        let mut last = self.wait_drained(grace).await;
-        last.waited = report.waited + after_cancel.waited + last.waited;
-        last
-    }
-
-    async fn wait_drained(&self, timeout: Duration) -> DrainReport {
-        let started = Instant::now();
-        let report = self
-            .wait_for_sessions(timeout, |handles| {
-                let in_flight = handles.iter().filter(|h| h.in_transaction()).count();
-                let report = DrainReport {
-                    drained: in_flight == 0,
-                    in_flight,
-                    sessions: handles.len(),
-                    waited: started.elapsed(),
-                };
-                (report.drained, report)
-            })
-            .await;
-        self.metrics.drain_seconds.observe(report.waited.as_secs_f64());
-        report
-    }
-
-    /// Re-evaluates `check` over every session's handle each time one changes, until
-    /// it says done or `timeout` passes; returns its last report.
-    async fn wait_for_sessions<R>(
-        &self,
-        timeout: Duration,
-        mut check: impl FnMut(&[Arc<SessionHandle>]) -> (bool, R),
-    ) -> R {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let watch = self.sessions.watch();
-        loop {
-            // Registered before the check, so a change between the two is not missed.
-            let changed = watch.changed();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            let (done, report) = check(&self.sessions.handles());
-            if done || tokio::time::Instant::now() >= deadline {
-                return report;
-            }
-            let _ = tokio::time::timeout_at(deadline, changed).await;
-        }
-    }
-
     /// Routes every session to `target` (only while held) and waits, up to
     /// `timeout`, until the sessions at a boundary have moved.
     pub async fn flip(&self, target: Side, timeout: Duration) -> Result<FlipReport, ControlError> {
-        if !self.is_held() {
-            return Err(ControlError::NotHeld);
-        }
         if target == Side::Green && !self.has_green {
             return Err(ControlError::NoGreen);
         }
         let started = Instant::now();
-        let mut epoch = 0;
-        self.route.send_modify(|r| {
-            r.target = target;
-            r.epoch += 1;
-            epoch = r.epoch;
+        let mut flipped = Err(cutover::NotHeld);
+        // The check and the flip are one step: a resume cannot slip in between.
+        self.state.send_if_modified(|c| {
+            flipped = c.flip(target);
+            flipped.is_ok()
         });
+        let epoch = flipped.map_err(|_| ControlError::NotHeld)?;
         self.metrics.route_flipped(target);
         info!(target = target.name(), epoch, "flip");
         let report = self
             .wait_for_sessions(timeout, |handles| {
-                let moved = handles.iter().filter(|h| h.epoch() == epoch).count();
+                let statuses: Vec<_> = handles.iter().map(|h| h.status()).collect();
+                let moved = statuses.iter().filter(|s| s.epoch == epoch).count();
                 // Sessions inside a transaction move at their next boundary, after the flip returns.
-                let waiting = handles
+                let waiting = statuses
                     .iter()
-                    .filter(|h| h.epoch() != epoch && h.declined() != epoch && !h.in_transaction())
+                    .filter(|s| s.epoch != epoch && s.declined != Some(epoch) && !s.in_transaction())
                     .count();
                 let report = FlipReport {
                     target,
@@ -548,3 +465,6 @@ impl Control {
         Ok(report)
     }
 }
+
+#[cfg(test)]
+mod tests;

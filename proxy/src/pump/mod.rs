@@ -8,20 +8,24 @@
 //! `select!` on it and call it again.
 
 use crate::metrics::Metrics;
-use crate::registry::SessionHandle;
-use crate::state_log::{StateLog, MAX_INSPECTED_QUERY};
+use crate::registry::{SessionHandle, TxPhase};
+use crate::state_log::StateLog;
 use crate::stream::Stream;
-use crate::wire::BUF_SIZE;
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::BytesMut;
 use pgcutover_protocol::backend::{self, TransactionStatus};
-use pgcutover_protocol::frame::{parse_header, FrameError, HEADER_LEN};
-use pgcutover_protocol::frontend;
+use pgcutover_protocol::frame::{parse_header, FrameError};
 use std::future::poll_fn;
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+mod direction;
+mod inspect;
+
+pub use inspect::PidRewrite;
+
+use direction::{Direction, Inspector, ScanError};
+use inspect::{ClientSide, ServerSide};
 
 /// Why the pump stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +67,7 @@ pub struct TxState {
     /// Extended-protocol messages forwarded since the last Sync (a pipeline still open).
     pub open_pipeline: bool,
     /// The client sent Terminate.
-    terminated: bool,
+    pub(super) terminated: bool,
     /// The server said FATAL while the session was idle: it is going away. The
     /// error is held back (the session may reconnect instead) and nothing new is
     /// sent to it.
@@ -82,276 +86,17 @@ impl TxState {
     pub fn in_flight(&self) -> bool {
         self.awaiting_ready > 0 || self.open_pipeline
     }
-}
 
-/// One direction's buffer and its position in the frame stream.
-struct Direction {
-    buf: BytesMut,
-    /// Bytes at the front of `buf` that are scanned and may be written out.
-    ready: usize,
-    /// Bytes of the current frame's body not yet scanned (pass-through frames are
-    /// forwarded in pieces, so a 50 MB row never needs a 50 MB buffer).
-    frame_left: usize,
-    /// Written since the last flush (TLS buffers inside the stream).
-    unflushed: bool,
-    /// Type of the last message whose header was scanned.
-    last_tag: u8,
-    /// Bytes written and message headers scanned since the last flush to the metrics.
-    bytes: u64,
-    messages: u64,
-}
-
-impl Direction {
-    fn new(mut buf: BytesMut) -> Self {
-        if buf.capacity() < BUF_SIZE {
-            buf.reserve(BUF_SIZE - buf.len());
-        }
-        Direction {
-            buf,
-            ready: 0,
-            frame_left: 0,
-            unflushed: false,
-            last_tag: 0,
-            bytes: 0,
-            messages: 0,
+    /// The same, as the registry publishes it.
+    pub fn phase(&self) -> TxPhase {
+        if self.in_flight() {
+            TxPhase::Busy
+        } else if self.idle() {
+            TxPhase::Idle
+        } else {
+            TxPhase::Open
         }
     }
-
-    /// Writes out every ready byte, then flushes.
-    fn poll_drain(&mut self, cx: &mut Context<'_>, w: &mut Stream) -> Poll<io::Result<()>> {
-        while self.ready > 0 {
-            let n = ready!(Pin::new(&mut *w).poll_write(cx, &self.buf[..self.ready]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.buf.advance(n);
-            self.ready -= n;
-            self.bytes += n as u64;
-            self.unflushed = true;
-        }
-        if self.unflushed {
-            ready!(Pin::new(w).poll_flush(cx))?;
-            self.unflushed = false;
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    /// Reads more bytes; 0 means end of stream.
-    fn poll_fill(&mut self, cx: &mut Context<'_>, r: &mut Stream) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < BUF_SIZE / 4 {
-            // Once the buffer has been drained this reclaims the same allocation.
-            self.buf.reserve(BUF_SIZE);
-        }
-        let dst = self.buf.chunk_mut();
-        // SAFETY: `ReadBuf` only ever writes initialised bytes into the slice and never
-        // de-initialises it; we advance `buf` by exactly the count it reports filled.
-        let dst = unsafe { dst.as_uninit_slice_mut() };
-        let mut rb = ReadBuf::uninit(dst);
-        ready!(Pin::new(r).poll_read(cx, &mut rb))?;
-        let n = rb.filled().len();
-        // SAFETY: the first `n` bytes of the spare capacity were just initialised by the read.
-        unsafe { self.buf.advance_mut(n) };
-        Poll::Ready(Ok(n))
-    }
-
-    /// Walks frame headers from `ready` on, marking bytes ready to forward. Frames
-    /// the inspector wants whole are passed only once complete, body included (and
-    /// mutable, for in-place rewrites); other frames go through in pieces, the
-    /// inspector seeing only their tag. The scan stops before a frame the inspector
-    /// may not start (the hold gate), or after one it says ends the scan.
-    fn scan(&mut self, max_message_len: usize, inspector: &mut impl Inspector) -> Result<(), ScanError> {
-        loop {
-            let unscanned = self.buf.len() - self.ready;
-            if self.frame_left > 0 {
-                let n = unscanned.min(self.frame_left);
-                self.ready += n;
-                self.frame_left -= n;
-                if self.frame_left > 0 {
-                    return Ok(());
-                }
-                continue;
-            }
-            if unscanned == 0 || !inspector.may_start() {
-                return Ok(());
-            }
-            let Some(h) = parse_header(&self.buf[self.ready..], max_message_len).map_err(ScanError::Frame)? else {
-                return Ok(());
-            };
-            let step = if inspector.wants_body(h.tag, h.body_len) {
-                if unscanned < h.frame_len() {
-                    // Inspected messages are small (or capped by the inspector); the
-                    // length was checked above.
-                    self.buf.reserve(h.frame_len() - unscanned);
-                    return Ok(());
-                }
-                let frame = &mut self.buf[self.ready..self.ready + h.frame_len()];
-                let step = inspector.on_frame(h.tag, frame).map_err(ScanError::Message)?;
-                if step != Step::HoldBack {
-                    self.ready += h.frame_len();
-                }
-                step
-            } else {
-                let step = inspector.on_frame(h.tag, &mut []).map_err(ScanError::Message)?;
-                self.ready += HEADER_LEN;
-                self.frame_left = h.body_len;
-                step
-            };
-            if step == Step::HoldBack {
-                return Ok(());
-            }
-            self.last_tag = h.tag;
-            self.messages += 1;
-            if step == Step::Stop {
-                return Ok(());
-            }
-        }
-    }
-}
-
-/// Protocol knowledge for one direction's [`Direction::scan`].
-trait Inspector {
-    /// Whether a new message may start being forwarded now.
-    fn may_start(&self) -> bool;
-    /// Whether a message of this type and size must be seen whole before it is forwarded.
-    fn wants_body(&self, tag: u8, body_len: usize) -> bool;
-    /// Sees one message: the whole frame (header included) when wanted, else an
-    /// empty slice.
-    fn on_frame(&mut self, tag: u8, frame: &mut [u8]) -> Result<Step, String>;
-}
-
-/// What the scan does after an inspector saw a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Step {
-    /// Forward it and go on.
-    Forward,
-    /// Forward it and stop scanning.
-    Stop,
-    /// Keep it where it is, unforwarded, and stop (only for wanted bodies).
-    HoldBack,
-}
-
-/// Client to server: counts what will be answered, logs named statements, and
-/// holds new transactions back while the gate is closed.
-struct ClientSide<'a> {
-    tx: &'a mut TxState,
-    log: &'a mut StateLog,
-    hold: bool,
-}
-
-impl Inspector for ClientSide<'_> {
-    fn may_start(&self) -> bool {
-        // Held sessions finish what they started (the drain) but start nothing new;
-        // a server that is going away gets nothing new either.
-        !(self.tx.server_leaving || self.hold && self.tx.idle())
-    }
-
-    fn wants_body(&self, tag: u8, body_len: usize) -> bool {
-        match tag {
-            frontend::PARSE | frontend::CLOSE => true,
-            frontend::QUERY => body_len <= MAX_INSPECTED_QUERY,
-            _ => false,
-        }
-    }
-
-    fn on_frame(&mut self, tag: u8, frame: &mut [u8]) -> Result<Step, String> {
-        let tx = &mut *self.tx;
-        match tag {
-            frontend::TERMINATE => {
-                tx.terminated = true;
-                return Ok(Step::Stop);
-            }
-            t if frontend::ends_with_ready_for_query(t) => {
-                match t {
-                    frontend::QUERY => self.log.on_query(frame),
-                    frontend::FUNCTION_CALL => {
-                        self.log.on_function_call();
-                        self.log.on_sync();
-                    }
-                    _ => self.log.on_sync(),
-                }
-                tx.awaiting_ready += 1;
-                tx.open_pipeline = false;
-            }
-            frontend::PARSE => {
-                tx.open_pipeline = true;
-                self.log.on_parse(frame);
-            }
-            frontend::CLOSE => {
-                tx.open_pipeline = true;
-                self.log.on_close(frame);
-            }
-            frontend::BIND | frontend::DESCRIBE | frontend::EXECUTE | frontend::FLUSH => tx.open_pipeline = true,
-            // COPY data and anything else belongs to a message already counted.
-            _ => {}
-        }
-        Ok(Step::Forward)
-    }
-}
-
-/// Server to client: follows ReadyForQuery, and makes notifications sent by the
-/// session's own (replacement) backend carry the pid the client was given.
-struct ServerSide<'a> {
-    tx: &'a mut TxState,
-    log: &'a mut StateLog,
-    pid_rewrite: Option<PidRewrite>,
-}
-
-impl Inspector for ServerSide<'_> {
-    fn may_start(&self) -> bool {
-        !self.tx.server_leaving
-    }
-
-    fn wants_body(&self, tag: u8, _body_len: usize) -> bool {
-        match tag {
-            backend::READY_FOR_QUERY => true,
-            backend::NOTIFICATION_RESPONSE => self.pid_rewrite.is_some(),
-            // Unsolicited: the server is about to close the connection.
-            backend::ERROR_RESPONSE => self.tx.idle(),
-            _ => false,
-        }
-    }
-
-    fn on_frame(&mut self, tag: u8, frame: &mut [u8]) -> Result<Step, String> {
-        match tag {
-            backend::READY_FOR_QUERY => {
-                let body = frame.get(HEADER_LEN..).unwrap_or_default();
-                self.tx.status = backend::parse_ready_for_query(body).map_err(|e| e.to_string())?;
-                self.tx.awaiting_ready = self.tx.awaiting_ready.saturating_sub(1);
-                self.log.on_ready(self.tx.status);
-            }
-            backend::ERROR_RESPONSE => {
-                self.log.on_error();
-                let fields = backend::ErrorFields::new(frame.get(HEADER_LEN..).unwrap_or_default());
-                if !frame.is_empty() && matches!(fields.severity(), Some("FATAL" | "PANIC")) {
-                    self.tx.server_leaving = true;
-                    return Ok(Step::HoldBack);
-                }
-            }
-            backend::NOTIFICATION_RESPONSE => {
-                if let (Some(rw), Some(pid)) = (self.pid_rewrite, frame.get_mut(HEADER_LEN..HEADER_LEN + 4)) {
-                    if i32::from_be_bytes([pid[0], pid[1], pid[2], pid[3]]) == rw.server_pid {
-                        pid.copy_from_slice(&rw.client_pid.to_be_bytes());
-                    }
-                }
-            }
-            _ => {}
-        }
-        Ok(Step::Forward)
-    }
-}
-
-/// The session's backend changed pid when it moved; the client still knows the first one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PidRewrite {
-    /// The current backend's pid.
-    pub server_pid: i32,
-    /// The pid the client was given at login.
-    pub client_pid: i32,
-}
-
-enum ScanError {
-    Frame(FrameError),
-    Message(String),
 }
 
 /// What the session wants from one [`Pump::run`].
@@ -578,7 +323,7 @@ impl Pump {
     /// and flushes the traffic counters then: about once per transaction.
     fn publish(&mut self, was: TxState) {
         if was.in_flight() != self.tx.in_flight() || was.idle() != self.tx.idle() {
-            self.handle.set_state(self.tx.in_flight(), !self.tx.idle());
+            self.handle.set_tx(self.tx.phase());
             self.flush_counters();
         }
     }

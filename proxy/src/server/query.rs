@@ -1,0 +1,29 @@
+//! The one exchange the proxy's own queries make (login, auth_query, standby
+//! statements, state snapshot, replay): send what is queued, then read until the
+//! server has answered every message with its ReadyForQuery.
+
+use crate::wire::{Conn, WireError};
+use pgcutover_protocol::backend;
+use pgcutover_protocol::Frame;
+
+/// Sends `conn`'s write buffer, then hands each frame read to `on_frame` with the
+/// number of ReadyForQuery frames before it (which message it answers), until
+/// `readies` ReadyForQuery frames have arrived; those are handed over too. The outer
+/// error is the connection's; the inner one is `on_frame`'s, which stops the reading.
+pub(crate) async fn round_trip<E>(
+    conn: &mut Conn,
+    readies: usize,
+    mut on_frame: impl FnMut(usize, Frame) -> Result<(), E>,
+) -> Result<Result<(), E>, WireError> {
+    conn.flush().await?;
+    let mut answered = 0;
+    while answered < readies {
+        let f = conn.read_frame().await?;
+        let ready = f.tag == backend::READY_FOR_QUERY;
+        if let Err(e) = on_frame(answered, f) {
+            return Ok(Err(e));
+        }
+        answered += usize::from(ready);
+    }
+    Ok(Ok(()))
+}
