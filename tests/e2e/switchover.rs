@@ -188,13 +188,16 @@ async fn switchover_under_load_through_two_proxies_loses_nothing_then_rollback_b
         );
     }
     // Sequences continue above blue's; blue refuses writes; clients see 17.
+    // Blue's highest id is read first: reverse replication copies the new row back
+    // to blue within milliseconds, so reading it after would compare the row with itself.
     let c = connect(&p1.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB)).await.unwrap();
+    let blue_max = count(&blue, "select max(id) from items") as i32;
     let next: i32 = c
         .query_one("insert into items (note) values ('after') returning id", &[])
         .await
         .unwrap()
         .get(0);
-    assert!(next > count(&blue, "select max(id) from items") as i32);
+    assert!(next > blue_max, "green's next id {next} is not above blue's {blue_max}");
     let version: String = c.query_one("show server_version_num", &[]).await.unwrap().get(0);
     assert!(version.starts_with("17"), "{version}");
     let direct = connect(&blue.cluster.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB))
@@ -322,8 +325,16 @@ async fn faults_before_the_flip_roll_back_and_clients_only_wait() {
     lock.batch_execute("BEGIN; LOCK TABLE pgcutover.sentinel IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
+    // Stopped once the run reports catch-up (the locked sentinel keeps it there), not
+    // after a fixed time: on a loaded machine the preflight alone can take longer.
+    let control = proxy.control.clone();
     let stopper = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let catch_up = pgcutover_api::ProxyPhase::Switchover(pgcutover_api::Phase::CatchUp);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while control.proxy_phase() != catch_up && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(control.proxy_phase(), catch_up, "the run never reached catch-up");
         tokio::task::spawn_blocking(move || green.cluster.stop()).await.unwrap()
     });
     let report = run_switchover(&targets, &config, &proxies, Direction::Forward, Duration::from_secs(20)).await;
