@@ -90,76 +90,30 @@ impl Metrics {
             ddl_drift: Family::default(),
             registry: Mutex::new(Registry::default()),
         };
-        registry.register(
-            "client_connections",
-            "Client sessions by state (idle: at a transaction boundary; in_transaction: not)",
-            m.client_connections.clone(),
-        );
-        registry.register(
-            "server_connections",
-            "Server connections by target database",
-            m.server_connections.clone(),
-        );
-        registry.register(
-            "held_clients",
-            "Sessions waiting at a transaction boundary while the proxy is held",
-            m.held_clients.clone(),
-        );
-        registry.register(
-            "in_flight_transactions",
-            "Sessions inside a transaction or with work in flight",
-            m.in_flight.clone(),
-        );
-        registry.register("held", "1 while new transactions are held", m.held.clone());
-        registry.register(
-            "hold_seconds",
-            "How long each held session was held, observed at resume",
-            m.hold_seconds.clone(),
-        );
-        registry.register("drain_seconds", "How long each drain took", m.drain_seconds.clone());
-        registry.register("route_flips", "Route changes by target", m.route_flips.clone());
-        registry.register(
-            "session_replays",
-            "Session state recreated on a new server, by kind",
-            m.session_replays.clone(),
-        );
-        registry.register(
-            "pinned_sessions",
-            "Sessions that could not move, by what pinned them",
-            m.pinned_sessions.clone(),
-        );
-        registry.register(
-            "server_reconnects",
-            "Server connections lost while their session was idle, by outcome (reconnected: the client noticed nothing; failed: it got the error)",
-            m.server_reconnects.clone(),
-        );
-        registry.register(
-            "switchover_phase",
-            "1 for the phase a switchover run by this process is in",
-            m.switchover_phase.clone(),
-        );
-        registry.register(
-            "switchover_phase_seconds",
-            "How long each switchover phase took",
-            m.switchover_phase_seconds.clone(),
-        );
-        registry.register("switchovers", "Switchovers by outcome", m.switchovers.clone());
-        registry.register("bytes_proxied", "Bytes forwarded, by direction", bytes_family);
-        registry.register(
-            "messages_proxied",
-            "Protocol messages forwarded, by direction",
-            messages_family,
-        );
-        registry.register(
-            "replication_lag_bytes",
-            "Bytes of blue's WAL the subscription has not confirmed, per database (-1: no slot; set by the replication monitor)",
-            m.replication_lag_bytes.clone(),
-        );
-        registry.register(
-            "ddl_drift",
-            "DDL statements run on blue since replication began, per database (set by the replication monitor)",
-            m.ddl_drift.clone(),
-        );
+        // name, help, metric: the exported names are `pgcutover_<name>` (+ `_total` for counters).
+        macro_rules! register {
+            ($($name:literal, $help:literal, $metric:expr;)*) => { $(registry.register($name, $help, $metric.clone());)* };
+        }
+        register! {
+            "client_connections", "Client sessions by state (idle: at a transaction boundary; in_transaction: not)", m.client_connections;
+            "server_connections", "Server connections by target database", m.server_connections;
+            "held_clients", "Sessions waiting at a transaction boundary while the proxy is held", m.held_clients;
+            "in_flight_transactions", "Sessions inside a transaction or with work in flight", m.in_flight;
+            "held", "1 while new transactions are held", m.held;
+            "hold_seconds", "How long each held session was held, observed at resume", m.hold_seconds;
+            "drain_seconds", "How long each drain took", m.drain_seconds;
+            "route_flips", "Route changes by target", m.route_flips;
+            "session_replays", "Session state recreated on a new server, by kind", m.session_replays;
+            "pinned_sessions", "Sessions that could not move, by what pinned them", m.pinned_sessions;
+            "server_reconnects", "Server connections lost while their session was idle, by outcome (reconnected: the client noticed nothing; failed: it got the error)", m.server_reconnects;
+            "switchover_phase", "1 for the phase of the switchover driving this proxy (whoever runs it)", m.switchover_phase;
+            "switchover_phase_seconds", "How long each switchover phase took", m.switchover_phase_seconds;
+            "switchovers", "Switchovers by outcome", m.switchovers;
+            "bytes_proxied", "Bytes forwarded, by direction", bytes_family;
+            "messages_proxied", "Protocol messages forwarded, by direction", messages_family;
+            "replication_lag_bytes", "Bytes of blue's WAL the subscription has not confirmed, per database (-1: no slot; set by the replication monitor)", m.replication_lag_bytes;
+            "ddl_drift", "DDL statements run on blue since replication began, per database (set by the replication monitor)", m.ddl_drift;
+        }
         *m.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = registry;
         m
     }
