@@ -514,13 +514,5 @@ pub(crate) async fn ensure_reverse_publication(
     green: &tokio_postgres::Client,
     db: &str,
 ) -> Result<(), OrchestratorError> {
-    crate::switchover::database::create_reverse_publication(green, crate::switchover::REVERSE_PUBLICATION)
-        .await
-        .map(|_| ())
-        .map_err(|message| OrchestratorError::Sql {
-            side: Side::Green,
-            database: db.to_owned(),
-            doing: "creating the reverse publication".into(),
-            message,
-        })
+    crate::reverse::create_publication(green, db).await.map(|_| ())
 }

@@ -1,9 +1,10 @@
-//! The switchover's work on the databases: fence, sentinel, catch-up, sequences,
-//! subscriptions and reverse replication. Every step is one or a few round trips;
-//! cleanup steps are idempotent so a rollback can run after any partial step.
+//! The switchover's work on the databases: fence, sentinel, catch-up, sequences
+//! and subscriptions (reverse replication is in `crate::reverse`). Every step is one
+//! or a few round trips; cleanup steps are idempotent so a rollback can run after any
+//! partial step.
 
 use crate::error::pg_message;
-use crate::quote::{quote_ident, quote_literal};
+use crate::quote::quote_ident;
 use crate::{suppress_ddl_capture, SENTINEL_TABLE};
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
@@ -240,116 +241,4 @@ pub(crate) async fn subscription_running(client: &Client, subscription: &str) ->
         Some(r) if !r.get::<_, bool>(1) => Some(format!("subscription {subscription} has no running apply worker")),
         Some(_) => None,
     })
-}
-
-/// Creates the reverse publication on the destination-to-be (green), before it
-/// takes any write (idempotent).
-pub(crate) async fn create_reverse_publication(green: &Client, publication: &str) -> Result<bool, String> {
-    let exists = green
-        .query_opt(
-            "select 1 from pg_catalog.pg_publication where pubname = $1",
-            &[&publication],
-        )
-        .await
-        .map_err(|e| failed("looking for the reverse publication", e))?
-        .is_some();
-    if exists {
-        return Ok(false);
-    }
-    green
-        .batch_execute(&format!(
-            "CREATE PUBLICATION {} FOR ALL TABLES",
-            quote_ident(publication)
-        ))
-        .await
-        .map_err(|e| failed("creating the reverse publication", e))?;
-    Ok(true)
-}
-
-/// Creates the reverse slot on green at the flip: after catch-up and with the
-/// forward subscription disabled, so it holds green's own writes only (blue 15
-/// cannot filter changes by origin, so a slot created earlier would send blue's
-/// own changes back to it).
-pub(crate) async fn create_reverse_slot(green: &Client, slot: &str) -> Result<(), String> {
-    green
-        .query(
-            "select pg_catalog.pg_drop_replication_slot(slot_name) from pg_catalog.pg_replication_slots where slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .map_err(|e| failed("dropping a leftover reverse slot", e))?;
-    green
-        .query_one(
-            "select pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')",
-            &[&slot],
-        )
-        .await
-        .map_err(|e| failed("creating the reverse replication slot", e))?;
-    Ok(())
-}
-
-/// Subscribes blue (fenced) to green's reverse publication through the slot made
-/// at the flip: no copy, starting at the slot.
-pub(crate) async fn create_reverse_subscription(
-    blue: &Client,
-    subscription: &str,
-    conninfo: &str,
-    publication: &str,
-) -> Result<(), String> {
-    mark_own_ddl(blue).await?;
-    lift_fence_for_session(blue).await?;
-    blue.batch_execute(&format!(
-        "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = false, create_slot = false, slot_name = {}, enabled = true)",
-        quote_ident(subscription),
-        quote_literal(conninfo),
-        quote_ident(publication),
-        quote_literal(subscription),
-    ))
-    .await
-    .map_err(|e| failed("creating the reverse subscription on blue", e))
-}
-
-/// Drops what reverse replication created (idempotent): blue's subscription (which
-/// would drop the slot on green if it can reach it), green's slot and publication.
-pub(crate) async fn drop_reverse(
-    blue: &Client,
-    green: &Client,
-    subscription: &str,
-    publication: Option<&str>,
-) -> Result<(), String> {
-    mark_own_ddl(blue).await?;
-    let exists = blue
-        .query_opt(
-            "select 1 from pg_catalog.pg_subscription where subname = $1",
-            &[&subscription],
-        )
-        .await
-        .map_err(|e| failed("looking for the reverse subscription", e))?
-        .is_some();
-    if exists {
-        let sub = quote_ident(subscription);
-        lift_fence_for_session(blue).await?;
-        blue.batch_execute(&format!(
-            "ALTER SUBSCRIPTION {sub} DISABLE; ALTER SUBSCRIPTION {sub} SET (slot_name = NONE)"
-        ))
-        .await
-        .map_err(|e| failed("detaching the reverse subscription", e))?;
-        blue.batch_execute(&format!("DROP SUBSCRIPTION {sub}"))
-            .await
-            .map_err(|e| failed("dropping the reverse subscription", e))?;
-    }
-    green
-        .query(
-            "select pg_catalog.pg_drop_replication_slot(slot_name) from pg_catalog.pg_replication_slots where slot_name = $1",
-            &[&subscription],
-        )
-        .await
-        .map_err(|e| failed("dropping the reverse slot", e))?;
-    if let Some(p) = publication {
-        green
-            .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(p)))
-            .await
-            .map_err(|e| failed("dropping the reverse publication", e))?;
-    }
-    Ok(())
 }

@@ -7,6 +7,7 @@
 //! Forward goes blue → green; [`Direction::Rollback`] is the same protocol green →
 //! blue over the reverse replication set up at the forward flip.
 
+pub use crate::{reverse_subscription_name, REVERSE_PUBLICATION};
 pub use pgcutover_api::{BoxFuture, ProxyControl, ProxyError};
 pub use pgcutover_api::{Direction, Outcome, PhaseTime, Report};
 pub use proxies::RemoteProxy;
@@ -31,23 +32,13 @@ use proxies::PhaseReporter;
 
 use crate::progress::{human_duration, Progress};
 use crate::targets::{Side, Targets};
-use crate::{check, replication_status, subscription_name, CheckStatus};
+use crate::{check, replication_status, reverse, subscription_name, CheckStatus};
 use database as db;
 use futures_util::future::join_all;
 use pgcutover_config::Config;
 use std::time::Instant;
 use tokio_postgres::Client;
 use tracing::{debug, info, warn};
-
-/// The reverse publication on green (forward switchovers with reverse_replication).
-pub const REVERSE_PUBLICATION: &str = "pgcutover_reverse";
-
-/// Blue's subscription to green (and green's slot) for `database`.
-pub fn reverse_subscription_name(database: &str) -> String {
-    let mut name = subscription_name(database).replacen(crate::SUBSCRIPTION_PREFIX, "pgcutover_reverse_", 1);
-    name.truncate(63);
-    name
-}
 
 /// The switchover's states. Transitions are explicit ([`Phase::may_go_to`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -399,7 +390,10 @@ impl Run<'_> {
         }
         if self.wants_reverse() {
             for d in &self.dbs {
-                if db::create_reverse_publication(&d.dest, REVERSE_PUBLICATION).await? {
+                if reverse::create_publication(&d.dest, &d.name)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
                     self.changed.reverse_publication = true;
                 }
             }
@@ -508,7 +502,9 @@ impl Run<'_> {
         if self.wants_reverse() {
             for d in &self.dbs {
                 self.changed.reverse.push(d.name.clone());
-                db::create_reverse_slot(&d.dest, &reverse_subscription_name(&d.name)).await?;
+                reverse::create_slot(&d.dest, &d.name)
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
         }
         let dest_conn = &self.dbs[0].dest;
@@ -559,9 +555,10 @@ impl Run<'_> {
             }
             if self.wants_reverse() {
                 for d in &self.dbs {
-                    let name = reverse_subscription_name(&d.name);
                     let conninfo = self.targets.conninfo(Side::Green, &d.name);
-                    db::create_reverse_subscription(&d.source, &name, &conninfo, REVERSE_PUBLICATION).await?;
+                    reverse::create_subscription(&d.source, &d.name, &conninfo)
+                        .await
+                        .map_err(|e| e.to_string())?;
                 }
             }
             if unconfirmed.is_empty() {
@@ -609,9 +606,7 @@ impl Run<'_> {
             let dest = self.fresh(self.dest(), name).await;
             let step = async {
                 if self.changed.reverse.contains(name) || self.changed.reverse_publication {
-                    let publication = self.changed.reverse_publication.then_some(REVERSE_PUBLICATION);
-                    let subscription = reverse_subscription_name(name);
-                    db::drop_reverse(source.as_ref()?, dest.as_ref()?, &subscription, publication).await?;
+                    drop_reverse(source.as_ref()?, dest.as_ref()?, name, self.changed.reverse_publication).await?;
                 }
                 Ok::<(), String>(())
             };
@@ -646,19 +641,25 @@ impl Run<'_> {
     async fn cleanup_refused(&mut self) {
         if self.changed.reverse_publication {
             for d in &self.dbs {
-                if let Err(e) = db::drop_reverse(
-                    &d.source,
-                    &d.dest,
-                    &reverse_subscription_name(&d.name),
-                    Some(REVERSE_PUBLICATION),
-                )
-                .await
-                {
+                if let Err(e) = drop_reverse(&d.source, &d.dest, &d.name, true).await {
                     warn!("dropping the reverse publication again: {e}");
                 }
             }
         }
     }
+}
+
+/// Drops what reverse replication created for `database` (idempotent).
+async fn drop_reverse(blue: &Client, green: &Client, database: &str, publication: bool) -> Result<(), String> {
+    reverse::drop_subscription_and_slot(blue, green, database)
+        .await
+        .map_err(|e| e.to_string())?;
+    if publication {
+        reverse::drop_publication(green, database)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// A cleanup step gets this long; past it the report names what was not undone.
