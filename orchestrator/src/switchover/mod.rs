@@ -32,6 +32,8 @@ mod report;
 mod resume;
 mod rollback;
 mod sequences;
+#[cfg(test)]
+mod tests;
 mod undo;
 
 use crate::progress::Progress;
