@@ -52,14 +52,11 @@ impl Run<'_> {
     }
 }
 
-/// Makes every new transaction on the server read-only, for every role
-/// (`ALTER SYSTEM` + reload), then ends client backends that are not `spared`
+/// Fences the server: [`read_only`], then ends client backends that are not `spared`
 /// (the proxies' held sessions and the orchestrator's own), and waits until no
 /// client backend holds a transaction id. Returns how many it ended.
 async fn fence(c: &Conn, spared: &[i32]) -> Result<usize, SwitchoverError> {
-    let on = "ALTER SYSTEM SET default_transaction_read_only = on";
-    c.client.batch_execute(on).await.map_err(c.failed(on))?;
-    reload(c).await?;
+    read_only(c).await?;
     let terminated = c
         .client
         .query(
@@ -97,6 +94,29 @@ async fn writers(c: &Conn) -> Result<String, SwitchoverError> {
         )
         .await
         .map_err(c.failed("checking for write transactions"))?;
+    Ok(row.get(0))
+}
+
+/// Makes every new transaction on the server read-only, for every role
+/// (`ALTER SYSTEM` + reload; idempotent).
+pub(super) async fn read_only(c: &Conn) -> Result<(), SwitchoverError> {
+    let on = "ALTER SYSTEM SET default_transaction_read_only = on";
+    c.client.batch_execute(on).await.map_err(c.failed(on))?;
+    reload(c).await
+}
+
+/// Whether the server is fenced (read-only by its configuration, not by a role's
+/// or a session's setting).
+pub(super) async fn is_fenced(c: &Conn) -> Result<bool, SwitchoverError> {
+    let row = c
+        .client
+        .query_one(
+            "select setting = 'on' and source = 'configuration file' from pg_catalog.pg_settings
+              where name = 'default_transaction_read_only'",
+            &[],
+        )
+        .await
+        .map_err(c.failed("reading whether the server is fenced"))?;
     Ok(row.get(0))
 }
 

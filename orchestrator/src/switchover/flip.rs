@@ -35,7 +35,16 @@ impl Run<'_> {
                 reverse::create_slot(&d.dest.client, &d.name).await?;
             }
         }
-        unfence(&self.dbs.first().ok_or(SwitchoverError::NoDatabase)?.dest).await?;
+        let dest_conn = &self.dbs.first().ok_or(SwitchoverError::NoDatabase)?.dest;
+        if self.dest_fenced {
+            // A destination fenced by an earlier run stays fenced if this one rolls back.
+            self.undo.push(Undo::Refence {
+                side: dest,
+                database: dest_conn.at.database.clone(),
+            });
+        }
+        unfence(dest_conn).await?;
+        // The commit point: once any proxy may route, going back is `pgcutover rollback`.
         self.undo.commit();
         let budget = self.opts.timeout;
         let routes = self.proxies.iter().map(|p| p.route(dest, budget));

@@ -43,6 +43,8 @@ pub(super) struct Run<'a> {
     pub report: Report,
     /// The run's connections, opened in Preflight.
     pub dbs: Vec<Pair>,
+    /// Whether the destination was fenced at Preflight (a rollback re-fences it).
+    pub dest_fenced: bool,
     /// The backends of those connections, spared by the fence.
     pub own_pids: Vec<i32>,
 }
@@ -70,6 +72,7 @@ impl<'a> Run<'a> {
             undo: UndoLog::default(),
             report: Report::new(opts.direction),
             dbs: Vec::new(),
+            dest_fenced: false,
             own_pids: Vec::new(),
         }
     }

@@ -4,6 +4,7 @@
 
 use super::conn::{Conn, Pair};
 use super::error::{Guardrail, SwitchoverError};
+use super::fence::is_fenced;
 use super::machine::Run;
 use super::undo::Undo;
 use crate::progress::human_duration;
@@ -65,7 +66,8 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// The run's connections to both sides of every database, and their pids.
+    /// The run's connections to both sides of every database, their pids, and
+    /// whether the destination is fenced (so a rollback leaves it so).
     async fn connect(&mut self) -> Result<(), SwitchoverError> {
         let (source, dest) = (self.source(), self.dest());
         for database in &self.targets.databases {
@@ -78,6 +80,9 @@ impl Run<'_> {
                     .await
                     .map_err(c.failed("reading the backend pid"))?;
                 self.own_pids.push(row.get(0));
+            }
+            if self.dbs.is_empty() {
+                self.dest_fenced = is_fenced(&d).await?;
             }
             self.dbs.push(Pair {
                 name: database.clone(),

@@ -5,7 +5,7 @@
 
 use super::conn::Conn;
 use super::error::{within, SwitchoverError};
-use super::fence::unfence;
+use super::fence::{read_only, unfence};
 use super::machine::Run;
 use super::phase::Phase;
 use super::report::reason_with;
@@ -62,6 +62,10 @@ impl Run<'_> {
             Undo::Unfence { side, database } => {
                 let c = self.fresh(*side, database).await?;
                 bounded("lifting the fence", unfence(&c)).await
+            }
+            Undo::Refence { side, database } => {
+                let c = self.fresh(*side, database).await?;
+                bounded("fencing again", read_only(&c)).await
             }
             Undo::DropReverseSlot { database } => {
                 let blue = self.fresh(Side::Blue, database).await?;

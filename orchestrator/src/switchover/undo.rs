@@ -22,6 +22,13 @@ pub(super) enum Undo {
         /// The database the fence was set through.
         database: String,
     },
+    /// The destination, fenced before the run, was unfenced for the flip.
+    Refence {
+        /// The destination.
+        side: Side,
+        /// The database the fence was lifted through.
+        database: String,
+    },
     /// Green's reverse slot for `database` was created.
     DropReverseSlot {
         /// The database.
@@ -35,6 +42,7 @@ impl fmt::Display for Undo {
             Undo::DropReversePublication { database } => write!(f, "{database}: dropping the reverse publication"),
             Undo::Resume => f.write_str("resuming the proxies"),
             Undo::Unfence { side, .. } => write!(f, "lifting the fence on {side}"),
+            Undo::Refence { side, .. } => write!(f, "fencing {side} again"),
             Undo::DropReverseSlot { database } => write!(f, "{database}: dropping the reverse slot"),
         }
     }
@@ -115,6 +123,29 @@ mod tests {
         let unfence = order.iter().position(|u| matches!(u, Undo::Unfence { .. }));
         let resume = order.iter().position(|u| *u == Undo::Resume);
         assert!(unfence.unwrap() < resume.unwrap(), "{order:?}");
+    }
+
+    #[test]
+    fn a_rollback_run_fences_blue_again_and_resumes_on_a_writable_green() {
+        let mut log = UndoLog::default();
+        log.push(Undo::Resume);
+        log.push(Undo::Unfence {
+            side: Side::Green,
+            database: "app".into(),
+        });
+        log.push(Undo::Refence {
+            side: Side::Blue,
+            database: "app".into(),
+        });
+        let order: Vec<String> = log.unwind().map(|u| u.to_string()).collect();
+        assert_eq!(
+            order,
+            [
+                "fencing blue again",
+                "lifting the fence on green",
+                "resuming the proxies"
+            ]
+        );
     }
 
     #[test]
