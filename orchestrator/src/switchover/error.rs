@@ -1,7 +1,7 @@
 //! Why a switchover stopped, refused or rolled back. Each variant renders to the one
 //! line that goes into the report's `reason`, naming the object and the fix.
 
-use super::phase::{IllegalTransition, Phase};
+use super::phase::{self, IllegalTransition, Phase};
 use crate::progress::human_duration;
 use crate::targets::Side;
 use crate::OrchestratorError;
@@ -86,10 +86,10 @@ pub enum SwitchoverError {
         problems: Vec<ProxyError>,
     },
     /// The hard deadline from Hold to Flip expired.
-    #[error("the switchover timeout ({}) expired in phase {}", human_duration(*timeout), phase.name())]
+    #[error("the switchover timeout ({}) expired in phase {}", human_duration(*timeout), phase::name(*phase))]
     Timeout {
         /// Where the run was.
-        phase: Phase,
+        phase: Option<Phase>,
         /// The deadline.
         timeout: Duration,
     },
@@ -186,7 +186,7 @@ mod tests {
             "a transaction on blue (pid 7) is older than drain_timeout (1s); end it or wait"
         );
         let e = SwitchoverError::Timeout {
-            phase: Phase::CatchUp,
+            phase: Some(Phase::CatchUp),
             timeout: Duration::from_secs(3),
         };
         assert!(

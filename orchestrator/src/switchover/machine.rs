@@ -5,7 +5,7 @@
 use super::conn::Pair;
 use super::error::SwitchoverError;
 use super::fence::Cut;
-use super::phase::{IllegalTransition, Phase};
+use super::phase::{self, IllegalTransition, Phase};
 use super::proxies::PhaseReporter;
 use super::undo::UndoLog;
 use super::SwitchoverOptions;
@@ -31,7 +31,8 @@ pub(super) struct Run<'a> {
     /// Where progress lines go.
     pub progress: &'a Progress,
     reporter: PhaseReporter,
-    phase: Phase,
+    /// `None` until Preflight starts.
+    phase: Option<Phase>,
     phase_started: Instant,
     /// When the hold was sent, for the report's longest hold.
     pub held_at: Option<Instant>,
@@ -50,7 +51,7 @@ pub(super) struct Run<'a> {
 }
 
 impl<'a> Run<'a> {
-    /// A run that has not started (phase Idle).
+    /// A run that has not started (idle: no phase yet).
     pub fn new(
         targets: &'a Targets,
         config: &'a Config,
@@ -65,7 +66,7 @@ impl<'a> Run<'a> {
             opts,
             progress,
             reporter: PhaseReporter::new(proxies),
-            phase: Phase::Idle,
+            phase: None,
             phase_started: Instant::now(),
             held_at: None,
             cuts: Vec::new(),
@@ -77,8 +78,8 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// The current state.
-    pub fn phase(&self) -> Phase {
+    /// The current phase (`None` before the first).
+    pub fn phase(&self) -> Option<Phase> {
         self.phase
     }
 
@@ -114,28 +115,29 @@ impl<'a> Run<'a> {
     /// Moves to `to` if the protocol allows it: the phase that ends is timed, and the
     /// change is reported to every proxy in the background.
     pub fn go(&mut self, to: Phase) -> Result<(), SwitchoverError> {
-        let to = self.phase.go(to)?;
+        let to = phase::go(self.phase, to)?;
         let ended = self.finish_phase();
-        self.phase = to;
+        self.phase = Some(to);
         self.phase_started = Instant::now();
         self.reporter.report(PhaseUpdate {
-            phase: to.api(),
+            phase: Some(to),
             ended,
             outcome: None,
         });
         Ok(())
     }
 
-    /// Records how long the current phase took (nothing for Idle, which is no phase).
+    /// Records how long the current phase took (nothing before the first).
     pub fn finish_phase(&mut self) -> Option<PhaseTime> {
+        let phase = self.phase?;
         let ended = PhaseTime {
-            phase: self.phase.api()?,
+            phase,
             ms: self.elapsed_ms(),
         };
         self.report.phases.push(ended.clone());
-        info!(phase = self.phase.name(), ms = ended.ms, "switchover phase done");
+        info!(phase = phase.name(), ms = ended.ms, "switchover phase done");
         self.progress
-            .line(format!("switchover {}: {:.1} ms", self.phase.name(), ended.ms));
+            .line(format!("switchover {}: {:.1} ms", phase.name(), ended.ms));
         Some(ended)
     }
 
@@ -152,12 +154,12 @@ impl<'a> Run<'a> {
         loop {
             self.go(next)?;
             next = match self.phase {
-                Phase::Hold => self.hold().await?,
-                Phase::Drain => self.drain().await?,
-                Phase::Fence => self.fence().await?,
-                Phase::CatchUp => self.catch_up().await?,
-                Phase::SyncSequences => self.sync_sequences().await?,
-                Phase::Flip => return self.flip().await,
+                Some(Phase::Hold) => self.hold().await?,
+                Some(Phase::Drain) => self.drain().await?,
+                Some(Phase::Fence) => self.fence().await?,
+                Some(Phase::CatchUp) => self.catch_up().await?,
+                Some(Phase::SyncSequences) => self.sync_sequences().await?,
+                Some(Phase::Flip) => return self.flip().await,
                 // Only a step naming a phase outside the hold leads here: as much a
                 // bug as any illegal transition, and undone like one.
                 other => {
@@ -175,7 +177,7 @@ impl<'a> Run<'a> {
     /// and the summary line printed.
     pub async fn end(mut self) -> Report {
         let ended = match self.phase {
-            Phase::Done | Phase::RolledBack => self.finish_phase(),
+            Some(Phase::Done | Phase::RolledBack) => self.finish_phase(),
             _ => None,
         };
         self.reporter.report(PhaseUpdate {

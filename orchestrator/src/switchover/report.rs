@@ -66,7 +66,7 @@ mod tests {
     #[test]
     fn a_rollback_reason_names_the_failure_then_what_the_undo_hit() {
         let failure = SwitchoverError::Timeout {
-            phase: super::super::phase::Phase::CatchUp,
+            phase: Some(Phase::CatchUp),
             timeout: std::time::Duration::from_secs(3),
         };
         assert_eq!(reason_with(&failure, &[]), failure.to_string());
