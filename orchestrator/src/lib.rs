@@ -7,7 +7,9 @@
 //! catch-up with it), [`DDL_LOG_TABLE`] (filled on blue by event triggers) and
 //! [`PROGRESS_TABLE`] (what `replicate` has done, per side); a publication
 //! [`PUBLICATION`] `FOR ALL TABLES` on blue; a subscription on green and its slot on
-//! blue, both named [`subscription_name`].
+//! blue, both named [`subscription_name`]. Reverse replication (green → blue, for
+//! `pgcutover rollback`) adds [`REVERSE_PUBLICATION`] on green and a subscription on
+//! blue with its slot on green, both named [`reverse_subscription_name`].
 
 pub mod check;
 mod error;
@@ -15,6 +17,7 @@ mod lsn;
 mod progress;
 mod quote;
 pub mod replicate;
+mod reverse;
 mod roles;
 mod setup;
 pub mod status;
@@ -55,6 +58,9 @@ pub const EVENT_TRIGGER_PREFIX: &str = "pgcutover_";
 /// sets it to `on` for its own DDL on blue (see [`suppress_ddl_capture`]).
 pub const INTERNAL_GUC: &str = "pgcutover.internal";
 
+/// The reverse publication on green (`FOR ALL TABLES`), for reverse replication.
+pub const REVERSE_PUBLICATION: &str = "pgcutover_reverse";
+
 /// The subscription name on green and slot name on blue for `database`:
 /// `pgcutover_<database>`, lower-cased, characters other than `[a-z0-9_]` replaced by
 /// `_` (slot names allow nothing else), cut to 63 bytes.
@@ -72,6 +78,14 @@ pub fn subscription_name(database: &str) -> String {
     name
 }
 
+/// Blue's subscription to green (and green's slot) for `database`:
+/// [`subscription_name`] with the prefix `pgcutover_reverse_`.
+pub fn reverse_subscription_name(database: &str) -> String {
+    let mut name = subscription_name(database).replacen(SUBSCRIPTION_PREFIX, "pgcutover_reverse_", 1);
+    name.truncate(63);
+    name
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,5 +95,12 @@ mod tests {
         assert_eq!(subscription_name("app"), "pgcutover_app");
         assert_eq!(subscription_name("My-DB.é"), "pgcutover_my_db__");
         assert_eq!(subscription_name(&"x".repeat(100)).len(), 63);
+    }
+
+    #[test]
+    fn reverse_subscription_names_are_valid_slot_names() {
+        assert_eq!(reverse_subscription_name("app"), "pgcutover_reverse_app");
+        assert_eq!(reverse_subscription_name("My-DB"), "pgcutover_reverse_my_db");
+        assert_eq!(reverse_subscription_name(&"x".repeat(100)).len(), 63);
     }
 }

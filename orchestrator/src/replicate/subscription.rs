@@ -40,15 +40,7 @@ pub(super) async fn create_subscription(
 /// while green takes no writes yet: under apply load, `CREATE PUBLICATION ... FOR
 /// ALL TABLES` on green waited for seconds.
 async fn ensure_reverse_publication(green: &Client, db: &str) -> Result<(), OrchestratorError> {
-    crate::switchover::database::create_reverse_publication(green, crate::switchover::REVERSE_PUBLICATION)
-        .await
-        .map(|_| ())
-        .map_err(|message| OrchestratorError::Sql {
-            side: Side::Green,
-            database: db.to_owned(),
-            doing: "creating the reverse publication".into(),
-            message,
-        })
+    crate::reverse::create_publication(green, db).await.map(|_| ())
 }
 
 /// pg_subscription_rel.srsubstate in words.

@@ -1,0 +1,189 @@
+//! Fence: the source refuses writes from everyone, not only through the proxies;
+//! then the sentinel, the one transaction that passes the fence, marks the cut.
+
+use super::catch_up::poll_until;
+use super::conn::Conn;
+use super::error::SwitchoverError;
+use super::machine::Run;
+use super::phase::Phase;
+use super::undo::Undo;
+use crate::SENTINEL_TABLE;
+use pgcutover_api::ProxyError;
+use std::time::{Duration, Instant};
+
+/// How long terminated backends get to abort their transactions.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// Where the sentinel committed, per database.
+#[derive(Debug)]
+pub(super) struct Cut {
+    /// The sentinel's token for this run.
+    pub token: i64,
+    /// An LSN at or past its commit.
+    pub lsn: String,
+}
+
+impl Run<'_> {
+    /// Fence the source (server-wide, through the first database), end the sessions
+    /// that bypass the proxies, then write the sentinels.
+    pub(super) async fn fence(&mut self) -> Result<Phase, SwitchoverError> {
+        let source = self.source();
+        let mut spared = self.own_pids.clone();
+        for p in self.proxies {
+            let status = p.status().await?;
+            let pids = status.server_pids.ok_or_else(|| ProxyError::BadReply {
+                proxy: p.name(),
+                call: "GET /status",
+                reason: "no backend pids, which /status shows only with the admin token: give every proxy the same admin_token_file".into(),
+            })?;
+            spared.extend(pids.get(source));
+        }
+        let first = &self.dbs.first().ok_or(SwitchoverError::NoDatabase)?.source;
+        self.undo.push(Undo::Unfence {
+            side: source,
+            database: first.at.database.clone(),
+        });
+        let ended = fence(first, &spared).await?;
+        if ended > 0 {
+            self.progress.line(format!(
+                "fence: ended {ended} session(s) connected to {source} past the proxies"
+            ));
+        }
+        self.cuts.clear();
+        for d in &mut self.dbs {
+            let cut = write_sentinel(&mut d.source).await?;
+            self.report.cut_lsn.push((d.name.clone(), cut.lsn.clone()));
+            self.cuts.push(cut);
+        }
+        Ok(Phase::CatchUp)
+    }
+}
+
+/// Fences the server: [`read_only`], then ends client backends that are not `spared`
+/// (the proxies' held sessions and the orchestrator's own), and waits until no
+/// client backend holds a transaction id. Returns how many it ended.
+async fn fence(c: &Conn, spared: &[i32]) -> Result<usize, SwitchoverError> {
+    read_only(c).await?;
+    let terminated = c
+        .client
+        .query(
+            "select pg_catalog.pg_terminate_backend(pid) from pg_catalog.pg_stat_activity
+              where backend_type = 'client backend' and pid <> pg_catalog.pg_backend_pid()
+                and pid <> all($1::int4[])",
+            &[&spared],
+        )
+        .await
+        .map_err(c.failed("ending sessions that bypass the proxy"))?
+        .len();
+    let deadline = Instant::now() + SETTLE;
+    let settled = poll_until(Some(deadline), Duration::from_millis(5), || async {
+        Ok(writers(c).await?.is_empty().then_some(()))
+    })
+    .await?;
+    match settled {
+        Some(()) => Ok(terminated),
+        None => Err(SwitchoverError::StillWriting {
+            pids: writers(c).await?,
+            settle: SETTLE,
+        }),
+    }
+}
+
+/// Client backends (other than this one) holding a transaction id: their pids.
+async fn writers(c: &Conn) -> Result<String, SwitchoverError> {
+    let row = c
+        .client
+        .query_one(
+            "select coalesce(string_agg(pid::text, ', '), '') from pg_catalog.pg_stat_activity
+              where backend_xid is not null and backend_type = 'client backend'
+                and pid <> pg_catalog.pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map_err(c.failed("checking for write transactions"))?;
+    Ok(row.get(0))
+}
+
+/// Makes every new transaction on the server read-only, for every role
+/// (`ALTER SYSTEM` + reload; idempotent).
+pub(super) async fn read_only(c: &Conn) -> Result<(), SwitchoverError> {
+    let on = "ALTER SYSTEM SET default_transaction_read_only = on";
+    c.client.batch_execute(on).await.map_err(c.failed(on))?;
+    reload(c).await
+}
+
+/// Whether the server is fenced (read-only by its configuration, not by a role's
+/// or a session's setting).
+pub(super) async fn is_fenced(c: &Conn) -> Result<bool, SwitchoverError> {
+    let row = c
+        .client
+        .query_one(
+            "select setting = 'on' and source = 'configuration file' from pg_catalog.pg_settings
+              where name = 'default_transaction_read_only'",
+            &[],
+        )
+        .await
+        .map_err(c.failed("reading whether the server is fenced"))?;
+    Ok(row.get(0))
+}
+
+/// Lifts the fence (idempotent).
+pub(super) async fn unfence(c: &Conn) -> Result<(), SwitchoverError> {
+    let reset = "ALTER SYSTEM RESET default_transaction_read_only";
+    c.client.batch_execute(reset).await.map_err(c.failed(reset))?;
+    reload(c).await
+}
+
+async fn reload(c: &Conn) -> Result<(), SwitchoverError> {
+    c.client
+        .batch_execute("SELECT pg_catalog.pg_reload_conf()")
+        .await
+        .map_err(c.failed("reloading the configuration"))
+}
+
+/// Lets this session write on a fenced server: the session-level default goes off
+/// (its own statement: a transaction started under the fence stays read-only).
+pub(super) async fn lift_for_session(c: &Conn) -> Result<(), SwitchoverError> {
+    c.client
+        .batch_execute("SET default_transaction_read_only = off")
+        .await
+        .map_err(c.failed("lifting the fence for this session"))
+}
+
+/// Writes the sentinel on the fenced source (a read-write transaction passes the
+/// fence); returns its token and an LSN at or past its commit: the cut.
+async fn write_sentinel(c: &mut Conn) -> Result<Cut, SwitchoverError> {
+    let at = &c.at;
+    let tx = c
+        .client
+        .build_transaction()
+        .read_only(false)
+        .start()
+        .await
+        .map_err(at.failed("starting the sentinel transaction"))?;
+    // Flushed at commit, whatever the server's default: the walsender sends only
+    // flushed WAL, and with asynchronous commit the WAL writer's delay (200 ms by
+    // default) would be added to every client's wait.
+    tx.batch_execute("SET LOCAL synchronous_commit = on")
+        .await
+        .map_err(at.failed("making the sentinel commit synchronous"))?;
+    let row = tx
+        .query_one(
+            &format!(
+                "insert into {SENTINEL_TABLE} as s (database, token, written_at) values ($1, 1, now())
+                 on conflict (database) do update set token = s.token + 1, written_at = now() returning token"
+            ),
+            &[&at.database],
+        )
+        .await
+        .map_err(at.failed("writing the sentinel"))?;
+    let token: i64 = row.get(0);
+    tx.commit().await.map_err(at.failed("committing the sentinel"))?;
+    let lsn: String = c
+        .client
+        .query_one("select pg_catalog.pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(c.failed("reading the cut LSN"))?
+        .get(0);
+    Ok(Cut { token, lsn })
+}

@@ -1,0 +1,200 @@
+//! One run of the protocol: its state, checked transitions (each reported to every
+//! proxy and timed in the report), and the loop from Hold to Flip in which each phase
+//! does its step and names the phase that follows.
+
+use super::conn::Pair;
+use super::error::SwitchoverError;
+use super::fence::Cut;
+use super::phase::{self, IllegalTransition, Phase};
+use super::proxies::PhaseReporter;
+use super::undo::UndoLog;
+use super::SwitchoverOptions;
+use crate::progress::Progress;
+use crate::targets::{Side, Targets};
+use crate::{reverse_subscription_name, subscription_name};
+use pgcutover_api::{Direction, PhaseTime, PhaseUpdate, ProxyControl, Report};
+use pgcutover_config::Config;
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::info;
+
+/// One run: what it works on, where it is, and what it changed.
+pub(super) struct Run<'a> {
+    /// Blue, green and the databases.
+    pub targets: &'a Targets,
+    /// The whole configuration (`[switchover]` mostly).
+    pub config: &'a Config,
+    /// Every proxy instance.
+    pub proxies: &'a [Arc<dyn ProxyControl>],
+    /// This run's options.
+    pub opts: &'a SwitchoverOptions,
+    /// Where progress lines go.
+    pub progress: &'a Progress,
+    reporter: PhaseReporter,
+    /// `None` until Preflight starts.
+    phase: Option<Phase>,
+    phase_started: Instant,
+    /// When the hold was sent, for the report's longest hold.
+    pub held_at: Option<Instant>,
+    /// Where each database's sentinel committed (Fence on).
+    pub cuts: Vec<Cut>,
+    /// What to undo if the run fails before the commit point.
+    pub undo: UndoLog,
+    /// What the run reports.
+    pub report: Report,
+    /// The run's connections, opened in Preflight.
+    pub dbs: Vec<Pair>,
+    /// Whether the destination was fenced at Preflight (a rollback re-fences it).
+    pub dest_fenced: bool,
+    /// The backends of those connections, spared by the fence.
+    pub own_pids: Vec<i32>,
+}
+
+impl<'a> Run<'a> {
+    /// A run that has not started (idle: no phase yet).
+    pub fn new(
+        targets: &'a Targets,
+        config: &'a Config,
+        proxies: &'a [Arc<dyn ProxyControl>],
+        opts: &'a SwitchoverOptions,
+        progress: &'a Progress,
+    ) -> Self {
+        Run {
+            targets,
+            config,
+            proxies,
+            opts,
+            progress,
+            reporter: PhaseReporter::new(proxies),
+            phase: None,
+            phase_started: Instant::now(),
+            held_at: None,
+            cuts: Vec::new(),
+            undo: UndoLog::default(),
+            report: Report::new(opts.direction),
+            dbs: Vec::new(),
+            dest_fenced: false,
+            own_pids: Vec::new(),
+        }
+    }
+
+    /// The current phase (`None` before the first).
+    pub fn phase(&self) -> Option<Phase> {
+        self.phase
+    }
+
+    /// Where clients run before the flip.
+    pub fn source(&self) -> Side {
+        match self.opts.direction {
+            Direction::Forward => Side::Blue,
+            Direction::Rollback => Side::Green,
+        }
+    }
+
+    /// Where they run after it.
+    pub fn dest(&self) -> Side {
+        match self.source() {
+            Side::Blue => Side::Green,
+            Side::Green => Side::Blue,
+        }
+    }
+
+    /// The subscription on the destination that replicates from the source.
+    pub fn subscription(&self, database: &str) -> String {
+        match self.opts.direction {
+            Direction::Forward => subscription_name(database),
+            Direction::Rollback => reverse_subscription_name(database),
+        }
+    }
+
+    /// Whether this run sets up reverse replication green → blue.
+    pub fn wants_reverse(&self) -> bool {
+        self.opts.direction == Direction::Forward && self.config.switchover.reverse_replication
+    }
+
+    /// Moves to `to` if the protocol allows it: the phase that ends is timed, and the
+    /// change is reported to every proxy in the background.
+    pub fn go(&mut self, to: Phase) -> Result<(), SwitchoverError> {
+        let to = phase::go(self.phase, to)?;
+        let ended = self.finish_phase();
+        self.phase = Some(to);
+        self.phase_started = Instant::now();
+        self.reporter.report(PhaseUpdate {
+            phase: Some(to),
+            ended,
+            outcome: None,
+        });
+        Ok(())
+    }
+
+    /// Records how long the current phase took (nothing before the first).
+    pub fn finish_phase(&mut self) -> Option<PhaseTime> {
+        let phase = self.phase?;
+        let ended = PhaseTime {
+            phase,
+            ms: self.elapsed_ms(),
+        };
+        self.report.phases.push(ended.clone());
+        info!(phase = phase.name(), ms = ended.ms, "switchover phase done");
+        self.progress
+            .line(format!("switchover {}: {:.1} ms", phase.name(), ended.ms));
+        Some(ended)
+    }
+
+    /// Milliseconds since the current phase began.
+    pub fn elapsed_ms(&self) -> f64 {
+        self.phase_started.elapsed().as_secs_f64() * 1000.0
+    }
+
+    /// Hold → Drain → Fence → CatchUp → SyncSequences → Flip: each phase's step names
+    /// its successor, and [`Run::go`] checks it. Returns once every proxy is routed.
+    pub async fn hold_to_flip(&mut self) -> Result<(), SwitchoverError> {
+        self.prepare().await;
+        let mut next = Phase::Hold;
+        loop {
+            self.go(next)?;
+            next = match self.phase {
+                Some(Phase::Hold) => self.hold().await?,
+                Some(Phase::Drain) => self.drain().await?,
+                Some(Phase::Fence) => self.fence().await?,
+                Some(Phase::CatchUp) => self.catch_up().await?,
+                Some(Phase::SyncSequences) => self.sync_sequences().await?,
+                Some(Phase::Flip) => return self.flip().await,
+                // Only a step naming a phase outside the hold leads here: as much a
+                // bug as any illegal transition, and undone like one.
+                other => {
+                    return Err(IllegalTransition {
+                        from: other,
+                        to: Phase::Flip,
+                    }
+                    .into())
+                }
+            };
+        }
+    }
+
+    /// Ends the run: the last phase is timed, the outcome reported to every proxy,
+    /// and the summary line printed.
+    pub async fn end(mut self) -> Report {
+        let ended = match self.phase {
+            Some(Phase::Done | Phase::RolledBack) => self.finish_phase(),
+            _ => None,
+        };
+        self.reporter.report(PhaseUpdate {
+            phase: None,
+            ended,
+            outcome: Some(self.report.outcome),
+        });
+        self.reporter.flush().await;
+        let r = &self.report;
+        match &r.reason {
+            Some(reason) => self.progress.line(format!("switchover {}: {reason}", r.outcome.name())),
+            None => self.progress.line(format!(
+                "switchover {} (clients held at most {:.0} ms)",
+                r.outcome.name(),
+                r.max_hold_ms
+            )),
+        }
+        self.report
+    }
+}

@@ -1,0 +1,232 @@
+//! Preflight: the guardrails, one function each. A guardrail that fails refuses the
+//! switchover with the problem and the fix; nothing was changed but the reverse
+//! publication, which the refusal drops again (see the undo log).
+
+use super::conn::{Conn, Pair};
+use super::error::{Guardrail, SwitchoverError};
+use super::fence::is_fenced;
+use super::machine::Run;
+use super::undo::Undo;
+use crate::progress::human_duration;
+use crate::{check, replication_status, reverse, CheckStatus};
+use pgcutover_api::Direction;
+use tracing::debug;
+
+impl Run<'_> {
+    /// Every guardrail, cheapest first; then the reverse publication and, for a dry
+    /// run, the predicted hold.
+    pub(super) async fn preflight(&mut self) -> Result<(), SwitchoverError> {
+        self.proxies_on_source().await?;
+        self.connect().await?;
+        debug!(ms = self.elapsed_ms(), "preflight: proxies and connections");
+        // Lag, drift and `pgcutover check` concern blue → green; the reverse
+        // subscription is checked below.
+        if self.opts.direction == Direction::Forward {
+            self.replication_ready().await?;
+            debug!(ms = self.elapsed_ms(), "preflight: replication status");
+            self.checks_pass().await?;
+        }
+        self.subscriptions_running().await?;
+        debug!(ms = self.elapsed_ms(), "preflight: checks and subscriptions");
+        self.no_long_transaction().await?;
+        if self.wants_reverse() {
+            for d in &self.dbs {
+                if reverse::create_publication(&d.dest.client, &d.name).await? {
+                    self.undo.push(Undo::DropReversePublication {
+                        database: d.name.clone(),
+                    });
+                }
+            }
+        }
+        if self.opts.dry_run {
+            self.report.predicted_hold_ms = Some(self.predict_hold().await?);
+        }
+        Ok(())
+    }
+
+    /// Every proxy answers, and routes to the source still.
+    async fn proxies_on_source(&self) -> Result<(), SwitchoverError> {
+        let source = self.source();
+        for p in self.proxies {
+            let state = p.status().await.map_err(|e| {
+                SwitchoverError::refused(
+                    Guardrail::ProxyReachable,
+                    format!("{} is not reachable: {e}", p.name()),
+                    "start it, or remove it from [proxy] peers",
+                )
+            })?;
+            if state.route != source {
+                return Err(SwitchoverError::refused(
+                    Guardrail::ProxyOnSource,
+                    format!("{} routes to {} already, not {source}", p.name(), state.route.name()),
+                    "nothing to switch",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The run's connections to both sides of every database, their pids, and
+    /// whether the destination is fenced (so a rollback leaves it so).
+    async fn connect(&mut self) -> Result<(), SwitchoverError> {
+        let (source, dest) = (self.source(), self.dest());
+        for database in &self.targets.databases {
+            let s = Conn::new(source, database, self.targets.connect(source, database).await?);
+            let d = Conn::new(dest, database, self.targets.connect(dest, database).await?);
+            for c in [&s, &d] {
+                let row = c
+                    .client
+                    .query_one("select pg_catalog.pg_backend_pid()", &[])
+                    .await
+                    .map_err(c.failed("reading the backend pid"))?;
+                self.own_pids.push(row.get(0));
+            }
+            if self.dbs.is_empty() {
+                self.dest_fenced = is_fenced(&d).await?;
+            }
+            self.dbs.push(Pair {
+                name: database.clone(),
+                source: s,
+                dest: d,
+            });
+        }
+        Ok(())
+    }
+
+    /// Replication runs, is caught up and saw no DDL drift (the status verdict).
+    async fn replication_ready(&self) -> Result<(), SwitchoverError> {
+        let status = replication_status(self.targets, self.config.switchover.max_lag_bytes).await;
+        match status.databases.iter().find(|d| !d.ready) {
+            Some(d) => Err(SwitchoverError::refused(
+                Guardrail::ReplicationReady,
+                format!("database {}: {}", d.database, d.verdict),
+                "wait until `pgcutover status` says ready",
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// `pgcutover check` has no failing check.
+    async fn checks_pass(&self) -> Result<(), SwitchoverError> {
+        let failing: Vec<_> = check::run_checks(self.targets)
+            .await
+            .into_iter()
+            .filter(|c| c.status == CheckStatus::Fail)
+            .collect();
+        if failing.is_empty() {
+            return Ok(());
+        }
+        let problems: Vec<String> = failing.iter().map(|c| format!("{}: {}", c.name, c.message)).collect();
+        let fixes: Vec<&str> = failing
+            .iter()
+            .map(|c| c.fix.as_str())
+            .filter(|f| !f.is_empty())
+            .collect();
+        Err(SwitchoverError::refused(
+            Guardrail::Checks,
+            format!("pgcutover check fails: {}", problems.join("; ")),
+            if fixes.is_empty() {
+                "see `pgcutover check`".to_owned()
+            } else {
+                fixes.join("; ")
+            },
+        ))
+    }
+
+    /// The destination's subscription from the source is enabled and applying.
+    async fn subscriptions_running(&self) -> Result<(), SwitchoverError> {
+        for d in &self.dbs {
+            if let Some(problem) = subscription_problem(&d.dest, &self.subscription(&d.name)).await? {
+                let fix = match self.opts.direction {
+                    Direction::Forward => "see `pgcutover status`",
+                    Direction::Rollback => "rollback needs the reverse replication set up by a completed switchover with reverse_replication = true",
+                };
+                return Err(SwitchoverError::refused(
+                    Guardrail::SubscriptionRunning,
+                    format!("database {}: {problem}", d.name),
+                    fix,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// No write transaction on the source is older than the drain budget: it would
+    /// not drain in time.
+    async fn no_long_transaction(&self) -> Result<(), SwitchoverError> {
+        let Some(d) = self.dbs.first() else {
+            return Ok(());
+        };
+        let drain_timeout = self.config.switchover.drain_timeout.0;
+        let old = d
+            .source
+            .client
+            .query_opt(
+                "select pid, extract(epoch from now() - xact_start)::float8, coalesce(left(query, 80), '')
+                   from pg_catalog.pg_stat_activity
+                  where backend_xid is not null and pid <> pg_catalog.pg_backend_pid()
+                    and xact_start < now() - make_interval(secs => $1)
+                  limit 1",
+                &[&drain_timeout.as_secs_f64()],
+            )
+            .await
+            .map_err(d.source.failed("looking for long transactions"))?;
+        match old {
+            Some(r) => {
+                let (pid, age, query): (i32, f64, String) = (r.get(0), r.get(1), r.get(2));
+                Err(SwitchoverError::refused(
+                    Guardrail::NoLongTransaction,
+                    format!(
+                        "a transaction on {} (pid {pid}, open {age:.0} s, {query:?}) is older than drain_timeout ({}): it would not drain",
+                        self.source(),
+                        human_duration(drain_timeout)
+                    ),
+                    "end it or wait",
+                ))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The dry run's estimate: the longest transaction open now (the drain), plus
+    /// fence, sentinel, catch-up, sequences and flip as measured here: tens of ms.
+    async fn predict_hold(&self) -> Result<f64, SwitchoverError> {
+        let mut predicted = 0.0f64;
+        if let Some(d) = self.dbs.first() {
+            let row = d
+                .source
+                .client
+                .query_one(
+                    "select coalesce(max(extract(epoch from now() - xact_start)), 0)::float8
+                       from pg_catalog.pg_stat_activity where backend_xid is not null",
+                    &[],
+                )
+                .await
+                .map_err(d.source.failed("reading open transactions"))?;
+            let drain_timeout = self.config.switchover.drain_timeout.0;
+            predicted += row.get::<_, f64>(0).min(drain_timeout.as_secs_f64()) * 1000.0;
+        }
+        Ok(predicted + 100.0)
+    }
+}
+
+/// What keeps `subscription` from applying: missing, disabled, or no apply worker.
+async fn subscription_problem(dest: &Conn, subscription: &str) -> Result<Option<String>, SwitchoverError> {
+    let row = dest
+        .client
+        .query_opt(
+            "select s.subenabled, exists (select from pg_catalog.pg_stat_subscription w
+                                           where w.subid = s.oid and w.pid is not null and w.relid is null)
+               from pg_catalog.pg_subscription s
+              where s.subname = $1 and s.subdbid = (select oid from pg_catalog.pg_database where datname = current_database())",
+            &[&subscription],
+        )
+        .await
+        .map_err(dest.failed("reading the subscription"))?;
+    Ok(match row {
+        None => Some(format!("subscription {subscription} does not exist")),
+        Some(r) if !r.get::<_, bool>(0) => Some(format!("subscription {subscription} is disabled")),
+        Some(r) if !r.get::<_, bool>(1) => Some(format!("subscription {subscription} has no running apply worker")),
+        Some(_) => None,
+    })
+}
