@@ -2,7 +2,7 @@
 # Proxy overhead: pgbench straight at PostgreSQL 15 vs through PgBouncer (session mode)
 # vs through pgcutover, on one throwaway cluster on this machine (loopback only).
 #
-# Usage: bench/proxy_overhead.sh [--seconds N] [--runs R] [--scale S] [--no-build] [--baseline BIN]
+# Usage: bench/proxy_overhead.sh [--seconds N] [--runs R] [--scale S] [--no-build] [--baseline BIN] [--only REGEX]
 #   --seconds N   length of every pgbench run (default 10)
 #   --runs R      runs per cell; medians are reported (default 1)
 #   --scale S     pgbench -i scale (default 10)
@@ -11,6 +11,8 @@
 #   --baseline BIN  also measure another pgcutover build (e.g. the previous commit's
 #                 release binary) as a fourth column, interleaved in the same rounds,
 #                 so a before/after comparison shares every run's conditions
+#   --only REGEX  run only the rows whose name matches (e.g. 'TPC-B'), to look
+#                 closer at one row with more runs
 #
 # Needs scripts/setup.sh (PostgreSQL 15, pgbench, pgbouncer). As root, postgres and
 # pgbouncer run as the `postgres` OS user (both refuse root). If pgcutover cannot be
@@ -24,7 +26,8 @@ RUNS=1
 SCALE=10
 BUILD=1
 BASELINE_BIN="${PGCUTOVER_BASELINE_BIN:-}"
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
+ONLY=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --seconds) SECS="${2:?--seconds needs a value}"; shift 2 ;;
@@ -32,6 +35,7 @@ while [ $# -gt 0 ]; do
         --scale) SCALE="${2:?--scale needs a value}"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --baseline) BASELINE_BIN="${2:?--baseline needs a binary}"; shift 2 ;;
+        --only) ONLY="${2:?--only needs a pattern}"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -185,6 +189,14 @@ ROW_ARGS=(
     "-c 8 -j 2"
     "-S -C -c 8 -j 2"
 )
+if [ -n "$ONLY" ]; then
+    kept_names=(); kept_args=()
+    for i in "${!ROW_NAMES[@]}"; do
+        if [[ "${ROW_NAMES[$i]}" =~ $ONLY ]]; then kept_names+=("${ROW_NAMES[$i]}"); kept_args+=("${ROW_ARGS[$i]}"); fi
+    done
+    [ "${#kept_names[@]}" -gt 0 ] || die "--only $ONLY matches no row"
+    ROW_NAMES=("${kept_names[@]}"); ROW_ARGS=("${kept_args[@]}")
+fi
 TARGETS=(direct pgbouncer pgcutover)
 declare -A PORT_OF=([direct]="$PGPORT" [pgbouncer]="$BOUNCER_PORT" [pgcutover]="$PGC_PORT" [baseline]="$BASE_PORT")
 declare -A PID_OF=([direct]="" [pgbouncer]="$(cat "$WORK/pgbouncer.pid" 2>/dev/null || true)" [pgcutover]="$PROXY_PID" [baseline]="$BASELINE_PID")
@@ -309,7 +321,9 @@ if [ -n "$BASELINE_BIN" ]; then
     done
 fi
 echo
-echo "Added latency per query at c=1 (select-only) vs direct: pgbouncer $(added pgbouncer), pgcutover $pgc_added"
+if [ "${ROW_NAMES[0]}" = "select-only, c=1 j=1" ]; then
+    echo "Added latency per query at c=1 (select-only) vs direct: pgbouncer $(added pgbouncer), pgcutover $pgc_added"
+fi
 if [ -n "$PGC_REASON" ]; then
     echo
     echo "pgcutover n/a: $PGC_REASON"

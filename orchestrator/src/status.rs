@@ -286,6 +286,28 @@ async fn read_green(green: &Client, name: &str, st: &mut DatabaseStatus) -> Resu
     Ok(())
 }
 
+/// Why a database without a subscription on green is not ready, and what to run.
+fn not_subscribed(st: &DatabaseStatus, blue_has: &[&str]) -> String {
+    if let Some(e) = &st.green_error {
+        if blue_has.is_empty() {
+            return format!("not set up (blue has nothing of pgcutover's); green: {e}");
+        }
+        return format!("half set up: blue has {}; green: {e}", blue_has.join(", "));
+    }
+    if blue_has.is_empty() {
+        return "not set up: run pgcutover replicate".into();
+    }
+    let next = if st.slot.is_some() && !st.slot.as_ref().is_some_and(|s| s.active) {
+        "finish with pgcutover replicate (after taking the clone, for the clone method)"
+    } else {
+        "run pgcutover replicate to finish"
+    };
+    format!(
+        "half set up: blue has {}, green has no subscription: {next}",
+        blue_has.join(", ")
+    )
+}
+
 fn verdict(st: &DatabaseStatus, max_lag_bytes: u64) -> (bool, String) {
     if let Some(e) = &st.blue_error {
         return (false, format!("blue unreachable: {e}"));
@@ -300,33 +322,7 @@ fn verdict(st: &DatabaseStatus, max_lag_bytes: u64) -> (bool, String) {
     .map(|(_, n)| *n)
     .collect();
     let Some(sub) = &st.subscription else {
-        if let Some(e) = &st.green_error {
-            if blue_has.is_empty() {
-                return (
-                    false,
-                    format!("not set up (blue has nothing of pgcutover's); green: {e}"),
-                );
-            }
-            return (
-                false,
-                format!("half set up: blue has {}; green: {e}", blue_has.join(", ")),
-            );
-        }
-        if blue_has.is_empty() {
-            return (false, "not set up: run pgcutover replicate".into());
-        }
-        let next = if st.slot.is_some() && !st.slot.as_ref().is_some_and(|s| s.active) {
-            "finish with pgcutover replicate (after taking the clone, for the clone method)"
-        } else {
-            "run pgcutover replicate to finish"
-        };
-        return (
-            false,
-            format!(
-                "half set up: blue has {}, green has no subscription: {next}",
-                blue_has.join(", ")
-            ),
-        );
+        return (false, not_subscribed(st, &blue_has));
     };
     if !sub.enabled {
         return (

@@ -13,7 +13,7 @@ use crate::targets::{Side, Targets};
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
@@ -175,6 +175,56 @@ async fn verify_database(
     progress: &Progress,
 ) -> Result<(Vec<TableReport>, Vec<Difference>, i64), OrchestratorError> {
     let blue = session(targets, Side::Blue, db).await?;
+    let tables = list_tables(&blue, db).await?;
+    let bytes = tables.iter().map(|(_, size, _)| size).sum();
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(VecDeque::new()),
+        in_flight: AtomicUsize::new(0),
+        acc: Mutex::new(Vec::new()),
+        differences: Mutex::new(Vec::new()),
+        opts: opts.clone(),
+    });
+    let count = tables.len();
+    for (name, _, key) in tables {
+        let method = if key.is_empty() { "whole table" } else { "key ranges" };
+        shared
+            .acc
+            .lock()
+            .unwrap()
+            .push((name.clone(), method.into(), Acc::default()));
+        let table = Arc::new(Table {
+            db: db.to_owned(),
+            name,
+            key,
+        });
+        shared.queue.lock().unwrap().push_back(Task::Split(table));
+    }
+    progress.line(format!(
+        "{db}: comparing {count} tables ({}) with {} workers",
+        human_bytes(bytes),
+        opts.jobs
+    ));
+    run_workers(targets, db, opts.jobs.max(1), &shared, progress).await?;
+    let acc = std::mem::take(&mut *shared.acc.lock().unwrap());
+    let reports = acc
+        .into_iter()
+        .map(|(table, method, a)| TableReport {
+            database: db.to_owned(),
+            table,
+            method,
+            chunks: a.chunks,
+            rows_blue: a.blue,
+            rows_green: a.green,
+            identical: !a.differs,
+        })
+        .collect();
+    let diffs = std::mem::take(&mut *shared.differences.lock().unwrap());
+    Ok((reports, diffs, bytes))
+}
+
+/// Blue's ordinary tables, largest first: (quoted name, bytes, primary key as
+/// (column, type) in key order; empty without one).
+async fn list_tables(blue: &Client, db: &str) -> Result<Vec<(String, i64, Vec<(String, String)>)>, OrchestratorError> {
     let rows = blue
         .query(
             "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), pg_table_size(c.oid),
@@ -190,45 +240,32 @@ async fn verify_database(
         )
         .await
         .ctx(Side::Blue, db, "listing tables")?;
-    let mut bytes = 0;
-    let shared = Arc::new(Shared {
-        queue: Mutex::new(VecDeque::new()),
-        in_flight: AtomicUsize::new(0),
-        acc: Mutex::new(Vec::new()),
-        differences: Mutex::new(Vec::new()),
-        opts: opts.clone(),
-    });
-    for r in &rows {
-        let name: String = r.get(0);
-        bytes += r.get::<_, i64>(1);
-        let key: Vec<String> = r.get(2);
-        let key = key
-            .iter()
-            .map(|k| {
-                let (col, ty) = k.split_once(' ').unwrap_or((k, "text"));
-                (col.to_owned(), ty.to_owned())
-            })
-            .collect();
-        let t = Arc::new(Table {
-            db: db.to_owned(),
-            name: name.clone(),
-            key,
-        });
-        shared.acc.lock().unwrap().push((
-            name,
-            if t.key.is_empty() { "whole table" } else { "key ranges" }.into(),
-            Acc::default(),
-        ));
-        shared.queue.lock().unwrap().push_back(Task::Split(t));
-    }
-    progress.line(format!(
-        "{db}: comparing {} tables ({}) with {} workers",
-        rows.len(),
-        human_bytes(bytes),
-        opts.jobs
-    ));
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let key: Vec<String> = r.get(2);
+            let key = key
+                .iter()
+                .map(|k| {
+                    let (col, ty) = k.split_once(' ').unwrap_or((k, "text"));
+                    (col.to_owned(), ty.to_owned())
+                })
+                .collect();
+            (r.get(0), r.get(1), key)
+        })
+        .collect())
+}
+
+/// `jobs` workers, each with its own session on both sides, until the queue is done.
+async fn run_workers(
+    targets: &Targets,
+    db: &str,
+    jobs: usize,
+    shared: &Arc<Shared>,
+    progress: &Progress,
+) -> Result<(), OrchestratorError> {
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..opts.jobs.max(1) {
+    for _ in 0..jobs {
         let b = session(targets, Side::Blue, db).await?;
         let g = session(targets, Side::Green, db).await?;
         let shared = shared.clone();
@@ -247,26 +284,21 @@ async fn verify_database(
             }
         }
     }
-    let acc = std::mem::take(&mut *shared.acc.lock().unwrap());
-    let reports = acc
-        .into_iter()
-        .map(|(table, method, a)| TableReport {
-            database: db.to_owned(),
-            table,
-            method,
-            chunks: a.chunks,
-            rows_blue: a.blue,
-            rows_green: a.green,
-            identical: !a.differs,
-        })
-        .collect();
-    let diffs = std::mem::take(&mut *shared.differences.lock().unwrap());
-    Ok((reports, diffs, bytes))
+    Ok(())
 }
 
 async fn worker(blue: Client, green: Client, shared: Arc<Shared>, progress: Progress) -> Result<(), OrchestratorError> {
     loop {
-        let task = shared.queue.lock().unwrap().pop_front();
+        // Taken and counted in flight under one lock: otherwise another worker could
+        // see an empty queue with nothing in flight in between, and stop early.
+        let task = {
+            let mut queue = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            let task = queue.pop_front();
+            if task.is_some() {
+                shared.in_flight.fetch_add(1, Ordering::SeqCst);
+            }
+            task
+        };
         let Some(task) = task else {
             if shared.in_flight.load(Ordering::SeqCst) == 0 {
                 return Ok(());
@@ -274,7 +306,6 @@ async fn worker(blue: Client, green: Client, shared: Arc<Shared>, progress: Prog
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        shared.in_flight.fetch_add(1, Ordering::SeqCst);
         let result = match task {
             Task::Split(t) => split(&blue, &shared, t).await,
             Task::Chunk(t, lo, hi) => compare(&blue, &green, &shared, &progress, t, lo, hi).await,

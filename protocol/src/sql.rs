@@ -92,7 +92,10 @@ impl<'a> Effects<'a> {
     /// and including its semicolon.
     fn statement(&mut self, first: Token<'a>) -> Effect<'a> {
         let start = first.start;
-        let mut words: [Option<Token<'a>>; 4] = [Some(first), None, None, None];
+        let mut words = Words {
+            tokens: [Some(first), None, None, None],
+            statement: &[],
+        };
         let mut count = 1;
         let mut end = first.end;
         let mut opaque: Option<&'static str> = None;
@@ -107,106 +110,52 @@ impl<'a> Effects<'a> {
                 break;
             }
             check(&t, &mut opaque);
-            if count < words.len() {
-                words[count] = Some(t);
+            if count < words.tokens.len() {
+                words.tokens[count] = Some(t);
                 count += 1;
             }
             end = t.end;
         }
-        let statement = &self.lexer.s[start..end];
-        let w = |i: usize| words[i].filter(|t| t.kind == Kind::Word).map(|t| t.text);
-        let is = |i: usize, kw: &str| w(i).is_some_and(|x| x.eq_ignore_ascii_case(kw.as_bytes()));
-        let ident = |i: usize| words[i].and_then(Token::ident);
+        words.statement = &self.lexer.s[start..end];
         if first.kind != Kind::Word {
             // `(SELECT ...)`: only a query can start this way.
             return opaque.map_or(Effect::None, Effect::Opaque);
         }
-        let keyword = first.text;
-        let kw = |k: &str| keyword.eq_ignore_ascii_case(k.as_bytes());
-        if kw("DO") || kw("CALL") {
+        if words.is(0, "DO") || words.is(0, "CALL") {
             return Effect::Opaque("DO/CALL (state changed inside is not visible)");
         }
-        if kw("LOAD") {
+        if words.is(0, "LOAD") {
             return Effect::Opaque("LOAD");
         }
         if let Some(reason) = opaque {
             return Effect::Opaque(reason);
         }
-        if kw("SET") {
-            // Transaction-scoped forms end with the transaction.
-            if is(1, "LOCAL") || is(1, "TRANSACTION") || is(1, "CONSTRAINTS") {
-                return Effect::None;
-            }
-            let at = if is(1, "SESSION") && !is(2, "AUTHORIZATION") && !is(2, "CHARACTERISTICS") {
-                2
-            } else {
-                1
-            };
-            let name = match () {
-                _ if is(at, "TIME") && is(at + 1, "ZONE") => Ident::Bare(b"timezone"),
-                _ if is(at, "SESSION") && is(at + 1, "AUTHORIZATION") => Ident::Bare(b"session_authorization"),
-                _ if is(at, "SESSION") && is(at + 1, "CHARACTERISTICS") => Ident::Bare(b"session characteristics"),
-                _ if is(at, "NAMES") => Ident::Bare(b"client_encoding"),
-                _ if is(at, "SCHEMA") => Ident::Bare(b"search_path"),
-                _ => match ident(at) {
-                    // `SET a.b = ...` (a custom variable): the lexer sees a.b as one word.
-                    Some(name) => name,
-                    None => return Effect::Opaque("a SET statement not understood"),
-                },
-            };
-            return Effect::Set { name, statement };
-        }
-        if kw("RESET") {
-            return match () {
-                _ if is(1, "ALL") => Effect::ResetAll,
-                _ if is(1, "TIME") && is(2, "ZONE") => Effect::Reset {
-                    name: Ident::Bare(b"timezone"),
-                },
-                _ if is(1, "SESSION") && is(2, "AUTHORIZATION") => Effect::Reset {
-                    name: Ident::Bare(b"session_authorization"),
-                },
-                _ => match ident(1) {
-                    Some(name) => Effect::Reset { name },
-                    None => Effect::Opaque("a RESET statement not understood"),
-                },
-            };
-        }
-        if kw("PREPARE") {
-            // PREPARE TRANSACTION is two-phase commit, not a statement.
-            if is(1, "TRANSACTION") {
-                return Effect::Transaction;
-            }
-            return match ident(1) {
-                Some(name) => Effect::Prepare { name, statement },
-                None => Effect::Opaque("a PREPARE statement not understood"),
-            };
-        }
-        if kw("DEALLOCATE") {
-            let at = if is(1, "PREPARE") { 2 } else { 1 };
-            if is(at, "ALL") {
-                return Effect::Deallocate { name: None };
-            }
-            return match ident(at) {
-                Some(name) => Effect::Deallocate { name: Some(name) },
-                None => Effect::Opaque("a DEALLOCATE statement not understood"),
-            };
-        }
-        if kw("LISTEN") {
-            return match ident(1) {
-                Some(channel) => Effect::Listen { channel },
-                None => Effect::Opaque("a LISTEN statement not understood"),
-            };
-        }
-        if kw("UNLISTEN") {
-            if words[1].is_some_and(|t| t.text == b"*") {
-                return Effect::Unlisten { channel: None };
-            }
-            return match ident(1) {
-                Some(channel) => Effect::Unlisten { channel: Some(channel) },
-                None => Effect::Opaque("an UNLISTEN statement not understood"),
-            };
-        }
-        if [
+        words.classify()
+    }
+}
+
+/// The first few tokens of a statement (all any classification needs) and its text.
+struct Words<'a> {
+    tokens: [Option<Token<'a>>; 4],
+    statement: &'a [u8],
+}
+
+impl<'a> Words<'a> {
+    /// Whether token `i` is the keyword `kw`.
+    fn is(&self, i: usize, kw: &str) -> bool {
+        self.tokens[i]
+            .filter(|t| t.kind == Kind::Word)
+            .is_some_and(|t| t.text.eq_ignore_ascii_case(kw.as_bytes()))
+    }
+
+    /// Token `i` as a name.
+    fn ident(&self, i: usize) -> Option<Ident<'a>> {
+        self.tokens[i].and_then(Token::ident)
+    }
+
+    /// What a statement free of risky words does, by its first keyword.
+    fn classify(&self) -> Effect<'a> {
+        const TRANSACTION: [&str; 8] = [
             "BEGIN",
             "START",
             "COMMIT",
@@ -215,20 +164,103 @@ impl<'a> Effects<'a> {
             "ABORT",
             "SAVEPOINT",
             "RELEASE",
-        ]
-        .iter()
-        .any(|k| kw(k))
-        {
+        ];
+        match () {
+            _ if self.is(0, "SET") => self.set(),
+            _ if self.is(0, "RESET") => self.reset(),
+            _ if self.is(0, "PREPARE") => self.prepare(),
+            _ if self.is(0, "DEALLOCATE") => self.deallocate(),
+            _ if self.is(0, "LISTEN") => match self.ident(1) {
+                Some(channel) => Effect::Listen { channel },
+                None => Effect::Opaque("a LISTEN statement not understood"),
+            },
+            _ if self.is(0, "UNLISTEN") => self.unlisten(),
+            _ if TRANSACTION.iter().any(|k| self.is(0, k)) => Effect::Transaction,
+            // PLANS, SEQUENCES and TEMP drop caches or state that never moves.
+            _ if self.is(0, "DISCARD") && self.is(1, "ALL") => Effect::DiscardAll,
+            _ => Effect::None,
+        }
+    }
+
+    fn set(&self) -> Effect<'a> {
+        // Transaction-scoped forms end with the transaction.
+        if self.is(1, "LOCAL") || self.is(1, "TRANSACTION") || self.is(1, "CONSTRAINTS") {
+            return Effect::None;
+        }
+        let at = if self.is(1, "SESSION") && !self.is(2, "AUTHORIZATION") && !self.is(2, "CHARACTERISTICS") {
+            2
+        } else {
+            1
+        };
+        let name = match () {
+            _ if self.is(at, "TIME") && self.is(at + 1, "ZONE") => Ident::Bare(b"timezone"),
+            _ if self.is(at, "SESSION") && self.is(at + 1, "AUTHORIZATION") => Ident::Bare(b"session_authorization"),
+            _ if self.is(at, "SESSION") && self.is(at + 1, "CHARACTERISTICS") => {
+                Ident::Bare(b"session characteristics")
+            }
+            _ if self.is(at, "NAMES") => Ident::Bare(b"client_encoding"),
+            _ if self.is(at, "SCHEMA") => Ident::Bare(b"search_path"),
+            _ => match self.ident(at) {
+                // `SET a.b = ...` (a custom variable): the lexer sees a.b as one word.
+                Some(name) => name,
+                None => return Effect::Opaque("a SET statement not understood"),
+            },
+        };
+        Effect::Set {
+            name,
+            statement: self.statement,
+        }
+    }
+
+    fn reset(&self) -> Effect<'a> {
+        match () {
+            _ if self.is(1, "ALL") => Effect::ResetAll,
+            _ if self.is(1, "TIME") && self.is(2, "ZONE") => Effect::Reset {
+                name: Ident::Bare(b"timezone"),
+            },
+            _ if self.is(1, "SESSION") && self.is(2, "AUTHORIZATION") => Effect::Reset {
+                name: Ident::Bare(b"session_authorization"),
+            },
+            _ => match self.ident(1) {
+                Some(name) => Effect::Reset { name },
+                None => Effect::Opaque("a RESET statement not understood"),
+            },
+        }
+    }
+
+    fn prepare(&self) -> Effect<'a> {
+        // PREPARE TRANSACTION is two-phase commit, not a statement.
+        if self.is(1, "TRANSACTION") {
             return Effect::Transaction;
         }
-        if kw("DISCARD") {
-            return match () {
-                _ if is(1, "ALL") => Effect::DiscardAll,
-                // PLANS, SEQUENCES and TEMP drop caches or state that never moves.
-                _ => Effect::None,
-            };
+        match self.ident(1) {
+            Some(name) => Effect::Prepare {
+                name,
+                statement: self.statement,
+            },
+            None => Effect::Opaque("a PREPARE statement not understood"),
         }
-        Effect::None
+    }
+
+    fn deallocate(&self) -> Effect<'a> {
+        let at = if self.is(1, "PREPARE") { 2 } else { 1 };
+        if self.is(at, "ALL") {
+            return Effect::Deallocate { name: None };
+        }
+        match self.ident(at) {
+            Some(name) => Effect::Deallocate { name: Some(name) },
+            None => Effect::Opaque("a DEALLOCATE statement not understood"),
+        }
+    }
+
+    fn unlisten(&self) -> Effect<'a> {
+        if self.tokens[1].is_some_and(|t| t.text == b"*") {
+            return Effect::Unlisten { channel: None };
+        }
+        match self.ident(1) {
+            Some(channel) => Effect::Unlisten { channel: Some(channel) },
+            None => Effect::Opaque("an UNLISTEN statement not understood"),
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 
 use super::error::SessionError;
 use super::{authenticate, goodbye};
+use crate::control::Control;
 use crate::wire::Conn;
 use crate::{ClientSlot, Shared};
 use bytes::BytesMut;
@@ -93,95 +94,41 @@ pub(super) async fn serve(
     }
 }
 
+/// A console command, parsed from its words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Command {
+    ShowStatus,
+    ShowClients,
+    ShowServers,
+    Hold,
+    Resume,
+    Help,
+}
+
+impl Command {
+    fn parse(command: &str) -> Option<Command> {
+        let upper = command.to_ascii_uppercase();
+        let words: Vec<&str> = upper.split_whitespace().collect();
+        Some(match words.as_slice() {
+            ["SHOW", "STATUS"] => Command::ShowStatus,
+            ["SHOW", "CLIENTS"] => Command::ShowClients,
+            ["SHOW", "SERVERS"] => Command::ShowServers,
+            ["HOLD"] => Command::Hold,
+            ["RESUME"] => Command::Resume,
+            ["SHOW", "HELP"] | ["HELP"] => Command::Help,
+            _ => return None,
+        })
+    }
+}
+
 /// Runs one command; false when it failed (the rest of the query string is skipped).
 async fn run(shared: &Shared, command: &str, out: &mut BytesMut) -> bool {
-    let upper = command.to_ascii_uppercase();
-    let words: Vec<&str> = upper.split_whitespace().collect();
     let control = &shared.control;
-    match words.as_slice() {
-        ["SHOW", "STATUS"] => {
-            // The same view as GET /status, so the two cannot disagree.
-            let s = control.status_reply();
-            let phase = serde_json::to_value(s.phase)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned));
-            rows(
-                out,
-                &[
-                    "route",
-                    "epoch",
-                    "phase",
-                    "held_ms",
-                    "clients",
-                    "in_flight",
-                    "held_clients",
-                    "blue_servers",
-                    "green_servers",
-                ],
-                &[vec![
-                    Some(s.route.name().to_owned()),
-                    Some(s.epoch.to_string()),
-                    phase,
-                    s.held_ms.map(|ms| format!("{ms:.1}")),
-                    Some(s.clients.to_string()),
-                    Some(s.in_flight.to_string()),
-                    Some(s.held_clients.to_string()),
-                    Some(s.server_connections.blue.to_string()),
-                    Some(s.server_connections.green.to_string()),
-                ]],
-            );
-        }
-        ["SHOW", "CLIENTS"] => {
-            let list: Vec<Vec<Option<String>>> = control
-                .sessions()
-                .handles()
-                .iter()
-                .map(|h| {
-                    let status = h.status();
-                    vec![
-                        Some(h.identity.user.clone()),
-                        Some(h.identity.database.clone()),
-                        Some(h.identity.peer.to_string()),
-                        Some(
-                            if status.in_transaction() {
-                                "in_transaction"
-                            } else {
-                                "idle"
-                            }
-                            .to_owned(),
-                        ),
-                        Some(status.side.name().to_owned()),
-                    ]
-                })
-                .collect();
-            rows(out, &["user", "database", "address", "state", "target"], &list);
-        }
-        ["SHOW", "SERVERS"] => {
-            let list: Vec<Vec<Option<String>>> = control
-                .sessions()
-                .handles()
-                .iter()
-                .map(|h| {
-                    // One read per row: target, address, pid and epoch belong together.
-                    let status = h.status();
-                    let (addr, key) = status.server;
-                    vec![
-                        Some(status.side.name().to_owned()),
-                        Some(addr.to_string()),
-                        Some(key.pid.to_string()),
-                        Some(h.identity.user.clone()),
-                        Some(h.identity.database.clone()),
-                        Some(status.epoch.to_string()),
-                    ]
-                })
-                .collect();
-            rows(
-                out,
-                &["target", "address", "pid", "user", "database", "route_epoch"],
-                &list,
-            );
-        }
-        ["HOLD"] => {
+    match Command::parse(command) {
+        Some(Command::ShowStatus) => show_status(control, out),
+        Some(Command::ShowClients) => show_clients(control, out),
+        Some(Command::ShowServers) => show_servers(control, out),
+        Some(Command::Hold) => {
             let r = control.hold_and_drain().await;
             rows(
                 out,
@@ -195,20 +142,17 @@ async fn run(shared: &Shared, command: &str, out: &mut BytesMut) -> bool {
                 ]],
             );
         }
-        ["RESUME"] => {
+        Some(Command::Resume) => {
             let held_ms = control.resume().map(|d| format!("{:.1}", d.as_secs_f64() * 1000.0));
+            let route = Some(control.route().target.name().to_owned());
             rows(
                 out,
                 &["held", "route", "held_ms"],
-                &[vec![
-                    Some("false".to_owned()),
-                    Some(control.route().target.name().to_owned()),
-                    held_ms,
-                ]],
+                &[vec![Some("false".to_owned()), route, held_ms]],
             );
         }
-        ["SHOW", "HELP"] | ["HELP"] => rows(out, &["command"], &[vec![Some(HELP.to_owned())]]),
-        _ => {
+        Some(Command::Help) => rows(out, &["command"], &[vec![Some(HELP.to_owned())]]),
+        None => {
             error(
                 out,
                 "42601",
@@ -219,6 +163,86 @@ async fn run(shared: &Shared, command: &str, out: &mut BytesMut) -> bool {
         }
     }
     true
+}
+
+/// `SHOW STATUS`: the same view as `GET /status`, so the two cannot disagree.
+fn show_status(control: &Control, out: &mut BytesMut) {
+    let s = control.status_reply();
+    let phase = serde_json::to_value(s.phase)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned));
+    let columns = [
+        "route",
+        "epoch",
+        "phase",
+        "held_ms",
+        "clients",
+        "in_flight",
+        "held_clients",
+        "blue_servers",
+        "green_servers",
+    ];
+    let row = vec![
+        Some(s.route.name().to_owned()),
+        Some(s.epoch.to_string()),
+        phase,
+        s.held_ms.map(|ms| format!("{ms:.1}")),
+        Some(s.clients.to_string()),
+        Some(s.in_flight.to_string()),
+        Some(s.held_clients.to_string()),
+        Some(s.server_connections.blue.to_string()),
+        Some(s.server_connections.green.to_string()),
+    ];
+    rows(out, &columns, &[row]);
+}
+
+/// `SHOW CLIENTS`: one row per session.
+fn show_clients(control: &Control, out: &mut BytesMut) {
+    let list: Vec<Vec<Option<String>>> = control
+        .sessions()
+        .handles()
+        .iter()
+        .map(|h| {
+            let status = h.status();
+            let state = if status.in_transaction() {
+                "in_transaction"
+            } else {
+                "idle"
+            };
+            vec![
+                Some(h.identity.user.clone()),
+                Some(h.identity.database.clone()),
+                Some(h.identity.peer.to_string()),
+                Some(state.to_owned()),
+                Some(status.side.name().to_owned()),
+            ]
+        })
+        .collect();
+    rows(out, &["user", "database", "address", "state", "target"], &list);
+}
+
+/// `SHOW SERVERS`: one row per session's server connection.
+fn show_servers(control: &Control, out: &mut BytesMut) {
+    let list: Vec<Vec<Option<String>>> = control
+        .sessions()
+        .handles()
+        .iter()
+        .map(|h| {
+            // One read per row: target, address, pid and epoch belong together.
+            let status = h.status();
+            let (addr, key) = status.server;
+            vec![
+                Some(status.side.name().to_owned()),
+                Some(addr.to_string()),
+                Some(key.pid.to_string()),
+                Some(h.identity.user.clone()),
+                Some(h.identity.database.clone()),
+                Some(status.epoch.to_string()),
+            ]
+        })
+        .collect();
+    let columns = ["target", "address", "pid", "user", "database", "route_epoch"];
+    rows(out, &columns, &list);
 }
 
 fn rows(out: &mut BytesMut, columns: &[&str], rows: &[Vec<Option<String>>]) {
