@@ -72,11 +72,12 @@ async fn garbage_oversized_and_half_packets_do_not_disturb_a_healthy_client() {
         );
     }
 
-    // Half a startup packet, then silence: closed after client_login_timeout.
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(&[0, 0, 0, 40, 0, 3, 0, 0, b'u', b's']).await.unwrap();
+    // Half a startup packet, then silence: closed after client_login_timeout, without
+    // a byte, as PostgreSQL's startup-packet timeout does (its default of 60 s is too
+    // long to compare against here).
     let started = std::time::Instant::now();
-    assert_eq!(error_then_close(s).await.as_deref(), Some("08006"));
+    let half = answer(proxy.addr, &[0, 0, 0, 40, 0, 3, 0, 0, b'u', b's']).await;
+    assert_eq!(half, Vec::<u8>::new(), "a half startup packet gets no answer");
     assert!(started.elapsed() < Duration::from_secs(5));
 
     // A logged-in client that sends a message longer than max_message_bytes.
@@ -205,4 +206,29 @@ async fn messages_before_authentication_are_capped_at_64_kib() {
     // A password message claiming 65541 bytes.
     s.write_all(&[b'p', 0, 1, 0, 5]).await.unwrap();
     assert_eq!(error_then_close(s).await.as_deref(), Some("08P01"));
+}
+
+/// `client_login_timeout` bounds the whole login once: a client that spends most of
+/// it before its startup packet has only the rest for authentication.
+#[tokio::test]
+async fn the_login_timeout_bounds_startup_and_authentication_together() {
+    let db = Db::pg15();
+    let proxy = RunningProxy::start(db.config(
+        "client_login_timeout = \"2s\"",
+        &format!("auth_file = {:?}", db.userlist()),
+    ))
+    .await;
+    let connected = std::time::Instant::now();
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut startup = bytes::BytesMut::new();
+    pgcutover_protocol::startup::encode_startup([("user", SCRAM_USER), ("database", DB)], &mut startup);
+    s.write_all(&startup).await.unwrap();
+    // The SCRAM challenge arrives; the client never answers it.
+    assert_eq!(error_then_close(s).await.as_deref(), Some("08006"));
+    let took = connected.elapsed();
+    assert!(
+        took < Duration::from_millis(2800),
+        "closed {took:?} after connecting: the login deadline is 2 s from the connect, not 2 s after the startup"
+    );
 }

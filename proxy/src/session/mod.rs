@@ -52,9 +52,16 @@ pub(crate) async fn run(
             crate::stream::Stream::Plain(tcp),
             LOGIN_MAX_MESSAGE_LEN.min(shared.config.proxy.max_message_bytes),
         );
-        let opened = tokio::time::timeout(login_timeout, opening::open(&shared, &mut client)).await;
+        // One deadline for the client's whole login: startup packet and authentication.
+        let login_deadline = tokio::time::Instant::now() + login_timeout;
+        let opened = tokio::time::timeout_at(login_deadline, opening::open(&shared, &mut client)).await;
         let startup = match opened {
-            Err(_) => return goodbye(&mut client, SessionError::LoginTimeout(login_timeout)).await,
+            // No complete startup packet in time: PostgreSQL closes such a connection
+            // without a reply (its startup-packet timeout exits silently).
+            Err(_) => {
+                let e = SessionError::Unanswered(format!("no startup packet within {login_timeout:?}"));
+                return goodbye(&mut client, e).await;
+            }
             Ok(Err(e)) => return goodbye(&mut client, e).await,
             Ok(Ok(Opening::Cancel(key))) => {
                 match shared.registry.cancel(key).await {
@@ -75,7 +82,7 @@ pub(crate) async fn run(
         // Only the client's own part is bounded by its login timeout: the wait for a
         // held gate is bounded by the hold, and the server login by server_connect_timeout.
         let authenticated =
-            tokio::time::timeout(login_timeout, authenticate(&shared, &mut client, &startup, &slot)).await;
+            tokio::time::timeout_at(login_deadline, authenticate(&shared, &mut client, &startup, &slot)).await;
         let who = match authenticated {
             Err(_) => return goodbye(&mut client, SessionError::LoginTimeout(login_timeout)).await,
             Ok(Err(e)) => return goodbye(&mut client, e).await,
