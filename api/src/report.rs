@@ -42,6 +42,21 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in protocol order (the forward path, then the rollback's).
+    pub const ALL: [Phase; 11] = [
+        Phase::Preflight,
+        Phase::Hold,
+        Phase::Drain,
+        Phase::Fence,
+        Phase::CatchUp,
+        Phase::SyncSequences,
+        Phase::Flip,
+        Phase::Resume,
+        Phase::Done,
+        Phase::RollingBack,
+        Phase::RolledBack,
+    ];
+
     /// The metric label: the same word serde writes.
     pub fn name(self) -> &'static str {
         match self {
@@ -169,20 +184,7 @@ mod tests {
 
     #[test]
     fn metric_names_are_the_serde_names() {
-        use Phase::*;
-        for p in [
-            Preflight,
-            Hold,
-            Drain,
-            Fence,
-            CatchUp,
-            SyncSequences,
-            Flip,
-            Resume,
-            Done,
-            RollingBack,
-            RolledBack,
-        ] {
+        for p in Phase::ALL {
             assert_eq!(serde_json::to_value(p).unwrap(), serde_json::json!(p.name()));
         }
         for o in [

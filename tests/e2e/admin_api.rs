@@ -6,12 +6,18 @@ use crate::support::*;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-#[tokio::test]
-async fn status_hides_backend_pids_without_the_token_and_each_path_has_one_method() {
+/// Blue 15 and green 17 with the same roles, and a proxy with the admin token.
+async fn proxy_with_green() -> (Db, Db, RunningProxy) {
     let blue = Db::pg15();
     let green = Db::pg17();
     green.copy_role_secrets_from(&blue);
     let proxy = RunningProxy::start(blue.config_with_green(&green, "")).await;
+    (blue, green, proxy)
+}
+
+#[tokio::test]
+async fn status_hides_backend_pids_without_the_token_and_each_path_has_one_method() {
+    let (_blue, _green, proxy) = proxy_with_green().await;
     let c = connect(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB)).await.unwrap();
     let pid: i32 = c.query_one("select pg_backend_pid()", &[]).await.unwrap().get(0);
 
@@ -44,10 +50,7 @@ async fn status_hides_backend_pids_without_the_token_and_each_path_has_one_metho
 
 #[tokio::test]
 async fn hold_without_drain_answers_at_once_and_drain_waits_for_the_transaction() {
-    let blue = Db::pg15();
-    let green = Db::pg17();
-    green.copy_role_secrets_from(&blue);
-    let proxy = RunningProxy::start(blue.config_with_green(&green, "")).await;
+    let (_blue, _green, proxy) = proxy_with_green().await;
     let c = connect(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB)).await.unwrap();
     c.batch_execute("BEGIN; SELECT 1").await.unwrap();
 
