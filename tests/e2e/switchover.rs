@@ -426,6 +426,43 @@ async fn the_cli_dry_run_changes_nothing_and_post_switchover_moves_a_running_pro
     ] {
         assert!(metrics.contains(line), "no {line} in:\n{metrics}");
     }
+    assert_fence_holds_against_read_write_overrides(&blue).await;
+}
+
+/// After the fence no session on `db` commits a write, whatever it asks for: a
+/// startup option, `BEGIN READ WRITE`, a session `SET`, or its role's own setting
+/// (`default_transaction_read_only` alone is only a default each of these overrides).
+async fn assert_fence_holds_against_read_write_overrides(db: &Db) {
+    let direct = db.cluster.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB);
+    let overriding = connect(&format!("{direct} options='-c default_transaction_read_only=off'"))
+        .await
+        .unwrap();
+    for sql in [
+        "insert into items (note) values ('startup option')",
+        "begin read write; insert into items (note) values ('read write'); commit",
+        "set default_transaction_read_only = off; insert into items (note) values ('set')",
+        "set session characteristics as transaction read write; insert into items (note) values ('characteristics')",
+    ] {
+        let e = overriding.batch_execute(sql).await.expect_err(sql);
+        assert_eq!(sqlstate(&e), "25006", "{sql}: {e}");
+        overriding.batch_execute("rollback").await.ok();
+    }
+    db.sql(&format!(
+        "begin read write; alter role {SCRAM_USER} set default_transaction_read_only = off; commit"
+    ));
+    let by_role = connect(&direct).await.unwrap();
+    let e = by_role
+        .batch_execute("insert into items (note) values ('role setting')")
+        .await
+        .expect_err("a role's own read-write setting");
+    assert_eq!(sqlstate(&e), "25006", "{e}");
+    db.sql(&format!(
+        "begin read write; alter role {SCRAM_USER} reset default_transaction_read_only; commit"
+    ));
+    let count = db.sql(
+        "select count(*) from items where note in ('startup option', 'read write', 'set', 'characteristics', 'role setting')",
+    );
+    assert_eq!(count, "0", "a write got past the fence");
 }
 
 /// Two proxies as their own processes and `pgcutover switchover` as a third: while

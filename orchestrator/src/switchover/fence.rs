@@ -39,15 +39,21 @@ impl Run<'_> {
             spared.extend(pids.get(source));
         }
         let first = &self.dbs.first().ok_or(SwitchoverError::NoDatabase)?.source;
-        self.undo.push(Undo::Unfence {
-            side: source,
-            database: first.at.database.clone(),
-        });
+        for d in &self.dbs {
+            self.undo.push(Undo::Unfence {
+                side: source,
+                database: d.name.clone(),
+            });
+        }
         let ended = fence(first, &spared).await?;
         if ended > 0 {
             self.progress.line(format!(
                 "fence: ended {ended} session(s) connected to {source} past the proxies"
             ));
+        }
+        // Before the sentinel: what commits after it must be nothing but pgcutover's.
+        for d in &self.dbs {
+            guard_tables(&d.source).await?;
         }
         self.cuts.clear();
         for d in &mut self.dbs {
@@ -127,12 +133,76 @@ pub(super) async fn is_fenced(c: &Conn) -> Result<bool, SwitchoverError> {
     Ok(row.get(0))
 }
 
-/// Lifts the fence (idempotent).
+/// Lifts the fence in `c`'s database (idempotent): the server-wide default and the
+/// database's table guards.
 pub(super) async fn unfence(c: &Conn) -> Result<(), SwitchoverError> {
     let reset = "ALTER SYSTEM RESET default_transaction_read_only";
     c.client.batch_execute(reset).await.map_err(c.failed(reset))?;
-    reload(c).await
+    reload(c).await?;
+    own_ddl(c).await?;
+    c.client
+        .batch_execute(UNGUARD_TABLES)
+        .await
+        .map_err(c.failed("dropping the fence's table guards"))
 }
+
+/// Fences `c`'s database again after a rollback (the server-wide default and the
+/// table guards), as an earlier run left it.
+pub(super) async fn refence(c: &Conn) -> Result<(), SwitchoverError> {
+    read_only(c).await?;
+    guard_tables(c).await
+}
+
+/// `default_transaction_read_only` is only a default: `BEGIN READ WRITE`, `SET`, a
+/// startup option or a role's setting override it. A statement trigger on every
+/// table refuses writes whatever the session set; the apply worker of a subscription
+/// (`session_replication_role = replica`) does not fire it, so reverse replication
+/// keeps applying. Each `CREATE TRIGGER` waits for writers still holding a lock on
+/// its table (the fence ended the bypassing sessions already); a prepared
+/// transaction holds its locks until it is resolved, hence the lock timeout.
+async fn guard_tables(c: &Conn) -> Result<(), SwitchoverError> {
+    own_ddl(c).await?;
+    c.client
+        .batch_execute(GUARD_TABLES)
+        .await
+        .map_err(c.failed("guarding every table against writes (a prepared transaction in pg_prepared_xacts, or a lock held past the fence, makes this time out)"))
+}
+
+/// Marks this session's DDL as pgcutover's own (not drift) and lets it write.
+async fn own_ddl(c: &Conn) -> Result<(), SwitchoverError> {
+    crate::suppress_ddl_capture(&c.client)
+        .await
+        .map_err(c.failed("marking pgcutover's session"))?;
+    lift_for_session(c).await
+}
+
+const GUARD_TABLES: &str = "
+SET lock_timeout = '2s';
+CREATE OR REPLACE FUNCTION pgcutover.refuse_write() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+    RAISE EXCEPTION 'pgcutover: table %.% is fenced: this database is being switched over, or was', TG_TABLE_SCHEMA, TG_TABLE_NAME
+        USING ERRCODE = '25006', HINT = 'connect through the pgcutover proxy, which routes to the database in use';
+END $f$;
+DO $d$
+DECLARE t regclass;
+BEGIN
+    FOR t IN SELECT c.oid::regclass FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('information_schema', 'pgcutover') AND n.nspname !~ '^pg_'
+    LOOP
+        EXECUTE format('CREATE OR REPLACE TRIGGER pgcutover_fence BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION pgcutover.refuse_write()', t);
+    END LOOP;
+END $d$;
+RESET lock_timeout;";
+
+const UNGUARD_TABLES: &str = "
+DO $d$
+DECLARE t regclass;
+BEGIN
+    FOR t IN SELECT tgrelid::regclass FROM pg_catalog.pg_trigger WHERE tgname = 'pgcutover_fence' LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS pgcutover_fence ON %s', t);
+    END LOOP;
+END $d$;";
 
 async fn reload(c: &Conn) -> Result<(), SwitchoverError> {
     c.client

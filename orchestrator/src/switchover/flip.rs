@@ -35,15 +35,19 @@ impl Run<'_> {
                 reverse::create_slot(&d.dest.client, &d.name).await?;
             }
         }
-        let dest_conn = &self.dbs.first().ok_or(SwitchoverError::NoDatabase)?.dest;
-        if self.dest_fenced {
-            // A destination fenced by an earlier run stays fenced if this one rolls back.
-            self.undo.push(Undo::Refence {
-                side: dest,
-                database: dest_conn.at.database.clone(),
-            });
+        if self.dbs.is_empty() {
+            return Err(SwitchoverError::NoDatabase);
         }
-        unfence(dest_conn).await?;
+        for d in &self.dbs {
+            if self.dest_fenced {
+                // A destination fenced by an earlier run stays fenced if this one rolls back.
+                self.undo.push(Undo::Refence {
+                    side: dest,
+                    database: d.name.clone(),
+                });
+            }
+            unfence(&d.dest).await?;
+        }
         // The commit point: once any proxy may route, going back is `pgcutover rollback`.
         self.undo.commit();
         let budget = self.opts.timeout;

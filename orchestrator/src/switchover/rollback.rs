@@ -5,7 +5,7 @@
 
 use super::conn::Conn;
 use super::error::{within, SwitchoverError};
-use super::fence::{read_only, unfence};
+use super::fence::{refence, unfence};
 use super::machine::Run;
 use super::phase::Phase;
 use super::report::reason_with;
@@ -65,7 +65,7 @@ impl Run<'_> {
             }
             Undo::Refence { side, database } => {
                 let c = self.fresh(*side, database).await?;
-                bounded("fencing again", read_only(&c)).await
+                bounded("fencing again", refence(&c)).await
             }
             Undo::DropReverseSlot { database } => {
                 let blue = self.fresh(Side::Blue, database).await?;
