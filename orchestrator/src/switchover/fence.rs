@@ -8,6 +8,7 @@ use super::machine::Run;
 use super::phase::Phase;
 use super::undo::Undo;
 use crate::SENTINEL_TABLE;
+use futures_util::future::join_all;
 use pgcutover_api::ProxyError;
 use std::time::{Duration, Instant};
 
@@ -24,13 +25,16 @@ pub(super) struct Cut {
 }
 
 impl Run<'_> {
-    /// Fence the source (server-wide, through the first database), end the sessions
-    /// that bypass the proxies, then write the sentinels.
+    /// Fence the source (its read-only default server-wide, through the first
+    /// database), end the sessions that bypass the proxies, guard every replicated
+    /// database's tables, then write the sentinels.
     pub(super) async fn fence(&mut self) -> Result<Phase, SwitchoverError> {
         let source = self.source();
         let mut spared = self.own_pids.clone();
-        for p in self.proxies {
-            let status = p.status().await?;
+        // Asked of every proxy at once: this runs inside the hold.
+        let statuses = join_all(self.proxies.iter().map(|p| p.status())).await;
+        for (p, status) in self.proxies.iter().zip(statuses) {
+            let status = status?;
             let pids = status.server_pids.ok_or_else(|| ProxyError::BadReply {
                 proxy: p.name(),
                 call: "GET /status",
@@ -136,9 +140,19 @@ pub(super) async fn is_fenced(c: &Conn) -> Result<bool, SwitchoverError> {
 /// Lifts the fence in `c`'s database (idempotent): the server-wide default and the
 /// database's table guards.
 pub(super) async fn unfence(c: &Conn) -> Result<(), SwitchoverError> {
+    lift_read_only(c).await?;
+    unguard_tables(c).await
+}
+
+/// Lifts the server-wide read-only default (idempotent).
+pub(super) async fn lift_read_only(c: &Conn) -> Result<(), SwitchoverError> {
     let reset = "ALTER SYSTEM RESET default_transaction_read_only";
     c.client.batch_execute(reset).await.map_err(c.failed(reset))?;
-    reload(c).await?;
+    reload(c).await
+}
+
+/// Drops the fence's table guards in `c`'s database (idempotent).
+pub(super) async fn unguard_tables(c: &Conn) -> Result<(), SwitchoverError> {
     own_ddl(c).await?;
     c.client
         .batch_execute(UNGUARD_TABLES)

@@ -5,7 +5,7 @@
 use super::catch_up::{poll_until, slot_confirmed};
 use super::conn::Conn;
 use super::error::{within, SwitchoverError};
-use super::fence::{lift_for_session, unfence};
+use super::fence::{lift_for_session, lift_read_only, unguard_tables};
 use super::machine::Run;
 use super::undo::Undo;
 use crate::quote::quote_ident;
@@ -35,9 +35,9 @@ impl Run<'_> {
                 reverse::create_slot(&d.dest.client, &d.name).await?;
             }
         }
-        if self.dbs.is_empty() {
-            return Err(SwitchoverError::NoDatabase);
-        }
+        let first = &self.dbs.first().ok_or(SwitchoverError::NoDatabase)?.dest;
+        // The read-only default is server-wide: lifted once; the guards per database.
+        lift_read_only(first).await?;
         for d in &self.dbs {
             if self.dest_fenced {
                 // A destination fenced by an earlier run stays fenced if this one rolls back.
@@ -46,7 +46,7 @@ impl Run<'_> {
                     database: d.name.clone(),
                 });
             }
-            unfence(&d.dest).await?;
+            unguard_tables(&d.dest).await?;
         }
         // The commit point: once any proxy may route, going back is `pgcutover rollback`.
         self.undo.commit();

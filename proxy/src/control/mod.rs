@@ -9,7 +9,7 @@ pub use cutover::{Cutover, Gate};
 pub use drain::DrainReport;
 
 use crate::metrics::Metrics;
-use crate::registry::SessionRegistry;
+use crate::registry::{SessionRegistry, SessionStatus};
 use crate::route::Route;
 use pgcutover_api::Side;
 use pgcutover_api::{
@@ -232,7 +232,15 @@ impl Control {
 
     /// The proxy's state now.
     pub fn status(&self) -> Status {
-        let statuses: Vec<_> = self.sessions.handles().iter().map(|h| h.status()).collect();
+        self.status_of(&self.statuses())
+    }
+
+    /// Every session's status, each read once.
+    fn statuses(&self) -> Vec<SessionStatus> {
+        self.sessions.handles().iter().map(|h| h.status()).collect()
+    }
+
+    fn status_of(&self, statuses: &[SessionStatus]) -> Status {
         let in_flight = statuses.iter().filter(|s| s.in_transaction()).count();
         let cutover = self.cutover();
         let held = cutover.gate.is_held();
@@ -255,7 +263,16 @@ impl Control {
 
     /// The state as `GET /status` and `SHOW STATUS` show it: the one status view.
     pub fn status_reply(&self) -> StatusReply {
-        let s = self.status();
+        // One snapshot for the counts and the pids, so they describe the same moment.
+        let statuses = self.statuses();
+        let s = self.status_of(&statuses);
+        let pids = |side: Side| {
+            statuses
+                .iter()
+                .filter(|st| st.side == side)
+                .map(|st| st.server.1.pid)
+                .collect()
+        };
         StatusReply {
             route: s.route.target,
             epoch: s.route.epoch,
@@ -268,7 +285,7 @@ impl Control {
                 blue: s.blue_servers,
                 green: s.green_servers,
             },
-            server_pids: Some(PerSide::from_fn(|side| self.server_pids(side))),
+            server_pids: Some(PerSide::from_fn(pids)),
         }
     }
 
@@ -293,18 +310,6 @@ impl Control {
             route: self.route().target,
             held_ms,
         }
-    }
-
-    /// Backend pids of the sessions' server connections on `target`: the
-    /// orchestrator's fence spares these (they are held, and move at the flip).
-    pub fn server_pids(&self, target: Side) -> Vec<i32> {
-        let handles = self.sessions.handles();
-        handles
-            .iter()
-            .map(|h| h.status())
-            .filter(|s| s.side == target)
-            .map(|s| s.server.1.pid)
-            .collect()
     }
 
     /// Records a switchover's progress report (`POST /phase`, or the in-process
