@@ -260,8 +260,12 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let runner_config = config.green.is_some().then(|| config.clone());
     let proxy = Proxy::bind(config).await.context("cannot start the proxy")?;
     let mut monitor = None;
+    let mut journal = None;
     if let Some(config) = runner_config {
         let targets = Targets::from_config(&config)?;
+        // Before the first client is accepted: serve where the journal says.
+        follow_journal(&proxy.control(), &targets).await;
+        journal = Some(tokio::spawn(watch_journal(proxy.control(), targets.clone())));
         monitor = Some(replication_monitor(&proxy, targets.clone(), &config));
         let runner = Runner {
             proxies: proxies(Some(proxy.control()), &config)?,
@@ -271,10 +275,55 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         proxy.set_switchover_runner(Arc::new(runner));
     }
     proxy.run(shutdown_signal()).await;
-    if let Some(m) = monitor {
-        m.abort();
+    for task in monitor.into_iter().chain(journal) {
+        task.abort();
     }
     Ok(())
+}
+
+/// How long a proxy waits for the journal of each side.
+const JOURNAL_READ: Duration = Duration::from_secs(5);
+
+/// How often a running proxy reads the journal: a proxy that missed a run (down,
+/// unreachable, or not among the run's peers) follows it within this.
+const JOURNAL_WATCH: Duration = Duration::from_secs(10);
+
+/// Routes the proxy where the switchover journal says clients belong, unless a run
+/// is under way (it routes the proxy itself). An unreadable journal changes nothing.
+async fn follow_journal(control: &Arc<pgcutover_proxy::control::Control>, targets: &Targets) {
+    let journal = match pgcutover_orchestrator::journal::current(targets, JOURNAL_READ).await {
+        Ok(j) => j,
+        Err(e) => {
+            tracing::error!(
+                "cannot read the switchover journal, so the route stays {}: {e}",
+                control.route().target.name()
+            );
+            return;
+        }
+    };
+    if journal.running {
+        return;
+    }
+    let (route, epoch) = journal.route();
+    match control.follow(route).await {
+        Ok(Some(r)) => tracing::info!(
+            target = route.name(),
+            journal_epoch = epoch,
+            moved = r.moved,
+            not_moved = r.not_moved,
+            "routed as the switchover journal says"
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::warn!("the switchover journal says {}: {e}", route.name()),
+    }
+}
+
+/// [`follow_journal`] every [`JOURNAL_WATCH`].
+async fn watch_journal(control: Arc<pgcutover_proxy::control::Control>, targets: Targets) {
+    loop {
+        tokio::time::sleep(JOURNAL_WATCH).await;
+        follow_journal(&control, &targets).await;
+    }
 }
 
 /// With [green] configured: exports replication lag and DDL drift every 10 s as
@@ -357,7 +406,10 @@ async fn run_switchover(args: SwitchoverArgs, direction: Direction) -> anyhow::R
     } else {
         Progress::stderr()
     };
-    let report = switchover::run(&targets, &config, &proxies, &opts, &progress).await;
+    let interrupt = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = tokio::spawn(interrupt_on_signals(interrupt.clone()));
+    let report = switchover::run_interruptible(&targets, &config, &proxies, &opts, &progress, Some(interrupt)).await;
+    watcher.abort();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -368,6 +420,18 @@ async fn run_switchover(args: SwitchoverArgs, direction: Direction) -> anyhow::R
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Sets `interrupt` at every SIGINT or SIGTERM while a switchover runs, so that it
+/// stops where that is safe, instead of dying with clients held and blue fenced.
+async fn interrupt_on_signals(interrupt: Arc<std::sync::atomic::AtomicBool>) {
+    loop {
+        shutdown_signal().await;
+        interrupt.store(true, std::sync::atomic::Ordering::Relaxed);
+        eprintln!(
+            "pgcutover: interrupted: before its commit point the switchover rolls back at its next step; past it, it finishes (kill -9 would leave the proxies held until their timeout)"
+        );
+    }
 }
 
 /// Resolves on the first SIGTERM or SIGINT.
@@ -423,7 +487,11 @@ async fn run_replicate(args: ReplicateArgs) -> anyhow::Result<ExitCode> {
 async fn run_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config.config)?;
     let targets = Targets::from_config(&config)?;
-    let status = pgcutover_orchestrator::replication_status(&targets, config.switchover.max_lag_bytes).await;
+    let mut status = pgcutover_orchestrator::replication_status(&targets, config.switchover.max_lag_bytes).await;
+    match pgcutover_orchestrator::journal::current(&targets, JOURNAL_READ).await {
+        Ok(j) => status.switchover = Some(j),
+        Err(e) => status.journal_error = Some(e.to_string()),
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {

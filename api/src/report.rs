@@ -13,6 +13,16 @@ pub enum Direction {
     Rollback,
 }
 
+impl Direction {
+    /// The same word serde writes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Forward => "forward",
+            Direction::Rollback => "rollback",
+        }
+    }
+}
+
 /// A step of the switchover protocol, as reports, metrics and `/status` name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -77,6 +87,15 @@ impl Phase {
     /// Whether the switchover is over once this phase is reached.
     pub fn is_final(self) -> bool {
         matches!(self, Phase::Done | Phase::RolledBack)
+    }
+
+    /// Whether the phase leads to the flip (Hold to Flip): the steps an interrupt
+    /// can still stop.
+    pub fn is_before_flip(self) -> bool {
+        matches!(
+            self,
+            Phase::Hold | Phase::Drain | Phase::Fence | Phase::CatchUp | Phase::SyncSequences | Phase::Flip
+        )
     }
 }
 

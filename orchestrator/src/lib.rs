@@ -5,7 +5,8 @@
 //! them. Per replicated database: a schema [`SCHEMA`] on blue and green holding
 //! [`SENTINEL_TABLE`] (one row per database, replicated: the switchover proves
 //! catch-up with it), [`DDL_LOG_TABLE`] (filled on blue by event triggers) and
-//! [`PROGRESS_TABLE`] (what `replicate` has done, per side); a publication
+//! [`PROGRESS_TABLE`] (what `replicate` has done, per side) and, in the first
+//! database, [`journal::JOURNAL_TABLE`] (the route and the last switchover); a publication
 //! [`PUBLICATION`] `FOR ALL TABLES` on blue; a subscription on green and its slot on
 //! blue, both named [`subscription_name`]. Reverse replication (green → blue, for
 //! `pgcutover rollback`) adds [`REVERSE_PUBLICATION`] on green and a subscription on
@@ -13,6 +14,7 @@
 
 pub mod check;
 mod error;
+pub mod journal;
 mod lsn;
 mod progress;
 mod quote;

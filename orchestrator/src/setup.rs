@@ -1,7 +1,8 @@
-//! pgcutover's own objects: the `pgcutover` schema with the sentinel, DDL log and
-//! progress tables (both sides), the publication and the DDL event triggers (blue).
+//! pgcutover's own objects: the `pgcutover` schema with the sentinel, DDL log,
+//! progress and journal tables (both sides), the publication and the DDL event triggers (blue).
 
 use crate::error::{OrchestratorError, SqlContext};
+use crate::journal::JOURNAL_DDL;
 use crate::quote::{quote_ident, quote_literal};
 use crate::targets::Side;
 use crate::{EVENT_TRIGGER_PREFIX, INTERNAL_GUC, PUBLICATION};
@@ -93,7 +94,7 @@ pub(crate) async fn create_tables(client: &Client, side: Side, db: &str) -> Resu
         .await
         .ctx(side, db, "marking pgcutover's session")?;
     client
-        .batch_execute(&format!("BEGIN; {TABLES_DDL} COMMIT;"))
+        .batch_execute(&format!("BEGIN; {TABLES_DDL} {JOURNAL_DDL} COMMIT;"))
         .await
         .ctx(side, db, "creating the pgcutover schema")
 }

@@ -20,6 +20,13 @@ pub struct Status {
     pub ready: bool,
     /// One line for all databases.
     pub verdict: String,
+    /// What the switchover journal says (filled by `pgcutover status`, see
+    /// [`crate::journal::current`]; `None` elsewhere).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub switchover: Option<crate::journal::Journal>,
+    /// Why the journal could not be read, if it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub journal_error: Option<String>,
 }
 
 /// One database's replication status.
@@ -129,6 +136,8 @@ pub async fn replication_status(targets: &Targets, max_lag_bytes: u64) -> Status
         databases,
         ready,
         verdict,
+        switchover: None,
+        journal_error: None,
     }
 }
 
@@ -414,6 +423,12 @@ pub async fn monitor(targets: Targets, max_lag_bytes: u64, every: std::time::Dur
 /// The status as human-readable text, one block per database and the verdict last.
 pub fn render(status: &Status) -> String {
     let mut out = String::new();
+    if let Some(j) = &status.switchover {
+        out.push_str(&format!("switchover: {}\n", j.summary()));
+    }
+    if let Some(e) = &status.journal_error {
+        out.push_str(&format!("switchover: the journal is unreadable: {e}\n"));
+    }
     for d in &status.databases {
         out.push_str(&format!("{}\n", d.database));
         match &d.blue_error {

@@ -323,7 +323,17 @@ async fn switchover(shared: &Shared, request: SwitchoverRequest) -> Reply {
         Ok(t) => t,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("POST /switchover: timeout: {e}")),
     };
-    let report = runner.run(request.dry_run, timeout).await;
+    // Its own task: a client that gives up (an HTTP timeout, a closed curl) drops
+    // this handler, and with it the run, were the run not detached from it.
+    let report = match tokio::spawn(runner.run(request.dry_run, timeout)).await {
+        Ok(report) => report,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("POST /switchover: the run failed: {e}"),
+            )
+        }
+    };
     let code = if report.ok() {
         StatusCode::OK
     } else {

@@ -9,6 +9,7 @@ mod cli;
 mod cutover;
 mod data_path;
 mod demo;
+mod guarantees;
 mod orchestrator;
 mod reconnect;
 mod support;

@@ -18,7 +18,7 @@ const SCHEMA: &str = "create table items (id serial primary key, note text not n
 
 /// Blue with pgbench tables and `items`, green empty but for the roles (same
 /// secrets), a config with [replication], and replication running and in sync.
-async fn replicated(reverse: bool, switchover_extra: &str) -> (Db, Db, Config, orch::Targets) {
+pub(crate) async fn replicated(reverse: bool, switchover_extra: &str) -> (Db, Db, Config, orch::Targets) {
     let blue = Db::pg15();
     let green = Db::pg17();
     green.copy_role_secrets_from(&blue);
@@ -56,7 +56,7 @@ async fn replicated(reverse: bool, switchover_extra: &str) -> (Db, Db, Config, o
     (blue, green, config, targets)
 }
 
-async fn run_switchover(
+pub(crate) async fn run_switchover(
     targets: &orch::Targets,
     config: &Config,
     proxies: &[Arc<dyn ProxyControl>],
@@ -74,7 +74,10 @@ async fn run_switchover(
 }
 
 /// Inserts into `items` through `conninfo` until `stop`, recording acknowledged ids.
-fn serial_writer(conninfo: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(Vec<i32>, Vec<String>)> {
+pub(crate) fn serial_writer(
+    conninfo: String,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(Vec<i32>, Vec<String>)> {
     tokio::spawn(async move {
         let client = connect(&conninfo).await.unwrap();
         let (mut acked, mut errors) = (Vec::new(), Vec::new());
@@ -93,7 +96,7 @@ fn serial_writer(conninfo: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHa
     })
 }
 
-fn count(db: &Db, sql: &str) -> i64 {
+pub(crate) fn count(db: &Db, sql: &str) -> i64 {
     db.sql(sql)
         .trim()
         .parse()
@@ -540,7 +543,7 @@ async fn a_cli_run_switchover_shows_its_phase_and_records_metrics_on_every_proxy
 }
 
 /// Starts `pgcutover proxy -c file` and waits until its admin API (on `admin_port`) answers.
-async fn proxy_process(file: &std::path::Path, admin_port: u16) -> (KillOnDrop, std::net::SocketAddr) {
+pub(crate) async fn proxy_process(file: &std::path::Path, admin_port: u16) -> (KillOnDrop, std::net::SocketAddr) {
     let process = KillOnDrop(
         std::process::Command::new(env!("CARGO_BIN_EXE_pgcutover"))
             .args(["proxy", "-c", file.to_str().unwrap()])
@@ -559,7 +562,7 @@ async fn proxy_process(file: &std::path::Path, admin_port: u16) -> (KillOnDrop, 
 }
 
 /// A child process killed when the test ends, however it ends.
-struct KillOnDrop(std::process::Child);
+pub(crate) struct KillOnDrop(pub std::process::Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {

@@ -23,6 +23,13 @@ pub enum Guardrail {
     SubscriptionRunning,
     /// No transaction on the source is older than the drain budget.
     NoLongTransaction,
+    /// No other switchover holds the run lock.
+    OneAtATime,
+    /// The journal says clients belong on the source.
+    JournalOnSource,
+    /// No prepared (two-phase) transaction waits on the source: it would commit
+    /// past the fence, and its locks stop the fence's triggers.
+    NoPreparedTransaction,
 }
 
 /// Something that stopped a switchover.
@@ -72,6 +79,12 @@ pub enum SwitchoverError {
         /// How long they were given.
         settle: Duration,
     },
+    /// A transaction was prepared on the source between Preflight and the fence.
+    #[error("prepared transaction(s) {gids} appeared on the source after the preflight: COMMIT PREPARED would write past the fence; resolve them and retry")]
+    PreparedAtFence {
+        /// Their gids, quoted, comma-separated.
+        gids: String,
+    },
     /// Some proxies did not take the new route (after the commit point).
     #[error(
         "not every proxy moved to {to} (the fence keeps them from writing to {from}): {}",
@@ -116,6 +129,15 @@ pub enum SwitchoverError {
     /// The configuration names no database.
     #[error("no database to switch: list them in [replication] databases")]
     NoDatabase,
+    /// The operator interrupted the run (SIGINT or SIGTERM) before its commit point.
+    #[error("interrupted in phase {} (SIGINT or SIGTERM), before the commit point", phase::name(*phase))]
+    Interrupted {
+        /// Where the run was.
+        phase: Option<Phase>,
+    },
+    /// The journal could not be read or written.
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
     /// The run tried a transition the protocol forbids (a bug).
     #[error(transparent)]
     Illegal(#[from] IllegalTransition),

@@ -90,13 +90,27 @@ async fn fence(c: &Conn, spared: &[i32]) -> Result<usize, SwitchoverError> {
         Ok(writers(c).await?.is_empty().then_some(()))
     })
     .await?;
-    match settled {
-        Some(()) => Ok(terminated),
-        None => Err(SwitchoverError::StillWriting {
+    if settled.is_none() {
+        return Err(SwitchoverError::StillWriting {
             pids: writers(c).await?,
             settle: SETTLE,
-        }),
+        });
     }
+    // Preflight refused prepared transactions; one prepared since then survives the
+    // terminations above and could be committed past the cut.
+    let prepared: String = c
+        .client
+        .query_one(
+            "select coalesce(string_agg(format('%L', gid), ', '), '') from pg_catalog.pg_prepared_xacts",
+            &[],
+        )
+        .await
+        .map_err(c.failed("looking for prepared transactions"))?
+        .get(0);
+    if !prepared.is_empty() {
+        return Err(SwitchoverError::PreparedAtFence { gids: prepared });
+    }
+    Ok(terminated)
 }
 
 /// Client backends (other than this one) holding a transaction id: their pids.

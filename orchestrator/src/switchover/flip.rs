@@ -48,6 +48,8 @@ impl Run<'_> {
             }
             unguard_tables(&d.dest).await?;
         }
+        // What every proxy that starts later reads: its route, before any proxy has it.
+        self.record_route().await?;
         // The commit point: once any proxy may route, going back is `pgcutover rollback`.
         self.undo.commit();
         let budget = self.opts.timeout;

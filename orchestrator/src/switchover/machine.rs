@@ -14,6 +14,7 @@ use crate::targets::{Side, Targets};
 use crate::{reverse_subscription_name, subscription_name};
 use pgcutover_api::{Direction, PhaseTime, PhaseUpdate, ProxyControl, Report};
 use pgcutover_config::Config;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::info;
@@ -48,6 +49,10 @@ pub(super) struct Run<'a> {
     pub dest_fenced: bool,
     /// The backends of those connections, spared by the fence.
     pub own_pids: Vec<i32>,
+    /// The run's journal row as last written; `None` until the run holds the lock.
+    pub lease: Option<crate::journal::Entry>,
+    /// Set (by a signal handler) when the operator wants the run stopped.
+    pub interrupt: Option<Arc<AtomicBool>>,
 }
 
 impl<'a> Run<'a> {
@@ -75,6 +80,8 @@ impl<'a> Run<'a> {
             dbs: Vec::new(),
             dest_fenced: false,
             own_pids: Vec::new(),
+            lease: None,
+            interrupt: None,
         }
     }
 
@@ -115,6 +122,11 @@ impl<'a> Run<'a> {
     /// Moves to `to` if the protocol allows it: the phase that ends is timed, and the
     /// change is reported to every proxy in the background.
     pub fn go(&mut self, to: Phase) -> Result<(), SwitchoverError> {
+        // An interrupt stops the run at its next step towards the flip; past the
+        // commit point (and on the way back) it is too late to stop, so it finishes.
+        if self.interrupted() && !self.undo.committed() && to.is_before_flip() {
+            return Err(SwitchoverError::Interrupted { phase: self.phase });
+        }
         let to = phase::go(self.phase, to)?;
         let ended = self.finish_phase();
         self.phase = Some(to);
@@ -125,6 +137,11 @@ impl<'a> Run<'a> {
             outcome: None,
         });
         Ok(())
+    }
+
+    /// Whether the operator asked the run to stop.
+    pub fn interrupted(&self) -> bool {
+        self.interrupt.as_ref().is_some_and(|i| i.load(Ordering::Relaxed))
     }
 
     /// Records how long the current phase took (nothing before the first).
@@ -149,6 +166,8 @@ impl<'a> Run<'a> {
     /// Hold → Drain → Fence → CatchUp → SyncSequences → Flip: each phase's step names
     /// its successor, and [`Run::go`] checks it. Returns once every proxy is routed.
     pub async fn hold_to_flip(&mut self) -> Result<(), SwitchoverError> {
+        // Before anyone waits: a reader of the journal learns a run is under way.
+        self.record(Phase::Hold).await?;
         self.prepare().await;
         let mut next = Phase::Hold;
         loop {
@@ -180,6 +199,7 @@ impl<'a> Run<'a> {
             Some(Phase::Done | Phase::RolledBack) => self.finish_phase(),
             _ => None,
         };
+        self.record_end().await;
         self.reporter.report(PhaseUpdate {
             phase: None,
             ended,

@@ -24,6 +24,7 @@ mod error;
 mod fence;
 mod flip;
 mod hold;
+mod lease;
 mod machine;
 mod phase;
 mod preflight;
@@ -40,6 +41,7 @@ use crate::progress::Progress;
 use crate::targets::Targets;
 use machine::Run;
 use pgcutover_config::Config;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::warn;
@@ -64,12 +66,33 @@ pub async fn run(
     opts: &SwitchoverOptions,
     progress: &Progress,
 ) -> Report {
+    run_interruptible(targets, config, proxies, opts, progress, None).await
+}
+
+/// [`run`], stopped when `interrupt` becomes true: refused if still in Preflight,
+/// rolled back at the next phase before the commit point, and finished after it
+/// (stopping there would leave clients split between the sides).
+pub async fn run_interruptible(
+    targets: &Targets,
+    config: &Config,
+    proxies: &[Arc<dyn ProxyControl>],
+    opts: &SwitchoverOptions,
+    progress: &Progress,
+    interrupt: Option<Arc<AtomicBool>>,
+) -> Report {
     let mut run = Run::new(targets, config, proxies, opts, progress);
+    run.interrupt = interrupt;
     let preflight = async {
         run.go(Phase::Preflight)?;
         run.preflight().await
     };
-    if let Err(refusal) = preflight.await {
+    let preflight = preflight.await.and_then(|()| match run.interrupted() {
+        true => Err(SwitchoverError::Interrupted {
+            phase: Some(Phase::Preflight),
+        }),
+        false => Ok(()),
+    });
+    if let Err(refusal) = preflight {
         return stop_before_hold(run, Outcome::Refused, Some(refusal)).await;
     }
     if opts.dry_run {

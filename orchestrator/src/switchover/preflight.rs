@@ -18,7 +18,9 @@ impl Run<'_> {
     pub(super) async fn preflight(&mut self) -> Result<(), SwitchoverError> {
         self.proxies_on_source().await?;
         self.connect().await?;
-        debug!(ms = self.elapsed_ms(), "preflight: proxies and connections");
+        // Before anything but reading: from here the run is the only one.
+        self.take_lease().await?;
+        debug!(ms = self.elapsed_ms(), "preflight: proxies, connections and lease");
         // Lag, drift and `pgcutover check` concern blue → green; the reverse
         // subscription is checked below.
         if self.opts.direction == Direction::Forward {
@@ -29,6 +31,7 @@ impl Run<'_> {
         self.subscriptions_running().await?;
         debug!(ms = self.elapsed_ms(), "preflight: checks and subscriptions");
         self.no_long_transaction().await?;
+        self.no_prepared_transaction().await?;
         if self.wants_reverse() {
             for d in &self.dbs {
                 if reverse::create_publication(&d.dest.client, &d.name).await? {
@@ -186,6 +189,34 @@ impl Run<'_> {
             }
             None => Ok(()),
         }
+    }
+
+    /// No prepared transaction waits in any database of the source: `COMMIT PREPARED`
+    /// would commit it past the fence (its writes were made before it), and its
+    /// locks would stop the fence's triggers from being created.
+    async fn no_prepared_transaction(&self) -> Result<(), SwitchoverError> {
+        let Some(d) = self.dbs.first() else {
+            return Ok(());
+        };
+        let row = d
+            .source
+            .client
+            .query_one(
+                "select count(*)::int8, coalesce(string_agg(format('%L (database %s, owner %s, prepared %s)', gid, database, owner, prepared), ', '), '')
+                   from pg_catalog.pg_prepared_xacts",
+                &[],
+            )
+            .await
+            .map_err(d.source.failed("looking for prepared transactions"))?;
+        let (n, list): (i64, String) = (row.get(0), row.get(1));
+        if n == 0 {
+            return Ok(());
+        }
+        Err(SwitchoverError::refused(
+            Guardrail::NoPreparedTransaction,
+            format!("{n} prepared transaction(s) wait on {}: {list}", self.source()),
+            "resolve each with COMMIT PREPARED or ROLLBACK PREPARED (its transaction manager decides which), then retry",
+        ))
     }
 
     /// The dry run's estimate: the longest transaction open now (the drain), plus

@@ -73,6 +73,7 @@ impl Run<'_> {
                 let drop = reverse::drop_subscription_and_slot(&blue.client, &green.client, database);
                 bounded("dropping the reverse slot", async { Ok(drop.await?) }).await
             }
+            Undo::RestoreRoute => self.restore_route().await,
             Undo::DropReversePublication { database } => {
                 let green = self.fresh(Side::Green, database).await?;
                 let drop = reverse::drop_publication(&green.client, database);

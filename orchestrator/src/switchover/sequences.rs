@@ -49,7 +49,11 @@ async fn sync(d: &Pair) -> Result<usize, SwitchoverError> {
     }
     dest.client
         .query_one(
-            "select count(pg_catalog.setval(n::regclass, v, true)) from unnest($1::text[], $2::int8[]) as t(n, v)",
+            // Never backwards: a destination already ahead (a retried run, writes
+            // made there) keeps its value.
+            "select count(pg_catalog.setval(n::regclass, greatest(v, coalesce(s.last_value, v)), true))
+               from unnest($1::text[], $2::int8[]) as t(n, v)
+               left join pg_catalog.pg_sequences s on format('%I.%I', s.schemaname, s.sequencename) = t.n",
             &[&names, &values],
         )
         .await

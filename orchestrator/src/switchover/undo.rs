@@ -34,6 +34,8 @@ pub(super) enum Undo {
         /// The database.
         database: String,
     },
+    /// The journal was told clients belong on the destination: tell it the source.
+    RestoreRoute,
 }
 
 impl fmt::Display for Undo {
@@ -44,6 +46,7 @@ impl fmt::Display for Undo {
             Undo::Unfence { side, .. } => write!(f, "lifting the fence on {side}"),
             Undo::Refence { side, .. } => write!(f, "fencing {side} again"),
             Undo::DropReverseSlot { database } => write!(f, "{database}: dropping the reverse slot"),
+            Undo::RestoreRoute => f.write_str("recording the source's route in the journal"),
         }
     }
 }

@@ -119,6 +119,9 @@ pub enum ControlError {
     /// Green is not configured.
     #[error("no [green] url is configured, so there is nothing to route to")]
     NoGreen,
+    /// Someone else's hold is in progress: the switchover that holds routes.
+    #[error("the proxy is held already: the switchover holding it decides the route")]
+    Held,
 }
 
 /// The proxy's cutover controls, shared by sessions (as watchers) and the admin API.
@@ -352,14 +355,14 @@ impl Control {
     /// Stops new transactions from starting. The hold ends by itself after
     /// the switchover timeout, so a lost orchestrator cannot stall
     /// clients forever. Holding while held changes nothing (and keeps the first
-    /// hold's timer).
-    pub fn hold(self: &Arc<Self>) {
+    /// hold's timer). Returns whether this call started a hold.
+    pub fn hold(self: &Arc<Self>) -> bool {
         let mut started = None;
         self.state.send_if_modified(|c| {
             started = c.hold(tokio::time::Instant::now());
             started.is_some()
         });
-        let Some(generation) = started else { return };
+        let Some(generation) = started else { return false };
         info!(generation, "hold: new transactions wait");
         let control = self.clone();
         let max_hold = self.settings.timeout.0;
@@ -380,6 +383,7 @@ impl Control {
                 control.resumed(d);
             }
         });
+        true
     }
 
     /// Lets held transactions start, wherever the route points now.
@@ -409,6 +413,33 @@ impl Control {
             target = self.route().target.name(),
             "resume"
         );
+    }
+
+    /// Routes to `target` as a switchover's flip would, without one: hold, drain,
+    /// flip, resume. For a proxy that starts, or missed a run, and finds in the
+    /// switchover journal that clients belong on `target` (the data is there
+    /// already). `None` when the route is `target` already; refused while someone
+    /// else holds, so a running switchover is never resumed from here.
+    pub async fn follow(self: &Arc<Self>, target: Side) -> Result<Option<FlipReport>, ControlError> {
+        if self.route().target == target {
+            return Ok(None);
+        }
+        if target == Side::Green && !self.has_green {
+            return Err(ControlError::NoGreen);
+        }
+        if !self.hold() {
+            return Err(ControlError::Held);
+        }
+        warn!(
+            "the switchover journal says clients belong on {}: moving every session there",
+            target.name()
+        );
+        // Flipped whether or not every session drained: those still in a transaction
+        // move at its end, like after any flip; their side is fenced already.
+        self.drain_configured().await;
+        let flipped = self.flip(target, self.settings.timeout.0).await;
+        self.resume();
+        flipped.map(Some)
     }
 
     /// Holds, then drains with the configured `drain_timeout`, `drain_policy` and

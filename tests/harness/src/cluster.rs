@@ -53,6 +53,8 @@ pub const BASE_SETTINGS: &[(&str, &str)] = &[
     ("max_wal_senders", "20"),
     ("max_replication_slots", "20"),
     ("max_connections", "300"),
+    // Two-phase commit is off by default; the switchover's guardrail against it is tested.
+    ("max_prepared_transactions", "10"),
     ("fsync", "off"),
     ("synchronous_commit", "off"),
     ("full_page_writes", "off"),

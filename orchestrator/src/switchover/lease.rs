@@ -1,0 +1,200 @@
+//! One run at a time, and a journal of it on both sides: the run lock on blue, taken
+//! first in Preflight; the run's row, written when it starts, when it holds, at the
+//! commit point (the new route, on the destination first) and when it ends.
+
+use super::conn::Conn;
+use super::error::{within, Guardrail, SwitchoverError};
+use super::machine::Run;
+use super::phase::Phase;
+use super::undo::Undo;
+use crate::journal::{self, At, Entry};
+use crate::targets::Side;
+use pgcutover_api::Direction;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tracing::warn;
+
+/// A journal write after the run (its connections may be stuck) gets this long.
+const LATE_WRITE: Duration = Duration::from_secs(10);
+
+impl<'a> Run<'a> {
+    /// Takes the run lock and writes the run's first row, or refuses naming the run
+    /// that holds the lock. A run that died (its row unfinished, the lock free) is
+    /// named in the progress.
+    pub(super) async fn take_lease(&mut self) -> Result<(), SwitchoverError> {
+        let (blue, green) = self.home()?;
+        // Green first: see journal::ensure.
+        journal::ensure(&green.client, at(green)).await?;
+        journal::ensure(&blue.client, at(blue)).await?;
+        let got = journal::try_lock(&blue.client, at(blue)).await?;
+        let last = journal::latest(
+            journal::read(&blue.client, at(blue))
+                .await?
+                .into_iter()
+                .chain(journal::read(&green.client, at(green)).await?),
+        );
+        if !got {
+            let problem = match &last {
+                Some(e) if !e.ended() => format!(
+                    "another switchover is running: run {} by {}, in phase {} (since {})",
+                    e.run_id, e.holder, e.phase, e.updated_at
+                ),
+                _ => "another switchover is running (it holds the switchover lock on blue)".to_owned(),
+            };
+            return Err(SwitchoverError::refused(
+                Guardrail::OneAtATime,
+                problem,
+                "wait for it to end: `pgcutover status` shows where it is",
+            ));
+        }
+        if let Some(dead) = last.as_ref().filter(|e| !e.ended()) {
+            self.progress.line(format!(
+                "journal: run {} by {} ended without a word in phase {} ({}); this run starts from the route it recorded, {} (epoch {})",
+                dead.run_id, dead.holder, dead.phase, dead.updated_at, dead.route, dead.epoch
+            ));
+        }
+        let (route, epoch, version) = last.map_or((Side::Blue, 0, 0), |e| (e.route, e.epoch, e.version));
+        if route != self.source() {
+            return Err(SwitchoverError::refused(
+                Guardrail::JournalOnSource,
+                format!(
+                    "the journal says clients belong on {route} (epoch {epoch}), not {}",
+                    self.source()
+                ),
+                match self.opts.direction {
+                    Direction::Forward => "nothing to switch; `pgcutover rollback` goes back",
+                    Direction::Rollback => "nothing to roll back",
+                },
+            ));
+        }
+        self.lease = Some(Entry {
+            version,
+            run_id: run_id(),
+            holder: journal::holder(),
+            direction: self.opts.direction.name().to_owned(),
+            phase: Phase::Preflight.name().to_owned(),
+            route,
+            epoch,
+            outcome: None,
+            reason: None,
+            updated_at: String::new(),
+        });
+        self.record(Phase::Preflight).await
+    }
+
+    /// Records the run's phase on both sides (nothing if the run holds no lease).
+    pub(super) async fn record(&mut self, phase: Phase) -> Result<(), SwitchoverError> {
+        let Some(entry) = self.lease.as_mut() else {
+            return Ok(());
+        };
+        entry.version += 1;
+        entry.phase = phase.name().to_owned();
+        let entry = entry.clone();
+        let (blue, green) = self.home()?;
+        journal::write(&blue.client, at(blue), &entry).await?;
+        journal::write(&green.client, at(green), &entry).await?;
+        Ok(())
+    }
+
+    /// The commit point's record: clients belong on the destination from now on,
+    /// written there first (so a reader of either side that finds the new route
+    /// finds it on the side that serves). Undone by a new row naming the source.
+    pub(super) async fn record_route(&mut self) -> Result<(), SwitchoverError> {
+        let dest = self.dest();
+        let Some(entry) = self.lease.as_mut() else {
+            return Ok(());
+        };
+        entry.version += 1;
+        entry.epoch += 1;
+        entry.route = dest;
+        entry.phase = Phase::Flip.name().to_owned();
+        let entry = entry.clone();
+        self.undo.push(Undo::RestoreRoute);
+        let pair = self.dbs.first().ok_or(SwitchoverError::NoDatabase)?;
+        journal::write(&pair.dest.client, at(&pair.dest), &entry).await?;
+        journal::write(&pair.source.client, at(&pair.source), &entry).await?;
+        Ok(())
+    }
+
+    /// The undo of [`Run::record_route`]: a newer row naming the source, through
+    /// fresh connections (the run's may be stuck in what timed out).
+    pub(super) async fn restore_route(&mut self) -> Result<(), SwitchoverError> {
+        let source = self.source();
+        if let Some(entry) = self.lease.as_mut() {
+            entry.version += 1;
+            entry.epoch += 1;
+            entry.route = source;
+        }
+        self.write_late().await
+    }
+
+    /// The run's last row: its outcome and reason, through fresh connections.
+    pub(super) async fn record_end(&mut self) {
+        let (outcome, reason) = (self.report.outcome, self.report.reason.clone());
+        let phase = self.phase();
+        let Some(entry) = self.lease.as_mut() else {
+            return;
+        };
+        entry.version += 1;
+        entry.phase = phase.map_or("preflight", Phase::name).to_owned();
+        entry.outcome = Some(outcome.name().to_owned());
+        entry.reason = reason;
+        if let Err(e) = self.write_late().await {
+            warn!("journal: recording the outcome: {e}");
+            let note = format!("the journal does not record this outcome: {e}");
+            self.report.reason = Some(match self.report.reason.take() {
+                Some(r) => format!("{r}; {note}"),
+                None => note,
+            });
+        }
+    }
+
+    /// Writes the lease's row on both sides through new connections, the side
+    /// clients belong on first.
+    async fn write_late(&self) -> Result<(), SwitchoverError> {
+        let Some(entry) = &self.lease else {
+            return Ok(());
+        };
+        let home = self.dbs.first().ok_or(SwitchoverError::NoDatabase)?.name.clone();
+        let other = match entry.route {
+            Side::Blue => Side::Green,
+            Side::Green => Side::Blue,
+        };
+        for side in [entry.route, other] {
+            let write = async {
+                let client = self.targets.connect(side, &home).await?;
+                let at = At { side, database: &home };
+                // The side may be fenced: ensure lets this session write.
+                journal::ensure(&client, at).await?;
+                journal::write(&client, at, entry).await?;
+                Ok(())
+            };
+            within(LATE_WRITE, format!("writing the journal on {side}"), write).await?;
+        }
+        Ok(())
+    }
+
+    /// The run's connections to the first database: (blue, green).
+    fn home(&self) -> Result<(&Conn, &Conn), SwitchoverError> {
+        let pair = self.dbs.first().ok_or(SwitchoverError::NoDatabase)?;
+        Ok(match pair.source.at.side {
+            Side::Blue => (&pair.source, &pair.dest),
+            Side::Green => (&pair.dest, &pair.source),
+        })
+    }
+}
+
+fn at(c: &Conn) -> At<'_> {
+    At {
+        side: c.at.side,
+        database: &c.at.database,
+    }
+}
+
+/// A run id unique enough to tell runs apart in the journal: the start time in
+/// milliseconds and the process id, in hex.
+fn run_id() -> String {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("{ms:x}-{:x}", std::process::id())
+}

@@ -1,0 +1,265 @@
+//! The switchover's guarantees when operators and processes misbehave: two runs at
+//! once, a prepared transaction waiting on blue, a green sequence already ahead, a
+//! proxy restarted after the run and one the run never drove. Blue 15 → green 17.
+
+use crate::support::*;
+use crate::switchover::{count, proxy_process, replicated, run_switchover, serial_writer};
+use pgcutover_api::{Direction, Outcome, ProxyControl, Side};
+use pgcutover_orchestrator as orch;
+use pgcutover_proxy::local::LocalProxy;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_switchover_at_a_time_never_past_a_prepared_transaction_and_never_backwards() {
+    let (blue, green, config, targets) = replicated(false, "").await;
+    let proxy = RunningProxy::start(config.clone()).await;
+    let proxies: Vec<Arc<dyn ProxyControl>> = vec![Arc::new(LocalProxy(proxy.control.clone()))];
+    let timeout = Duration::from_secs(20);
+
+    // A prepared transaction would commit past the fence: refused, named, nothing changed.
+    blue.sql("begin; insert into items (note) values ('2pc'); prepare transaction 'pgcutover_test';");
+    let report = run_switchover(&targets, &config, &proxies, Direction::Forward, timeout).await;
+    assert_eq!(report.outcome, Outcome::Refused, "{report:?}");
+    let reason = report.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("prepared transaction")
+            && reason.contains("'pgcutover_test'")
+            && reason.contains("COMMIT PREPARED"),
+        "{reason}"
+    );
+    assert_eq!(blue.sql("show default_transaction_read_only"), "off");
+    blue.sql("commit prepared 'pgcutover_test'");
+
+    // Green's sequence is ahead of blue's (writes made there, an earlier run): the
+    // sync must not move it back.
+    green.sql("select setval('items_id_seq', 1000000)");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = serial_writer(proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB), stop.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (a, b) = tokio::join!(
+        run_switchover(&targets, &config, &proxies, Direction::Forward, timeout),
+        run_switchover(&targets, &config, &proxies, Direction::Forward, timeout),
+    );
+    let (won, lost) = if a.outcome == Outcome::Completed {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    assert_eq!(won.outcome, Outcome::Completed, "{won:?}");
+    assert_eq!(lost.outcome, Outcome::Refused, "{lost:?}");
+    let reason = lost.reason.clone().unwrap_or_default();
+    assert!(reason.contains("another switchover is running"), "{reason}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (acked, errors) = writer.await.unwrap();
+
+    // The loser undid nothing of the winner's: blue fenced, every acknowledged write on green.
+    assert!(errors.is_empty(), "{errors:?}");
+    let ids = acked.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
+    assert_eq!(
+        count(&green, &format!("select count(*) from items where id in ({ids})")),
+        acked.len() as i64
+    );
+    let refused = connect(&blue.cluster.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB))
+        .await
+        .unwrap()
+        .execute("insert into items (note) values ('split brain')", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&refused), "25006", "{refused}");
+    let c = connect(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB)).await.unwrap();
+    let next: i32 = c
+        .query_one("insert into items (note) values ('after') returning id", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(next > 1_000_000, "green's sequence went backwards: next id {next}");
+
+    // The journal on both sides: clients belong on green, the run completed, nobody runs.
+    let journal = orch::journal::current(&targets, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(journal.route(), (Side::Green, 1), "{journal:?}");
+    assert!(!journal.running, "{journal:?}");
+    let last = journal.last.unwrap();
+    assert_eq!(last.outcome.as_deref(), Some("completed"), "{last:?}");
+    for db in [&blue, &green] {
+        assert_eq!(
+            db.sql(
+                "select route || ' ' || epoch || ' ' || outcome from pgcutover.journal order by version desc limit 1"
+            ),
+            "green 1 completed"
+        );
+    }
+}
+
+/// A proxy restarted after a switchover serves on green at once; a proxy the run
+/// never drove (not among its peers) follows the journal to green by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_proxy_and_a_proxy_the_run_missed_both_serve_on_green() {
+    let (blue, green, _, _) = replicated(false, "").await;
+    let ports: Vec<u16> = (0..4).map(|_| pg_harness::free_port()).collect();
+    let file = |name: &str, listen: u16, admin: u16| {
+        let text = blue.switchover_config_text(
+            &green,
+            &format!("127.0.0.1:{listen}"),
+            &format!("127.0.0.1:{admin}"),
+            "reverse_replication = false",
+        );
+        blue.dir.write(name, &text)
+    };
+    let (a_file, b_file) = (file("a.toml", ports[0], ports[1]), file("b.toml", ports[2], ports[3]));
+    let conninfo = |port: u16| {
+        format!(
+            "host=127.0.0.1 port={port} user={SCRAM_USER} password='{}' dbname={DB} connect_timeout=10",
+            SCRAM_PASSWORD.replace('\'', "\\'")
+        )
+    };
+    let version = |port: u16| async move {
+        let c = connect(&conninfo(port)).await.unwrap();
+        let v: String = c.query_one("show server_version_num", &[]).await.unwrap().get(0);
+        v
+    };
+    let (a, a_admin) = proxy_process(&a_file, ports[1]).await;
+    let (_b, _) = proxy_process(&b_file, ports[3]).await;
+    assert!(version(ports[2]).await.starts_with("15"));
+
+    let (code, report) = http(
+        a_admin,
+        "POST",
+        "/switchover",
+        Some(ADMIN_TOKEN),
+        "{\"timeout\": \"20s\"}",
+    )
+    .await;
+    assert_eq!((code, report["outcome"].as_str()), (200, Some("completed")), "{report}");
+
+    // A, killed and started again with the same config: on green from its first client.
+    drop(a);
+    let (_a, _) = proxy_process(&a_file, ports[1]).await;
+    assert!(version(ports[0]).await.starts_with("17"));
+    let c = connect(&conninfo(ports[0])).await.unwrap();
+    c.execute("insert into items (note) values ('through a restarted proxy')", &[])
+        .await
+        .expect("the restarted proxy writes to green");
+
+    // B was not driven by the run; it reads the journal every 10 s.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !version(ports[2]).await.starts_with("17") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "proxy B never followed the journal to green"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let c = connect(&conninfo(ports[2])).await.unwrap();
+    c.execute("insert into items (note) values ('through the missed proxy')", &[])
+        .await
+        .expect("the proxy that missed the run writes to green");
+    assert_eq!(
+        count(&green, "select count(*) from items where note like 'through%'"),
+        2
+    );
+
+    // `pgcutover status` says where clients belong and how the last run ended.
+    let bin = env!("CARGO_BIN_EXE_pgcutover");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin)
+            .args(["status", "-c", a_file.to_str().unwrap()])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("switchover: clients belong on green (epoch 1); last run")
+            && stdout.contains("forward completed"),
+        "{stdout}"
+    );
+}
+
+/// Ctrl-C on `pgcutover switchover` while clients are held: the run rolls back at
+/// its next step (it does not die with the proxy held and blue fenced), exits
+/// non-zero, and the transaction it was draining commits on blue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_cli_run_rolls_back_and_leaves_blue_writable() {
+    let (blue, green, _, _) = replicated(false, "").await;
+    let (port, admin) = (pg_harness::free_port(), pg_harness::free_port());
+    let text = blue.switchover_config_text(
+        &green,
+        &format!("127.0.0.1:{port}"),
+        &format!("127.0.0.1:{admin}"),
+        "reverse_replication = false\ndrain_timeout = \"20s\"",
+    );
+    let file = blue.dir.write("pgcutover.toml", &text);
+    let (_proxy, admin_addr) = proxy_process(&file, admin).await;
+    let conninfo = format!(
+        "host=127.0.0.1 port={port} user={SCRAM_USER} password='{}' dbname={DB} connect_timeout=10",
+        SCRAM_PASSWORD.replace('\'', "\\'")
+    );
+    // A transaction open through the proxy keeps the run in Drain.
+    let client = connect(&conninfo).await.unwrap();
+    client
+        .batch_execute("begin; insert into items (note) values ('open at the interrupt')")
+        .await
+        .unwrap();
+
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_pgcutover"))
+        .args(["switchover", "--timeout", "30s", "-c", file.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, status) = http(admin_addr, "GET", "/status", None, "").await;
+        if status["held_ms"].is_number() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the run never held: {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &cli.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    // The drained transaction ends; the run's next step sees the interrupt.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client
+        .batch_execute("commit")
+        .await
+        .expect("the held transaction commits");
+    let out = tokio::task::spawn_blocking(move || cli.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("rolled_back") && stdout.contains("interrupted in phase drain"),
+        "{stdout}{stderr}"
+    );
+    let (_, status) = http(admin_addr, "GET", "/status", None, "").await;
+    assert_eq!(
+        (status["route"].as_str(), status["held_ms"].is_null()),
+        (Some("blue"), true),
+        "{status}"
+    );
+    assert_eq!(blue.sql("show default_transaction_read_only"), "off");
+    client
+        .execute("insert into items (note) values ('after the interrupt')", &[])
+        .await
+        .expect("blue takes writes after the rollback");
+    assert_eq!(
+        count(
+            &blue,
+            "select count(*) from items where note in ('open at the interrupt', 'after the interrupt')"
+        ),
+        2
+    );
+}
