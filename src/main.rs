@@ -84,6 +84,12 @@ enum Command {
     /// After a completed switchover with reverse_replication: the same protocol from
     /// green back to blue, with the writes made on green.
     Rollback(SwitchoverArgs),
+    /// Find a switchover that died (killed, its machine lost) in the journal and
+    /// converge: undo it if it died before its commit point (blue unfenced, every
+    /// proxy resumed on blue), finish it if after (every proxy on green). Proxies with
+    /// [green] configured do this by themselves within 10 s; this does it now. Exit 0
+    /// when there was nothing to recover or the recovery worked.
+    Recover(StatusArgs),
 
     /// See it work: starts a local blue (PostgreSQL 15) and green (PostgreSQL 17,
     /// installed into the cache dir if missing), loads a sample schema, starts the
@@ -229,6 +235,7 @@ fn main() -> ExitCode {
             Command::Verify(args) => run_verify(args).await,
             Command::Switchover(args) => run_switchover(args, Direction::Forward).await,
             Command::Rollback(args) => run_switchover(args, Direction::Rollback).await,
+            Command::Recover(args) => run_recover(args).await,
             Command::Demo(args) => run_demo(args).await,
         }
     });
@@ -264,8 +271,13 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     if let Some(config) = runner_config {
         let targets = Targets::from_config(&config)?;
         // Before the first client is accepted: serve where the journal says.
-        follow_journal(&proxy.control(), &targets).await;
-        journal = Some(tokio::spawn(watch_journal(proxy.control(), targets.clone())));
+        let follower = JournalFollower {
+            control: proxy.control(),
+            targets: targets.clone(),
+            config: config.clone(),
+        };
+        follower.follow().await;
+        journal = Some(tokio::spawn(follower.watch()));
         monitor = Some(replication_monitor(&proxy, targets.clone(), &config));
         let runner = Runner {
             proxies: proxies(Some(proxy.control()), &config)?,
@@ -288,41 +300,73 @@ const JOURNAL_READ: Duration = Duration::from_secs(5);
 /// unreachable, or not among the run's peers) follows it within this.
 const JOURNAL_WATCH: Duration = Duration::from_secs(10);
 
-/// Routes the proxy where the switchover journal says clients belong, unless a run
-/// is under way (it routes the proxy itself). An unreadable journal changes nothing.
-async fn follow_journal(control: &Arc<pgcutover_proxy::control::Control>, targets: &Targets) {
-    let journal = match pgcutover_orchestrator::journal::current(targets, JOURNAL_READ).await {
-        Ok(j) => j,
-        Err(e) => {
-            tracing::error!(
-                "cannot read the switchover journal, so the route stays {}: {e}",
-                control.route().target.name()
-            );
-            return;
-        }
-    };
-    if journal.running {
-        return;
-    }
-    let (route, epoch) = journal.route();
-    match control.follow(route).await {
-        Ok(Some(r)) => tracing::info!(
-            target = route.name(),
-            journal_epoch = epoch,
-            moved = r.moved,
-            not_moved = r.not_moved,
-            "routed as the switchover journal says"
-        ),
-        Ok(None) => {}
-        Err(e) => tracing::warn!("the switchover journal says {}: {e}", route.name()),
-    }
+/// A proxy's reader of the switchover journal: it routes the proxy where the
+/// journal says clients belong, and recovers a run that died.
+struct JournalFollower {
+    control: Arc<pgcutover_proxy::control::Control>,
+    targets: Targets,
+    config: Config,
 }
 
-/// [`follow_journal`] every [`JOURNAL_WATCH`].
-async fn watch_journal(control: Arc<pgcutover_proxy::control::Control>, targets: Targets) {
-    loop {
-        tokio::time::sleep(JOURNAL_WATCH).await;
-        follow_journal(&control, &targets).await;
+impl JournalFollower {
+    /// Routes the proxy where the journal says clients belong, unless a run is
+    /// under way (it routes the proxy itself); recovers a dead run. An unreadable
+    /// journal changes nothing.
+    async fn follow(&self) {
+        let journal = match pgcutover_orchestrator::journal::current(&self.targets, JOURNAL_READ).await {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!(
+                    "cannot read the switchover journal, so the route stays {}: {e}",
+                    self.control.route().target.name()
+                );
+                return;
+            }
+        };
+        if journal.running {
+            return;
+        }
+        if journal.dead_run().is_some() {
+            return self.recover().await;
+        }
+        let (route, epoch) = journal.route();
+        match self.control.follow(route).await {
+            Ok(Some(r)) => tracing::info!(
+                target = route.name(),
+                journal_epoch = epoch,
+                moved = r.moved,
+                not_moved = r.not_moved,
+                "routed as the switchover journal says"
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("the switchover journal says {}: {e}", route.name()),
+        }
+    }
+
+    /// Finishes or undoes a run that died, with this proxy and its peers: the first
+    /// proxy to take the run lock does it, the others find it done.
+    async fn recover(&self) {
+        let proxies = match proxies(Some(self.control.clone()), &self.config) {
+            Ok(p) => p,
+            Err(e) => return tracing::error!("cannot recover the switchover that died: {e}"),
+        };
+        match switchover::recover(&self.targets, &self.config, &proxies, &Progress::quiet()).await {
+            Ok(Some(report)) => tracing::warn!(
+                outcome = report.outcome.name(),
+                reason = report.reason.as_deref().unwrap_or(""),
+                "recovered a switchover that died"
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::error!("recovering the switchover that died: {e}"),
+        }
+    }
+
+    /// [`JournalFollower::follow`] every [`JOURNAL_WATCH`].
+    async fn watch(self) {
+        loop {
+            tokio::time::sleep(JOURNAL_WATCH).await;
+            self.follow().await;
+        }
     }
 }
 
@@ -420,6 +464,35 @@ async fn run_switchover(args: SwitchoverArgs, direction: Direction) -> anyhow::R
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `pgcutover recover`: the proxy at [proxy] admin_listen and the peers.
+async fn run_recover(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&args.config.config)?;
+    let targets = Targets::from_config(&config)?;
+    let proxies = proxies(None, &config)?;
+    let progress = if args.json {
+        Progress::quiet()
+    } else {
+        Progress::stderr()
+    };
+    let Some(report) = switchover::recover(&targets, &config, &proxies, &progress).await? else {
+        let journal = pgcutover_orchestrator::journal::current(&targets, JOURNAL_READ).await?;
+        println!("nothing to recover: {}", journal.summary());
+        return Ok(ExitCode::SUCCESS);
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", switchover::render(&report));
+    }
+    Ok(
+        if matches!(report.outcome, pgcutover_api::Outcome::RolledBack) || report.ok() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        },
+    )
 }
 
 /// Sets `interrupt` at every SIGINT or SIGTERM while a switchover runs, so that it

@@ -117,6 +117,9 @@ pub enum Outcome {
     Refused,
     /// `--dry-run`: the preflight passed; nothing was changed.
     DryRun,
+    /// Past the commit point, but not every proxy or session is on the new side:
+    /// the reason names them.
+    Incomplete,
 }
 
 impl Outcome {
@@ -127,6 +130,7 @@ impl Outcome {
             Outcome::RolledBack => "rolled_back",
             Outcome::Refused => "refused",
             Outcome::DryRun => "dry_run",
+            Outcome::Incomplete => "incomplete",
         }
     }
 }
@@ -211,6 +215,7 @@ mod tests {
             Outcome::RolledBack,
             Outcome::Refused,
             Outcome::DryRun,
+            Outcome::Incomplete,
         ] {
             assert_eq!(serde_json::to_value(o).unwrap(), serde_json::json!(o.name()));
         }

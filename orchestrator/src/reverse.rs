@@ -130,6 +130,18 @@ async fn drop_slot(green: &Client, database: &str, slot: &str) -> Result<(), Orc
 
 /// Blue is fenced when these run: its DDL is pgcutover's own (not drift) and this
 /// session may write.
+/// Whether blue has the reverse subscription for `database`.
+pub(crate) async fn subscription_exists(blue: &Client, database: &str) -> Result<bool, OrchestratorError> {
+    Ok(blue
+        .query_opt(
+            "select 1 from pg_catalog.pg_subscription where subname = $1",
+            &[&reverse_subscription_name(database)],
+        )
+        .await
+        .ctx(Side::Blue, database, "looking for the reverse subscription")?
+        .is_some())
+}
+
 async fn own_writable_session(blue: &Client, database: &str) -> Result<(), OrchestratorError> {
     suppress_ddl_capture(blue)
         .await

@@ -232,3 +232,37 @@ async fn the_login_timeout_bounds_startup_and_authentication_together() {
         "closed {took:?} after connecting: the login deadline is 2 s from the connect, not 2 s after the startup"
     );
 }
+
+/// A replication connection (physical or logical) gets a FATAL naming the fix: a
+/// WAL stream never reaches a transaction boundary, so it would stall every drain.
+/// `replication=false` is an ordinary session.
+#[tokio::test]
+async fn replication_connections_are_refused_with_a_fatal_naming_the_fix() {
+    let db = Db::pg15();
+    let proxy = RunningProxy::start(db.default_config()).await;
+    let port = proxy.addr.port().to_string();
+    for mode in ["database", "true"] {
+        let conninfo = format!("host=127.0.0.1 port={port} user={SCRAM_USER} dbname={DB} replication={mode}");
+        let run = client_tool(
+            pg_harness::psql_path(),
+            SCRAM_PASSWORD,
+            &["-X", "-At", "-d", &conninfo, "-c", "IDENTIFY_SYSTEM"],
+        )
+        .await;
+        assert!(!run.success, "replication={mode}: {}", run.output);
+        assert!(
+            run.output.contains("pgcutover does not proxy replication connections")
+                && run.output.contains("connect pg_basebackup"),
+            "replication={mode}: {}",
+            run.output
+        );
+    }
+    let conninfo = format!("host=127.0.0.1 port={port} user={SCRAM_USER} dbname={DB} replication=false");
+    let run = client_tool(
+        pg_harness::psql_path(),
+        SCRAM_PASSWORD,
+        &["-X", "-At", "-d", &conninfo, "-c", "select 1"],
+    )
+    .await;
+    assert!(run.success && run.stdout.trim() == "1", "{}", run.output);
+}

@@ -263,3 +263,166 @@ async fn an_interrupted_cli_run_rolls_back_and_leaves_blue_writable() {
         2
     );
 }
+
+/// What a `kill -9` test leaves to check.
+struct Killed {
+    blue: Db,
+    green: Db,
+    file: std::path::PathBuf,
+    admin: std::net::SocketAddr,
+    bench: ToolRun,
+    _proxy: crate::switchover::KillOnDrop,
+}
+
+/// Under pgbench through a proxy process, `pgcutover switchover` is killed with
+/// SIGKILL in `phase` (held there by the test fault point). Returns once pgbench
+/// has ended and the proxy has recovered the run by itself.
+async fn kill_nine_in(phase: &str) -> Killed {
+    let (blue, green, _, _) = replicated(false, "").await;
+    let (port, admin) = (pg_harness::free_port(), pg_harness::free_port());
+    let text = blue.switchover_config_text(
+        &green,
+        &format!("127.0.0.1:{port}"),
+        &format!("127.0.0.1:{admin}"),
+        "reverse_replication = false",
+    );
+    let file = blue.dir.write("pgcutover.toml", &text);
+    let (proxy, admin_addr) = proxy_process(&file, admin).await;
+    let port_arg = port.to_string();
+    let bench = tokio::spawn(async move {
+        let args = [
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            "4",
+            "-j",
+            "2",
+            "-T",
+            "24",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port_arg,
+            "-U",
+            SCRAM_USER,
+            DB,
+        ];
+        client_tool(pg_harness::pgbench_path(), SCRAM_PASSWORD, &args).await
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_pgcutover"))
+        .args(["switchover", "-c", file.to_str().unwrap()])
+        .env("PGCUTOVER_TEST_PAUSE_AT", phase)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, status) = http(admin_addr, "GET", "/status", None, "").await;
+        if status["phase"] == phase {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run never reached {phase}: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cli.kill().unwrap();
+    cli.wait().unwrap();
+    let bench = bench.await.unwrap();
+    Killed {
+        blue,
+        green,
+        file,
+        admin: admin_addr,
+        bench,
+        _proxy: proxy,
+    }
+}
+
+/// pgbench saw no failure, and `pgcutover status` names the dead run, the last
+/// phase its journal recorded (the journal is written at the hold and at the commit
+/// point, not inside the hold), and how the recovery ended it.
+async fn assert_recovered(k: &Killed, recorded: &str, outcome: &str) {
+    assert!(k.bench.success, "{}", k.bench.output);
+    assert!(
+        k.bench.output.contains("number of failed transactions: 0"),
+        "{}",
+        k.bench.output
+    );
+    let (_, status) = http(k.admin, "GET", "/status", None, "").await;
+    assert_eq!(
+        (status["phase"].as_str(), status["held_ms"].is_null()),
+        (Some("serving"), true),
+        "{status}"
+    );
+    let file = k.file.clone();
+    let bin = env!("CARGO_BIN_EXE_pgcutover");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin)
+            .args(["status", "-c", file.to_str().unwrap()])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("forward {outcome}"))
+            && stdout.contains(&format!("died in phase {recorded} (recovered)")),
+        "{stdout}"
+    );
+}
+
+/// Killed inside the hold, after the fence: the proxy rolls the dead run back by
+/// itself before its hold expires; clients only waited, blue takes writes again, and
+/// the next switchover completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_after_the_fence_is_rolled_back_by_the_proxy() {
+    let k = kill_nine_in("catch_up").await;
+    assert_recovered(&k, "hold", "rolled_back").await;
+    let (_, status) = http(k.admin, "GET", "/status", None, "").await;
+    assert_eq!(status["route"], "blue", "{status}");
+    assert_eq!(k.blue.sql("show default_transaction_read_only"), "off");
+    let processed = pgbench_processed(&k.bench.output) as i64;
+    assert_eq!(count(&k.blue, "select count(*) from pgbench_history"), processed);
+    connect(&k.blue.cluster.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB))
+        .await
+        .unwrap()
+        .execute("insert into items (note) values ('blue is unfenced')", &[])
+        .await
+        .expect("blue takes writes after the recovery");
+    let (code, report) = http(
+        k.admin,
+        "POST",
+        "/switchover",
+        Some(ADMIN_TOKEN),
+        "{\"timeout\": \"20s\"}",
+    )
+    .await;
+    assert_eq!((code, report["outcome"].as_str()), (200, Some("completed")), "{report}");
+}
+
+/// Killed past the commit point, with every proxy routed but still held: the proxy
+/// finishes the dead run by itself; clients go on on green, the forward subscription
+/// is retired and blue stays fenced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_past_the_commit_point_is_finished_by_the_proxy() {
+    let k = kill_nine_in("resume").await;
+    assert_recovered(&k, "flip", "completed").await;
+    let (_, status) = http(k.admin, "GET", "/status", None, "").await;
+    assert_eq!(status["route"], "green", "{status}");
+    let processed = pgbench_processed(&k.bench.output) as i64;
+    assert_eq!(count(&k.green, "select count(*) from pgbench_history"), processed);
+    assert_eq!(k.green.sql("select subenabled from pg_subscription"), "f");
+    let refused = connect(&k.blue.cluster.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB))
+        .await
+        .unwrap()
+        .execute("insert into items (note) values ('split brain')", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&refused), "25006", "{refused}");
+}

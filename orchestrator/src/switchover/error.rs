@@ -135,6 +135,14 @@ pub enum SwitchoverError {
         /// Where the run was.
         phase: Option<Phase>,
     },
+    /// A run died (its journal entry has no outcome and nobody holds the lock).
+    #[error("run {run_id} died in phase {phase} (recovered)")]
+    DeadRun {
+        /// Its id.
+        run_id: String,
+        /// Its last recorded phase.
+        phase: String,
+    },
     /// The journal could not be read or written.
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),

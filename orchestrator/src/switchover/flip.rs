@@ -117,7 +117,7 @@ impl Run<'_> {
 }
 
 /// Disables `subscription` (on a fenced server too).
-async fn disable_subscription(c: &Conn, subscription: &str) -> Result<(), SwitchoverError> {
+pub(super) async fn disable_subscription(c: &Conn, subscription: &str) -> Result<(), SwitchoverError> {
     suppress_ddl_capture(&c.client)
         .await
         .map_err(c.failed("marking pgcutover's session"))?;

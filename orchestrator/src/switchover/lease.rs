@@ -21,17 +21,8 @@ impl<'a> Run<'a> {
     /// that holds the lock. A run that died (its row unfinished, the lock free) is
     /// named in the progress.
     pub(super) async fn take_lease(&mut self) -> Result<(), SwitchoverError> {
-        let (blue, green) = self.home()?;
-        // Green first: see journal::ensure.
-        journal::ensure(&green.client, at(green)).await?;
-        journal::ensure(&blue.client, at(blue)).await?;
-        let got = journal::try_lock(&blue.client, at(blue)).await?;
-        let last = journal::latest(
-            journal::read(&blue.client, at(blue))
-                .await?
-                .into_iter()
-                .chain(journal::read(&green.client, at(green)).await?),
-        );
+        let got = self.lock().await?;
+        let last = self.read_journal().await?;
         if !got {
             let problem = match &last {
                 Some(e) if !e.ended() => format!(
@@ -47,9 +38,13 @@ impl<'a> Run<'a> {
             ));
         }
         if let Some(dead) = last.as_ref().filter(|e| !e.ended()) {
-            self.progress.line(format!(
-                "journal: run {} by {} ended without a word in phase {} ({}); this run starts from the route it recorded, {} (epoch {})",
-                dead.run_id, dead.holder, dead.phase, dead.updated_at, dead.route, dead.epoch
+            return Err(SwitchoverError::refused(
+                Guardrail::OneAtATime,
+                format!(
+                    "run {} by {} died in phase {} (last written {})",
+                    dead.run_id, dead.holder, dead.phase, dead.updated_at
+                ),
+                "run `pgcutover recover` (a proxy with [green] configured recovers it within 10 s by itself)",
             ));
         }
         let (route, epoch, version) = last.map_or((Side::Blue, 0, 0), |e| (e.route, e.epoch, e.version));
@@ -79,6 +74,30 @@ impl<'a> Run<'a> {
             updated_at: String::new(),
         });
         self.record(Phase::Preflight).await
+    }
+
+    /// Makes sure both sides have the journal, then takes the run lock on blue
+    /// without waiting; `false` if another session holds it.
+    pub(super) async fn lock(&self) -> Result<bool, SwitchoverError> {
+        let (blue, green) = self.home()?;
+        // Green first: see journal::ensure.
+        journal::ensure(&green.client, at(green)).await?;
+        journal::ensure(&blue.client, at(blue)).await?;
+        // The lock lasts as long as this session: if the run's machine vanishes,
+        // blue notices within ~11 s (keepalives) rather than hours.
+        blue.client
+            .batch_execute("SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3")
+            .await
+            .map_err(blue.failed("setting keepalives on the lock's session"))?;
+        Ok(journal::try_lock(&blue.client, at(blue)).await?)
+    }
+
+    /// The newest journal entry on either side, through the run's connections.
+    pub(super) async fn read_journal(&self) -> Result<Option<Entry>, SwitchoverError> {
+        let (blue, green) = self.home()?;
+        let on_blue = journal::read(&blue.client, at(blue)).await?;
+        let on_green = journal::read(&green.client, at(green)).await?;
+        Ok(journal::latest(on_blue.into_iter().chain(on_green)))
     }
 
     /// Records the run's phase on both sides (nothing if the run holds no lease).

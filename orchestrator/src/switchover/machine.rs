@@ -139,6 +139,13 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
+    /// Adopts `phase` without a transition: recovery takes over a dead run where
+    /// the journal says it stopped.
+    pub fn enter(&mut self, phase: Phase) {
+        self.phase = Some(phase);
+        self.phase_started = Instant::now();
+    }
+
     /// Whether the operator asked the run to stop.
     pub fn interrupted(&self) -> bool {
         self.interrupt.as_ref().is_some_and(|i| i.load(Ordering::Relaxed))
@@ -172,6 +179,7 @@ impl<'a> Run<'a> {
         let mut next = Phase::Hold;
         loop {
             self.go(next)?;
+            pause_for_tests(next).await;
             next = match self.phase {
                 Some(Phase::Hold) => self.hold().await?,
                 Some(Phase::Drain) => self.drain().await?,
@@ -216,5 +224,17 @@ impl<'a> Run<'a> {
             )),
         }
         self.report
+    }
+}
+
+/// A fault point for tests: with `PGCUTOVER_TEST_PAUSE_AT=<phase>` in its
+/// environment, a run stops for a minute on entering that phase, so that a test can
+/// kill the process there. Unset (always, outside tests), it costs one lookup.
+pub(super) async fn pause_for_tests(phase: Phase) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let at = AT.get_or_init(|| std::env::var("PGCUTOVER_TEST_PAUSE_AT").ok());
+    if at.as_deref() == Some(phase.name()) {
+        tracing::warn!("PGCUTOVER_TEST_PAUSE_AT: pausing in phase {phase} for 60 s");
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
     }
 }

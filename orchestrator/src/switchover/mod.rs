@@ -16,6 +16,7 @@ pub use pgcutover_api::{BoxFuture, ProxyControl, ProxyError};
 pub use pgcutover_api::{Direction, Outcome, PhaseTime, Report};
 pub use phase::{IllegalTransition, Phase};
 pub use proxies::RemoteProxy;
+pub use recover::recover;
 pub use report::render;
 
 mod catch_up;
@@ -29,6 +30,7 @@ mod machine;
 mod phase;
 mod preflight;
 mod proxies;
+mod recover;
 mod report;
 mod resume;
 mod rollback;
@@ -137,6 +139,7 @@ async fn roll_forward(run: &mut Run<'_>, failure: Option<SwitchoverError>) {
     if let Err(e) = run.go(Phase::Resume) {
         report::add_reason(&mut run.report, &e);
     }
+    machine::pause_for_tests(Phase::Resume).await;
     run.resume_all().await;
     if let Err(e) = run.finish_flip().await {
         warn!("after the resume: {e}");

@@ -71,7 +71,7 @@ impl Run<'_> {
 
     /// The run's connections to both sides of every database, their pids, and
     /// whether the destination is fenced (so a rollback leaves it so).
-    async fn connect(&mut self) -> Result<(), SwitchoverError> {
+    pub(super) async fn connect(&mut self) -> Result<(), SwitchoverError> {
         let (source, dest) = (self.source(), self.dest());
         for database in &self.targets.databases {
             let s = Conn::new(source, database, self.targets.connect(source, database).await?);

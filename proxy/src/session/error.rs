@@ -49,6 +49,8 @@ pub(crate) enum SessionError {
     TlsRequired,
     #[error("no user name in the startup packet")]
     NoUser,
+    #[error("replication connection (replication={0}) refused")]
+    Replication(String),
     #[error("max_client_conn ({0}) reached")]
     TooManyClients(usize),
     #[error("user \"{0}\" is unknown to pgcutover")]
@@ -154,6 +156,11 @@ impl SessionError {
                 Reply::Nothing
             }
             SessionError::UnsupportedProtocol(m) => fatal("0A000", format!("pgcutover: {m}"), None),
+            SessionError::Replication(_) => fatal(
+                "0A000",
+                "pgcutover does not proxy replication connections",
+                Some("connect pg_basebackup, pg_receivewal or a subscription to the database server itself"),
+            ),
             SessionError::AuthQuery(e) => fatal(
                 "28000",
                 format!("pgcutover could not look up the user's password: {e}"),
@@ -233,6 +240,7 @@ mod tests {
             (UnsupportedProtocol("4.0".into()), Some("0A000")),
             (TlsRequired, Some("28000")),
             (NoUser, Some("28000")),
+            (Replication("database".into()), Some("0A000")),
             (TooManyClients(10), Some("53300")),
             (UnknownUser("u".into()), Some("28000")),
             (Auth(AuthFailure::WrongPassword("u".into())), Some("28P01")),

@@ -116,6 +116,11 @@ async fn authenticate(
         .param("user")
         .filter(|u| !u.is_empty())
         .ok_or(SessionError::NoUser)?;
+    if let Some(mode) = startup.param("replication").filter(|m| !is_off(m)) {
+        // A WAL stream never reaches a transaction boundary: it would stall every
+        // drain, and it cannot move between servers.
+        return Err(SessionError::Replication(mode.to_owned()));
+    }
     let database = startup.param("database").filter(|d| !d.is_empty()).unwrap_or(user);
     if slot.over_limit {
         return Err(SessionError::TooManyClients(cfg.proxy.max_client_conn));
@@ -435,4 +440,12 @@ async fn goodbye(client: &mut Conn, error: SessionError) {
     error.log();
     error.write_to(&mut client.wbuf);
     let _ = tokio::time::timeout(GOODBYE_TIMEOUT, client.flush()).await;
+}
+
+/// A boolean startup value PostgreSQL reads as off (`replication=false` is an
+/// ordinary session).
+fn is_off(value: &str) -> bool {
+    ["false", "off", "no", "0"]
+        .iter()
+        .any(|v| value.eq_ignore_ascii_case(v))
 }
