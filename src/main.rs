@@ -90,6 +90,11 @@ enum Command {
     /// [green] configured do this by themselves within 10 s; this does it now. Exit 0
     /// when there was nothing to recover or the recovery worked.
     Recover(StatusArgs),
+    /// Lift pgcutover's fence from a side, exactly what the fence set: the
+    /// server-wide default_transaction_read_only and the pgcutover_fence trigger on
+    /// every table of every [replication] database. Refused while a switchover runs,
+    /// and, without --force, on the side the journal says clients do not belong on.
+    Unfence(UnfenceArgs),
 
     /// See it work: starts a local blue (PostgreSQL 15) and green (PostgreSQL 17,
     /// installed into the cache dir if missing), loads a sample schema, starts the
@@ -168,6 +173,27 @@ struct SwitchoverArgs {
 }
 
 #[derive(clap::Args)]
+struct UnfenceArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The side to lift the fence from.
+    #[arg(long, default_value = "blue", value_parser = parse_side)]
+    side: pgcutover_api::Side,
+    /// Lift it even though clients belong on the other side (writes there do not
+    /// reach the application): to decommission it, or to give up a switchover.
+    #[arg(long)]
+    force: bool,
+}
+
+fn parse_side(s: &str) -> Result<pgcutover_api::Side, String> {
+    match s {
+        "blue" => Ok(pgcutover_api::Side::Blue),
+        "green" => Ok(pgcutover_api::Side::Green),
+        other => Err(format!("{other:?} is not a side: blue or green")),
+    }
+}
+
+#[derive(clap::Args)]
 struct StatusArgs {
     #[command(flatten)]
     config: ConfigArg,
@@ -236,6 +262,11 @@ fn main() -> ExitCode {
             Command::Switchover(args) => run_switchover(args, Direction::Forward).await,
             Command::Rollback(args) => run_switchover(args, Direction::Rollback).await,
             Command::Recover(args) => run_recover(args).await,
+            Command::Unfence(args) => {
+                let targets = targets(&args.config)?;
+                switchover::unfence(&targets, args.side, args.force, &Progress::stderr()).await?;
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Demo(args) => run_demo(args).await,
         }
     });

@@ -148,6 +148,40 @@ pub struct RouteReply {
     pub not_moved: usize,
     /// How long moving the sessions took.
     pub flip_ms: f64,
+    /// Each session that did not move, and what became of it.
+    #[serde(default)]
+    pub unmoved: Vec<UnmovedSession>,
+}
+
+/// A session a flip did not move.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnmovedSession {
+    /// The proxy it is on (filled in by the switchover; empty in a proxy's reply).
+    #[serde(default)]
+    pub proxy: String,
+    /// The client's user.
+    pub user: String,
+    /// The client's database.
+    pub database: String,
+    /// The client's address.
+    pub client: String,
+    /// The backend pid on the old server.
+    pub server_pid: i32,
+    /// Why it did not move.
+    pub reason: String,
+    /// Whether it is still on the old server (else it was closed with a FATAL).
+    pub stayed: bool,
+    /// Whether `[switchover] pinned_policy` chose its fate (state that cannot move),
+    /// rather than a failure (green refused its login, its state did not replay).
+    pub by_policy: bool,
+}
+
+impl UnmovedSession {
+    /// Whether the session spoils a `completed` outcome: it stayed on the old,
+    /// fenced server, or it was closed because its move failed.
+    pub fn spoils_completion(&self) -> bool {
+        self.stayed || !self.by_policy
+    }
 }
 
 /// What `POST /resume` did.

@@ -173,6 +173,9 @@ pub struct Report {
     pub reverse_replication: bool,
     /// Dry run: predicted hold in milliseconds (drain + catch-up estimate).
     pub predicted_hold_ms: Option<f64>,
+    /// Every session the flip did not move, on every proxy.
+    #[serde(default)]
+    pub unmoved_sessions: Vec<crate::UnmovedSession>,
 }
 
 impl Report {
@@ -192,6 +195,7 @@ impl Report {
             sessions_moved: 0,
             reverse_replication: false,
             predicted_hold_ms: None,
+            unmoved_sessions: Vec::new(),
         }
     }
 

@@ -647,3 +647,55 @@ async fn a_client_arriving_during_a_hold_longer_than_its_login_timeout_gets_in_a
     let n: i32 = client.query_one("select 41 + 1", &[]).await.unwrap().get(0);
     assert_eq!(n, 42);
 }
+
+/// A session whose move fails (its role is missing on green) does not stay on
+/// blue, where writes would be fenced and reads stale: it gets FATAL 57P01 naming
+/// why, the flip's report names it, and the other sessions move.
+#[tokio::test]
+async fn a_session_that_cannot_log_into_green_is_closed_and_named() {
+    use pgcutover_api::Side;
+    let (blue, green) = blue_green("select 1");
+    green
+        .cluster
+        .psql("postgres", &format!("drop role {PLAIN_USER}"))
+        .unwrap();
+    let proxy = RunningProxy::start(blue.config_with_green(&green, "")).await;
+    let (lost, _, conn) = connect_listening(&proxy.conninfo(PLAIN_USER, PLAIN_PASSWORD, DB)).await;
+    lost.simple_query("select 1").await.unwrap();
+    let fine = connect(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB)).await.unwrap();
+    fine.simple_query("select 1").await.unwrap();
+    proxy.control.hold();
+    assert!(
+        proxy
+            .control
+            .drain(Duration::from_secs(10), DrainPolicy::Abort, Duration::ZERO)
+            .await
+            .drained
+    );
+    let flip = proxy.control.flip(Side::Green, Duration::from_secs(10)).await.unwrap();
+    proxy.control.resume();
+    assert_eq!(flip.moved, 1, "{flip:?}");
+    let [u] = flip.unmoved.as_slice() else {
+        panic!("one unmoved session: {flip:?}")
+    };
+    assert_eq!(
+        (u.user.as_str(), u.database.as_str(), u.stayed, u.by_policy),
+        (PLAIN_USER, DB, false, false),
+        "{u:?}"
+    );
+    assert!(
+        u.reason.contains("could not log into the green server") && u.server_pid > 0,
+        "{u:?}"
+    );
+    assert!(u.spoils_completion());
+    let e = tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "57P01", "{e}");
+    let m = e.as_db_error().unwrap().message().to_owned();
+    assert!(m.contains("could not move to the green server"), "{m}");
+    let v: String = fine.query_one("show server_version_num", &[]).await.unwrap().get(0);
+    assert_eq!(major(&v), 17, "the other session moved");
+}

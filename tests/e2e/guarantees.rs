@@ -178,6 +178,44 @@ async fn a_restarted_proxy_and_a_proxy_the_run_missed_both_serve_on_green() {
             && stdout.contains("forward completed"),
         "{stdout}"
     );
+
+    // `pgcutover unfence` on blue: refused while clients belong on green, then, with
+    // --force, exactly the fence is lifted.
+    let unfence = |force: bool| {
+        let file = b_file.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = std::process::Command::new(bin);
+            cmd.args(["unfence", "--side", "blue", "-c", file.to_str().unwrap()]);
+            if force {
+                cmd.arg("--force");
+            }
+            cmd.output().unwrap()
+        })
+    };
+    let out = unfence(false).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("clients belong on green") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert_eq!(blue.sql("show default_transaction_read_only"), "on");
+    let out = unfence(true).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("fence triggers dropped from"), "{stderr}");
+    assert_eq!(blue.sql("show default_transaction_read_only"), "off");
+    assert_eq!(
+        blue.sql("select count(*) from pg_trigger where tgname = 'pgcutover_fence'"),
+        "0"
+    );
+    blue.cluster
+        .psql_as(
+            SCRAM_USER,
+            SCRAM_PASSWORD,
+            DB,
+            "insert into items (note) values ('blue unfenced')",
+        )
+        .expect("blue takes writes after unfence --force");
 }
 
 /// Ctrl-C on `pgcutover switchover` while clients are held: the run rolls back at
@@ -425,4 +463,40 @@ async fn a_run_killed_past_the_commit_point_is_finished_by_the_proxy() {
         .await
         .unwrap_err();
     assert_eq!(sqlstate(&refused), "25006", "{refused}");
+}
+
+/// A session whose move fails (its role is missing on green): the outcome is not
+/// `completed`, and the report names the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_fails_to_move_makes_the_outcome_incomplete_and_is_named() {
+    let (_blue, green, config, targets) = replicated(false, "").await;
+    green
+        .cluster
+        .psql("postgres", &format!("drop role {PLAIN_USER}"))
+        .unwrap();
+    let proxy = RunningProxy::start(config.clone()).await;
+    let proxies: Vec<Arc<dyn ProxyControl>> = vec![Arc::new(LocalProxy(proxy.control.clone()))];
+    let lost = connect(&proxy.conninfo(PLAIN_USER, PLAIN_PASSWORD, DB)).await.unwrap();
+    lost.simple_query("select 1").await.unwrap();
+    let report = run_switchover(&targets, &config, &proxies, Direction::Forward, Duration::from_secs(20)).await;
+    assert_eq!(report.outcome, Outcome::Incomplete, "{report:?}");
+    assert!(!report.ok());
+    let [u] = report.unmoved_sessions.as_slice() else {
+        panic!("one unmoved session: {report:?}")
+    };
+    assert_eq!(
+        (u.proxy.as_str(), u.user.as_str(), u.stayed),
+        ("this proxy", PLAIN_USER, false),
+        "{u:?}"
+    );
+    let text = orch::switchover::render(&report);
+    assert!(
+        text.contains(&format!("not moved: this proxy user {PLAIN_USER} database {DB}")),
+        "{text}"
+    );
+    let e = lost.simple_query("select 1").await.unwrap_err();
+    assert!(
+        e.to_string().contains("could not move to the green server") || e.is_closed(),
+        "{e}"
+    );
 }

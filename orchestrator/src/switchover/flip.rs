@@ -12,6 +12,7 @@ use crate::quote::quote_ident;
 use crate::targets::Side;
 use crate::{reverse, suppress_ddl_capture};
 use futures_util::future::join_all;
+use pgcutover_api::UnmovedSession;
 use std::time::{Duration, Instant};
 
 /// How long the source's slot gets to confirm the cut after the resume: it follows
@@ -55,11 +56,18 @@ impl Run<'_> {
         let budget = self.opts.timeout;
         let routes = self.proxies.iter().map(|p| p.route(dest, budget));
         let mut problems = Vec::new();
-        for r in join_all(routes).await {
+        for (p, r) in self.proxies.iter().zip(join_all(routes).await) {
             match r {
                 Ok(routed) => {
                     self.report.sessions_moved += routed.moved;
                     self.report.pinned_sessions += routed.not_moved;
+                    let proxy = p.name();
+                    self.report
+                        .unmoved_sessions
+                        .extend(routed.unmoved.into_iter().map(|u| UnmovedSession {
+                            proxy: proxy.clone(),
+                            ..u
+                        }));
                 }
                 Err(e) => problems.push(e),
             }

@@ -18,6 +18,7 @@ pub use phase::{IllegalTransition, Phase};
 pub use proxies::RemoteProxy;
 pub use recover::recover;
 pub use report::render;
+pub use unfence::{unfence, Unfenced};
 
 mod catch_up;
 mod conn;
@@ -38,6 +39,7 @@ mod sequences;
 #[cfg(test)]
 mod tests;
 mod undo;
+mod unfence;
 
 use crate::progress::Progress;
 use crate::targets::Targets;
@@ -131,6 +133,7 @@ async fn stop_before_hold(mut run: Run<'_>, outcome: Outcome, refusal: Option<Sw
 /// Past the commit point the destination serves: resume, finish the flip, and
 /// report whatever went wrong instead of undoing anything.
 async fn roll_forward(run: &mut Run<'_>, failure: Option<SwitchoverError>) {
+    let every_proxy_routed = !matches!(failure, Some(SwitchoverError::NotRouted { .. }));
     if let Some(e) = failure {
         warn!("after the flip: {e}");
         report::add_reason(&mut run.report, &e);
@@ -148,5 +151,5 @@ async fn roll_forward(run: &mut Run<'_>, failure: Option<SwitchoverError>) {
     if let Err(e) = run.go(Phase::Done) {
         report::add_reason(&mut run.report, &e);
     }
-    run.report.outcome = Outcome::Completed;
+    run.report.outcome = report::outcome_past_commit(&run.report, every_proxy_routed);
 }

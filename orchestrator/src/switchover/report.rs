@@ -3,7 +3,7 @@
 
 use super::error::SwitchoverError;
 use super::rollback::Problem;
-use pgcutover_api::{Direction, Report};
+use pgcutover_api::{Direction, Outcome, Report};
 
 /// The reason for a rollback: the failure, then what the rollback itself hit.
 pub(super) fn reason_with(failure: &SwitchoverError, problems: &[Problem]) -> String {
@@ -20,6 +20,17 @@ pub(super) fn add_reason(report: &mut Report, problem: &SwitchoverError) {
         Some(before) => format!("{before}; {problem}"),
         None => problem.to_string(),
     });
+}
+
+/// How a run that passed its commit point ended: `completed` only when every proxy
+/// took the route and no session stayed on the old side or was closed because its
+/// move failed (a session closed by `pinned_policy = close` was closed by choice).
+pub(super) fn outcome_past_commit(report: &Report, every_proxy_routed: bool) -> Outcome {
+    if every_proxy_routed && !report.unmoved_sessions.iter().any(|u| u.spoils_completion()) {
+        Outcome::Completed
+    } else {
+        Outcome::Incomplete
+    }
 }
 
 /// The report as the CLI prints it.
@@ -40,6 +51,22 @@ pub fn render(r: &Report) -> String {
         "  clients held at most {:.1} ms; sessions held {}, in a transaction at the hold {}, moved {}, not moved {}\n",
         r.max_hold_ms, r.sessions_held, r.transactions_drained, r.sessions_moved, r.pinned_sessions
     ));
+    for u in &r.unmoved_sessions {
+        out.push_str(&format!(
+            "  not moved: {} user {} database {} client {} (backend pid {}): {}; {}\n",
+            u.proxy,
+            u.user,
+            u.database,
+            u.client,
+            u.server_pid,
+            u.reason,
+            if u.stayed {
+                "still on the old server"
+            } else {
+                "closed with FATAL 57P01"
+            }
+        ));
+    }
     for (db, lsn) in &r.cut_lsn {
         out.push_str(&format!("  cut (sentinel commit) in {db}: {lsn}\n"));
     }
@@ -89,6 +116,50 @@ mod tests {
         add_reason(&mut r, &SwitchoverError::NoDatabase);
         let one = SwitchoverError::NoDatabase.to_string();
         assert_eq!(r.reason, Some(format!("{one}; {one}")));
+    }
+
+    fn unmoved(stayed: bool, by_policy: bool) -> pgcutover_api::UnmovedSession {
+        pgcutover_api::UnmovedSession {
+            proxy: "proxy a".into(),
+            user: "app".into(),
+            database: "shop".into(),
+            client: "10.0.0.7:51234".into(),
+            server_pid: 4242,
+            reason: "could not log into the green server".into(),
+            stayed,
+            by_policy,
+        }
+    }
+
+    #[test]
+    fn completed_means_every_proxy_and_every_session_moved_or_closed_by_policy() {
+        let mut r = Report::new(Direction::Forward);
+        assert_eq!(outcome_past_commit(&r, true), Outcome::Completed);
+        assert_eq!(
+            outcome_past_commit(&r, false),
+            Outcome::Incomplete,
+            "a proxy not routed"
+        );
+        r.unmoved_sessions.push(unmoved(false, true));
+        assert_eq!(
+            outcome_past_commit(&r, true),
+            Outcome::Completed,
+            "closed by pinned_policy = close"
+        );
+        for (stayed, by_policy) in [(true, true), (false, false)] {
+            let mut r = Report::new(Direction::Forward);
+            r.unmoved_sessions.push(unmoved(stayed, by_policy));
+            assert_eq!(
+                outcome_past_commit(&r, true),
+                Outcome::Incomplete,
+                "{stayed} {by_policy}"
+            );
+            let text = render(&r);
+            assert!(
+                text.contains("not moved: proxy a user app database shop client 10.0.0.7:51234 (backend pid 4242)"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

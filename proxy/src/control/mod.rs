@@ -11,10 +11,10 @@ pub use drain::DrainReport;
 use crate::metrics::Metrics;
 use crate::registry::{SessionRegistry, SessionStatus};
 use crate::route::Route;
-use pgcutover_api::Side;
 use pgcutover_api::{
     HoldReply, PerSide, Phase, PhaseReply, PhaseUpdate, PrepareReply, ProxyPhase, ResumeReply, RouteReply, StatusReply,
 };
+use pgcutover_api::{Side, UnmovedSession};
 use pgcutover_config::SwitchoverConfig;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -34,6 +34,8 @@ pub struct FlipReport {
     pub not_moved: usize,
     /// How long moving the sessions took.
     pub waited: Duration,
+    /// The sessions that did not move and said why.
+    pub unmoved: Vec<UnmovedSession>,
 }
 
 /// What a prepare did.
@@ -91,6 +93,7 @@ impl From<FlipReport> for RouteReply {
             moved: r.moved,
             not_moved: r.not_moved,
             flip_ms: millis(r.waited),
+            unmoved: r.unmoved,
         }
     }
 }
@@ -131,6 +134,9 @@ pub struct Control {
     sessions: Arc<SessionRegistry>,
     /// The phase of the switchover driving this proxy, as it last reported.
     phase: Mutex<Option<Phase>>,
+    /// Sessions that did not move at the latest flip, by its epoch (each noted by
+    /// the session itself, before it closes or stays).
+    unmoved: Mutex<Vec<(u64, UnmovedSession)>>,
     /// Hold limit (`timeout`) and drain settings.
     settings: SwitchoverConfig,
     has_green: bool,
@@ -150,6 +156,7 @@ impl Control {
             state: watch::Sender::new(Cutover::new()),
             sessions,
             phase: Mutex::new(None),
+            unmoved: Mutex::new(Vec::new()),
             settings,
             has_green,
             metrics,
@@ -471,9 +478,10 @@ impl Control {
             flipped.is_ok()
         });
         let epoch = flipped.map_err(|_| ControlError::NotHeld)?;
+        self.unmoved_lock().retain(|(e, _)| *e >= epoch);
         self.metrics.route_flipped(target);
         info!(target = target.name(), epoch, "flip");
-        let report = self
+        let mut report = self
             .wait_for_sessions(timeout, |handles| {
                 let statuses: Vec<_> = handles.iter().map(|h| h.status()).collect();
                 let moved = statuses.iter().filter(|s| s.epoch == epoch).count();
@@ -487,18 +495,36 @@ impl Control {
                     epoch,
                     moved,
                     not_moved: handles.len() - moved,
+                    unmoved: Vec::new(),
                     waited: started.elapsed(),
                 };
                 (waiting == 0, report)
             })
             .await;
+        report.unmoved = self
+            .unmoved_lock()
+            .iter()
+            .filter(|(e, _)| *e == epoch)
+            .map(|(_, u)| u.clone())
+            .collect();
         info!(
             moved = report.moved,
             not_moved = report.not_moved,
+            closed_or_stayed = report.unmoved.len(),
             ms = report.waited.as_millis() as u64,
             "flip done"
         );
         Ok(report)
+    }
+
+    /// A session that did not move at the flip to `epoch` says so (before it
+    /// closes, or as it stays), for the flip's report.
+    pub(crate) fn note_unmoved(&self, epoch: u64, session: UnmovedSession) {
+        self.unmoved_lock().push((epoch, session));
+    }
+
+    fn unmoved_lock(&self) -> std::sync::MutexGuard<'_, Vec<(u64, UnmovedSession)>> {
+        self.unmoved.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -51,6 +51,8 @@ pub(crate) enum SessionError {
     NoUser,
     #[error("replication connection (replication={0}) refused")]
     Replication(String),
+    #[error("session could not move to {0}: {1}")]
+    MoveFailed(&'static str, String),
     #[error("max_client_conn ({0}) reached")]
     TooManyClients(usize),
     #[error("user \"{0}\" is unknown to pgcutover")]
@@ -198,6 +200,11 @@ impl SessionError {
                 format!("terminating connection for a database switchover: the session holds {reason}, which cannot move to the new server"),
                 Some("reconnect; to keep such sessions on the old server until they end, set [switchover] pinned_policy = \"wait\""),
             ),
+            SessionError::MoveFailed(target, reason) => fatal(
+                "57P01",
+                format!("terminating connection for a database switchover: this session could not move to the {target} server: {reason}"),
+                Some("reconnect: a new connection logs into the new server, and its error, if any, names the problem"),
+            ),
             SessionError::NotAdmin(user) => fatal(
                 "28000",
                 format!("user \"{user}\" may not use the pgcutover admin console"),
@@ -241,6 +248,7 @@ mod tests {
             (TlsRequired, Some("28000")),
             (NoUser, Some("28000")),
             (Replication("database".into()), Some("0A000")),
+            (MoveFailed("green", "login refused".into()), Some("57P01")),
             (TooManyClients(10), Some("53300")),
             (UnknownUser("u".into()), Some("28000")),
             (Auth(AuthFailure::WrongPassword("u".into())), Some("28P01")),

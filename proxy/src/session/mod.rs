@@ -16,6 +16,7 @@ use crate::wire::Conn;
 use crate::{ClientSlot, Shared, ShutdownPhase};
 use error::SessionError;
 use opening::Opening;
+use pgcutover_api::{Side, UnmovedSession};
 use pgcutover_config::{AuthType, PinnedPolicy, TlsMode};
 use pgcutover_protocol::backend::TransactionStatus;
 use pgcutover_protocol::build;
@@ -243,6 +244,8 @@ enum DataEnd {
     Pinned(String),
     /// Its transaction outlived the drain under drain_policy = cancel.
     DrainCancelled,
+    /// Its move to this target failed: it must not stay on the old, fenced server.
+    MoveFailed(Side, String),
     ShutdownForced,
 }
 
@@ -333,26 +336,53 @@ async fn serve(
     last_words(live.client, &live.pump, end)
 }
 
-/// Moves the session at a flip; returns how it ends if it must close instead
-/// (pinned, under pinned_policy = close). A session that cannot move stays whole
-/// where it is, and the flip reports it as not moved.
+/// Moves the session at a flip; returns how it ends if it must close instead. A
+/// session whose state cannot move closes or stays as `pinned_policy` says; one
+/// whose move failed (green refused its login, its state did not replay) closes
+/// with a FATAL naming why: staying would leave it on the old, fenced server. Either
+/// way the flip's report names it.
 async fn move_session(live: &mut Live<'_>, route: Route, prepared: Option<migrate::Warm>) -> Option<DataEnd> {
     let (shared, handle) = (live.shared, &live.ctx.registration.handle);
-    match migrate::move_to(live, route, prepared).await {
-        Ok(()) => None,
-        Err(migrate::MoveError::Pinned(reason)) if shared.config.switchover.pinned_policy == PinnedPolicy::Close => {
-            Some(DataEnd::Pinned(reason))
-        }
-        Err(e) => {
-            warn!(
-                target = route.target.name(),
-                "session stays on {}: {e}",
-                handle.target().name()
-            );
-            handle.decline(route.epoch);
-            None
-        }
+    let e = match migrate::move_to(live, route, prepared).await {
+        Ok(()) => return None,
+        Err(e) => e,
+    };
+    let from = handle.target();
+    let (end, by_policy) = match e {
+        migrate::MoveError::Pinned(reason) => match shared.config.switchover.pinned_policy {
+            PinnedPolicy::Close => (Some(DataEnd::Pinned(reason)), true),
+            PinnedPolicy::Wait => (None, true),
+        },
+        other => (Some(DataEnd::MoveFailed(route.target, other.to_string())), false),
+    };
+    let reason = match &end {
+        Some(DataEnd::Pinned(r)) => format!("holds {r}, which cannot move (pinned_policy = close)"),
+        Some(DataEnd::MoveFailed(_, m)) => m.clone(),
+        _ => "holds state that cannot move (pinned_policy = wait): it stays until it ends".to_owned(),
+    };
+    warn!(
+        target = route.target.name(),
+        "session does not move from {}: {reason}",
+        from.name()
+    );
+    let identity = &handle.identity;
+    shared.control.note_unmoved(
+        route.epoch,
+        UnmovedSession {
+            proxy: String::new(),
+            user: identity.user.clone(),
+            database: identity.database.clone(),
+            client: identity.peer.to_string(),
+            server_pid: handle.status().server.1.pid,
+            reason,
+            stayed: end.is_none(),
+            by_policy,
+        },
+    );
+    if end.is_none() {
+        handle.decline(route.epoch);
     }
+    end
 }
 
 /// Refines how the data phase ended by what the client may still be told.
@@ -409,6 +439,7 @@ async fn finish(shared: &Shared, client: &mut Conn, server: &mut ServerConn, ctx
         DataEnd::Pump(Ok(PumpEnd::ServerClosed)) => (Some(SessionError::ServerClosed(target)), false),
         DataEnd::Pinned(reason) => (Some(SessionError::Pinned(reason.clone())), true),
         DataEnd::DrainCancelled => (Some(SessionError::DrainCancelled), true),
+        DataEnd::MoveFailed(to, reason) => (Some(SessionError::MoveFailed(to.name(), reason.clone())), true),
         DataEnd::Pump(Ok(PumpEnd::AtBoundary)) | DataEnd::ShutdownForced => (Some(SessionError::Shutdown), true),
         DataEnd::Pump(Err(PumpError::ClientProtocol(e))) => (Some(SessionError::ClientProtocol(e.to_string())), true),
         DataEnd::Pump(Err(PumpError::ClientIo(_))) => (None, true),
@@ -421,6 +452,7 @@ async fn finish(shared: &Shared, client: &mut Conn, server: &mut ServerConn, ctx
         DataEnd::Pump(Err(e)) => info!("session ended: {e}"),
         DataEnd::ServerClosedWithError => info!("session ended: the server closed it with an error"),
         DataEnd::Pinned(reason) => info!("session closed for the switchover: it holds {reason}"),
+        DataEnd::MoveFailed(to, reason) => warn!("session closed: it could not move to {}: {reason}", to.name()),
         DataEnd::DrainCancelled => {
             warn!("session closed: its transaction was still open after the drain (drain_policy = cancel)")
         }
