@@ -141,7 +141,7 @@ run_once() { # clients
     # three process start-ups on a loaded machine would add ~100 ms to the hold.
     local a="http://127.0.0.1:$ADMIN_PORT" h="Authorization: Bearer $TOKEN" replies
     replies="$(curl -s --max-time 60 -w '\n' -X POST -H "$h" "$a/hold" \
-        --next -s --max-time 60 -w '\n' -X POST -H "$h" -d '{"target":"green"}' "$a/route" \
+        --next -s --max-time 60 -w '\n' -X POST -H "$h" -d '{"target":"green","force":true}' "$a/route" \
         --next -s --max-time 60 -w '\n' -X POST -H "$h" "$a/resume")"
     hold="$(sed -n 1p <<< "$replies")"
     flip="$(sed -n 2p <<< "$replies")"
@@ -162,7 +162,7 @@ run_once() { # clients
         END { printf "%.1f %.1f\n", p, b }')
     echo "$pause $baseline $(json held_ms <<< "$resume") $(json drain_ms <<< "$hold") $(json flip_ms <<< "$flip") $(json moved <<< "$flip") $failed $(json prepare_ms <<< "$prepare")"
     admin /hold > /dev/null
-    admin /route '{"target":"blue"}' > /dev/null
+    admin /route '{"target":"blue","force":true}' > /dev/null
     admin /resume > /dev/null
 }
 

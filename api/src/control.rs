@@ -10,23 +10,39 @@ use std::time::Duration;
 /// A boxed future borrowing its proxy, as trait objects return them.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// The header a switchover's admin calls carry: its run id. While a run holds a
+/// proxy (from its first prepare or hold until its resume, at most the proxy's
+/// `[switchover] timeout`), the proxy refuses mutating calls without it.
+pub const RUN_HEADER: &str = "pgcutover-run";
+
 /// One proxy instance, as the switchover sees it: each method is one admin call.
+/// The mutating calls carry the run's id (`run`), the proxy's lease holder.
 pub trait ProxyControl: Send + Sync {
     /// For messages: "proxy http://10.0.0.2:9187", or "this proxy".
     fn name(&self) -> String;
     /// `GET /status`.
     fn status(&self) -> BoxFuture<'_, Result<StatusReply, ProxyError>>;
     /// `POST /prepare`: standby connections to `target`, waiting up to `budget`.
-    fn prepare(&self, target: Side, budget: Duration) -> BoxFuture<'_, Result<PrepareReply, ProxyError>>;
+    fn prepare<'a>(
+        &'a self,
+        run: &'a str,
+        target: Side,
+        budget: Duration,
+    ) -> BoxFuture<'a, Result<PrepareReply, ProxyError>>;
     /// `POST /hold {"drain": false}`: new transactions wait; answers at once.
-    fn hold(&self) -> BoxFuture<'_, Result<HoldReply, ProxyError>>;
+    fn hold<'a>(&'a self, run: &'a str) -> BoxFuture<'a, Result<HoldReply, ProxyError>>;
     /// `POST /drain`: waits for in-flight transactions with the proxy's own drain
     /// settings. A drain that times out is a reply with `drained: false`, not an error.
-    fn drain(&self, budget: Duration) -> BoxFuture<'_, Result<HoldReply, ProxyError>>;
+    fn drain<'a>(&'a self, run: &'a str, budget: Duration) -> BoxFuture<'a, Result<HoldReply, ProxyError>>;
     /// `POST /route`: move every session to `target` (while held).
-    fn route(&self, target: Side, budget: Duration) -> BoxFuture<'_, Result<RouteReply, ProxyError>>;
-    /// `POST /resume`.
-    fn resume(&self) -> BoxFuture<'_, Result<ResumeReply, ProxyError>>;
+    fn route<'a>(
+        &'a self,
+        run: &'a str,
+        target: Side,
+        budget: Duration,
+    ) -> BoxFuture<'a, Result<RouteReply, ProxyError>>;
+    /// `POST /resume`; ends the run's lease on the proxy.
+    fn resume<'a>(&'a self, run: &'a str) -> BoxFuture<'a, Result<ResumeReply, ProxyError>>;
     /// `POST /phase`: the proxy shows the phase and records the switchover metrics.
     fn report_phase(&self, update: PhaseUpdate) -> BoxFuture<'_, Result<(), ProxyError>>;
 }

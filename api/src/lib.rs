@@ -22,7 +22,7 @@ mod control;
 mod report;
 mod side;
 
-pub use control::{BoxFuture, ProxyControl, ProxyError};
+pub use control::{BoxFuture, ProxyControl, ProxyError, RUN_HEADER};
 pub use report::{Direction, Outcome, Phase, PhaseTime, Report};
 pub use side::{PerSide, Side};
 
@@ -133,6 +133,10 @@ pub struct HoldReply {
 pub struct RouteRequest {
     /// Where sessions go.
     pub target: Side,
+    /// An operator's raw route (no run header) skips the fence, the catch-up and
+    /// the sequence sync; it is refused unless this is true.
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// What `POST /route` did.

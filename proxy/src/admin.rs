@@ -3,7 +3,7 @@
 //! `/phase` and `/switchover`, which need `Authorization: Bearer <token>` with the
 //! token from `admin_token_file`. Every answer but `/metrics` is JSON.
 
-use crate::control::Control;
+use crate::control::{Call, Caller, Control};
 use crate::{Shared, StartError};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -14,7 +14,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use pgcutover_api::{
     ErrorReply, HoldReply, HoldRequest, PhaseUpdate, PrepareReply, PrepareRequest, RouteReply, RouteRequest,
-    SwitchoverRequest,
+    SwitchoverRequest, RUN_HEADER,
 };
 use pgcutover_config::{AdminToken, Config, HumanDuration};
 use serde::de::DeserializeOwned;
@@ -95,6 +95,18 @@ impl Endpoint {
     fn mutates(self) -> bool {
         !matches!(self, Endpoint::Status | Endpoint::Metrics)
     }
+
+    /// The call a switchover's lease guards (see [`crate::control::lease`]).
+    fn lease_call(self) -> Option<Call> {
+        match self {
+            Endpoint::Prepare => Some(Call::Prepare),
+            Endpoint::Hold => Some(Call::Hold),
+            Endpoint::Drain => Some(Call::Drain),
+            Endpoint::Route => Some(Call::Route),
+            Endpoint::Resume => Some(Call::Resume),
+            Endpoint::Status | Endpoint::Metrics | Endpoint::Phase | Endpoint::Switchover => None,
+        }
+    }
 }
 
 impl AdminServer {
@@ -171,6 +183,11 @@ async fn handle(
         }
     };
     let authorized = authorize(&token, &req);
+    let run = req
+        .headers()
+        .get(RUN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     if endpoint.mutates() {
         if let Err(refusal) = authorized {
             if refusal == Refusal::WrongToken {
@@ -191,12 +208,19 @@ async fn handle(
             return Ok(error(StatusCode::REQUEST_TIMEOUT, message));
         }
     };
-    Ok(serve(&shared, endpoint, authorized.is_ok(), &body).await)
+    Ok(serve(&shared, endpoint, authorized.is_ok(), run.as_deref(), &body).await)
 }
 
-/// Answers a routed, authorized request whose body has been read.
-async fn serve(shared: &Shared, endpoint: Endpoint, authorized: bool, body: &[u8]) -> Reply {
+/// Answers a routed, authorized request whose body has been read. `run` is the
+/// switchover run making it (the run header), if any.
+async fn serve(shared: &Shared, endpoint: Endpoint, authorized: bool, run: Option<&str>, body: &[u8]) -> Reply {
     let control = &shared.control;
+    if let Some(call) = endpoint.lease_call() {
+        let caller = run.map_or(Caller::Operator, Caller::Run);
+        if let Err(e) = control.admit(caller, call) {
+            return error(StatusCode::CONFLICT, e.to_string());
+        }
+    }
     match endpoint {
         Endpoint::Status => {
             let mut status = control.status_reply();
@@ -223,6 +247,10 @@ async fn serve(shared: &Shared, endpoint: Endpoint, authorized: bool, body: &[u8
         }
         Endpoint::Drain => drain(control, false).await,
         Endpoint::Route => match parse_body::<RouteRequest>(body, "{\"target\": \"green\"}") {
+            Ok(r) if run.is_none() && !r.force => error(
+                StatusCode::CONFLICT,
+                "a raw POST /route skips the fence, the catch-up and the sequence sync, so writes can be lost: use POST /switchover, or send {\"target\": ..., \"force\": true} if you mean it".into(),
+            ),
             Ok(r) => route(shared, r).await,
             Err(refusal) => *refusal,
         },

@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// An operator's raw route to green (see the admin API's `force`).
+const FORCED_GREEN: &str = "{\"target\":\"green\",\"force\":true}";
+
 /// Blue 15 and green 17 with the same roles (same secrets) and the same schema.
 fn blue_green(schema: &str) -> (Db, Db) {
     let blue = Db::pg15();
@@ -256,15 +259,18 @@ async fn admin_api_flips_with_the_token_and_refuses_without_it() {
         .await;
         assert_eq!(code, 401, "{path}");
     }
-    // Flips only while held.
+    // An operator's raw route needs force (it skips the fence); it flips only while held.
     let (code, body) = proxy.post("/route", "{\"target\":\"green\"}").await;
+    assert_eq!(code, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("\"force\": true"), "{body}");
+    let (code, body) = proxy.post("/route", FORCED_GREEN).await;
     assert_eq!(code, 409, "{body}");
     assert!(body["error"].as_str().unwrap().contains("hold"), "{body}");
     let (code, body) = proxy.post("/hold", "").await;
     assert_eq!((code, &body["drained"]), (200, &serde_json::json!(true)), "{body}");
     let (code, body) = proxy.post("/route", "{\"target\":\"purple\"}").await;
     assert_eq!(code, 400, "{body}");
-    let (code, body) = proxy.post("/route", "{\"target\":\"green\"}").await;
+    let (code, body) = proxy.post("/route", FORCED_GREEN).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["moved"], 1);
     let (code, _) = proxy.post("/resume", "").await;
@@ -458,7 +464,7 @@ async fn a_flip_after_prepare_uses_the_standby_connections_opened_before_the_hol
         .map(str::to_owned)
         .collect();
     assert_eq!(standby_pids.len(), 4, "{standby_pids:?}");
-    for (path, body) in [("/hold", ""), ("/route", "{\"target\":\"green\"}"), ("/resume", "")] {
+    for (path, body) in [("/hold", ""), ("/route", FORCED_GREEN), ("/resume", "")] {
         let (code, reply) = proxy.post(path, body).await;
         assert_eq!(code, 200, "{path}: {reply}");
     }
@@ -532,7 +538,7 @@ async fn drain_policy_cancel_ends_stragglers_with_a_clear_error_and_moves_everyo
         assert_eq!(sqlstate(&e), "57P01", "{e}");
         assert!(e.as_db_error().unwrap().message().contains("switchover"), "{e}");
     }
-    let (code, body) = proxy.post("/route", "{\"target\":\"green\"}").await;
+    let (code, body) = proxy.post("/route", FORCED_GREEN).await;
     assert_eq!((code, &body["not_moved"]), (200, &serde_json::json!(0)), "{body}");
     proxy.post("/resume", "").await;
     let v: String = bystander

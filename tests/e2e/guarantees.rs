@@ -18,6 +18,16 @@ async fn one_switchover_at_a_time_never_past_a_prepared_transaction_and_never_ba
     let proxies: Vec<Arc<dyn ProxyControl>> = vec![Arc::new(LocalProxy(proxy.control.clone()))];
     let timeout = Duration::from_secs(20);
 
+    // A proxy an operator holds would resume by its own timer mid-run: refused.
+    assert!(proxy.control.hold());
+    let report = run_switchover(&targets, &config, &proxies, Direction::Forward, timeout).await;
+    assert_eq!(report.outcome, Outcome::Refused, "{report:?}");
+    assert!(
+        report.reason.as_deref().unwrap_or_default().contains("held for"),
+        "{report:?}"
+    );
+    proxy.control.resume();
+
     // A prepared transaction would commit past the fence: refused, named, nothing changed.
     blue.sql("begin; insert into items (note) values ('2pc'); prepare transaction 'pgcutover_test';");
     let report = run_switchover(&targets, &config, &proxies, Direction::Forward, timeout).await;
@@ -368,6 +378,21 @@ async fn kill_nine_in(phase: &str) -> Killed {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // The run's lease: nobody else may resume or route the clients it holds.
+    for (path, body) in [
+        ("/resume", ""),
+        ("/route", "{\"target\":\"blue\",\"force\":true}"),
+        ("/hold", ""),
+    ] {
+        let (code, reply) = http(admin_addr, "POST", path, Some(ADMIN_TOKEN), body).await;
+        let message = reply["error"].as_str().unwrap_or_default();
+        assert!(
+            code == 409 && message.contains("is driving this proxy"),
+            "{path}: {code} {reply}"
+        );
+    }
+    let (_, status) = http(admin_addr, "GET", "/status", None, "").await;
+    assert!(status["held_ms"].is_number(), "still held: {status}");
     cli.kill().unwrap();
     cli.wait().unwrap();
     let bench = bench.await.unwrap();

@@ -25,6 +25,8 @@ pub enum Guardrail {
     NoLongTransaction,
     /// No other switchover holds the run lock.
     OneAtATime,
+    /// No proxy is held already.
+    ProxyNotHeld,
     /// The journal says clients belong on the source.
     JournalOnSource,
     /// No prepared (two-phase) transaction waits on the source: it would commit

@@ -54,7 +54,7 @@ impl Run<'_> {
         // The commit point: once any proxy may route, going back is `pgcutover rollback`.
         self.undo.commit();
         let budget = self.opts.timeout;
-        let routes = self.proxies.iter().map(|p| p.route(dest, budget));
+        let routes = self.proxies.iter().map(|p| p.route(&self.run_id, dest, budget));
         let mut problems = Vec::new();
         for (p, r) in self.proxies.iter().zip(join_all(routes).await) {
             match r {

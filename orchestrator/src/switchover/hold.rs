@@ -18,7 +18,7 @@ impl Run<'_> {
     pub(super) async fn prepare(&mut self) {
         let budget = self.opts.timeout.min(PREPARE_BUDGET);
         let dest = self.dest();
-        let prepares = self.proxies.iter().map(|p| p.prepare(dest, budget));
+        let prepares = self.proxies.iter().map(|p| p.prepare(&self.run_id, dest, budget));
         for (p, r) in self.proxies.iter().zip(join_all(prepares).await) {
             if let Err(e) = r {
                 warn!("{}: standby connections: {e}", p.name());
@@ -31,7 +31,7 @@ impl Run<'_> {
         self.held_at = Some(Instant::now());
         // Recorded before the calls: a proxy that held but whose answer was lost is resumed too.
         self.undo.push(Undo::Resume);
-        let holds = self.proxies.iter().map(|p| p.hold());
+        let holds = self.proxies.iter().map(|p| p.hold(&self.run_id));
         for r in join_all(holds).await {
             self.report.transactions_drained += r?.in_flight;
         }
@@ -41,7 +41,7 @@ impl Run<'_> {
     /// Drain: every session at a transaction boundary, within drain_timeout.
     pub(super) async fn drain(&mut self) -> Result<Phase, SwitchoverError> {
         let budget = self.opts.timeout;
-        let drains = self.proxies.iter().map(|p| p.drain(budget));
+        let drains = self.proxies.iter().map(|p| p.drain(&self.run_id, budget));
         for (p, r) in self.proxies.iter().zip(join_all(drains).await) {
             let drained = r?;
             self.report.sessions_held += drained.sessions;

@@ -63,7 +63,7 @@ impl<'a> Run<'a> {
         }
         self.lease = Some(Entry {
             version,
-            run_id: run_id(),
+            run_id: self.run_id.clone(),
             holder: journal::holder(),
             direction: self.opts.direction.name().to_owned(),
             phase: Phase::Preflight.name().to_owned(),
@@ -211,7 +211,7 @@ fn at(c: &Conn) -> At<'_> {
 
 /// A run id unique enough to tell runs apart in the journal: the start time in
 /// milliseconds and the process id, in hex.
-fn run_id() -> String {
+pub(super) fn run_id() -> String {
     let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());

@@ -53,6 +53,9 @@ pub(super) struct Run<'a> {
     pub lease: Option<crate::journal::Entry>,
     /// Set (by a signal handler) when the operator wants the run stopped.
     pub interrupt: Option<Arc<AtomicBool>>,
+    /// This run's id: in the journal, and on every mutating proxy call (the
+    /// proxies' lease). A recovery takes the dead run's.
+    pub run_id: String,
 }
 
 impl<'a> Run<'a> {
@@ -82,6 +85,7 @@ impl<'a> Run<'a> {
             own_pids: Vec::new(),
             lease: None,
             interrupt: None,
+            run_id: super::lease::run_id(),
         }
     }
 

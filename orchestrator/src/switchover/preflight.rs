@@ -20,6 +20,7 @@ impl Run<'_> {
         self.connect().await?;
         // Before anything but reading: from here the run is the only one.
         self.take_lease().await?;
+        self.no_proxy_held().await?;
         debug!(ms = self.elapsed_ms(), "preflight: proxies, connections and lease");
         // Lag, drift and `pgcutover check` concern blue → green; the reverse
         // subscription is checked below.
@@ -63,6 +64,23 @@ impl Run<'_> {
                     Guardrail::ProxyOnSource,
                     format!("{} routes to {} already, not {source}", p.name(), state.route.name()),
                     "nothing to switch",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// No proxy is held already (an operator's HOLD, a dead run's hold): its timer
+    /// would resume clients in the middle of this run, and the run's hold would
+    /// change nothing.
+    async fn no_proxy_held(&self) -> Result<(), SwitchoverError> {
+        for p in self.proxies {
+            let state = p.status().await?;
+            if let Some(ms) = state.held_ms {
+                return Err(SwitchoverError::refused(
+                    Guardrail::ProxyNotHeld,
+                    format!("{} has been held for {ms:.0} ms by someone else", p.name()),
+                    "POST /resume it (or RESUME on its console) first",
                 ));
             }
         }

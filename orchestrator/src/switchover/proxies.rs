@@ -9,7 +9,7 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use pgcutover_api::{
     BoxFuture, ErrorReply, HoldReply, HoldRequest, PhaseUpdate, PrepareReply, PrepareRequest, ProxyControl, ProxyError,
-    ResumeReply, RouteReply, RouteRequest, Side, StatusReply,
+    ResumeReply, RouteReply, RouteRequest, Side, StatusReply, RUN_HEADER,
 };
 use pgcutover_config::AdminToken;
 use serde::de::DeserializeOwned;
@@ -54,12 +54,13 @@ impl RemoteProxy {
     async fn call<T: DeserializeOwned>(
         &self,
         call: &'static str,
+        run: Option<&str>,
         body: Option<&(impl Serialize + Sync)>,
         ok: &[StatusCode],
         timeout: Duration,
     ) -> Result<T, ProxyError> {
         let proxy = self.name();
-        let (status, bytes) = tokio::time::timeout(timeout, self.exchange(call, body))
+        let (status, bytes) = tokio::time::timeout(timeout, self.exchange(call, run, body))
             .await
             .map_err(|_| ProxyError::Timeout {
                 proxy: proxy.clone(),
@@ -96,7 +97,12 @@ impl RemoteProxy {
     }
 
     /// Sends `call` ("POST /hold") on a fresh connection: (status, body).
-    async fn exchange(&self, call: &str, body: Option<&impl Serialize>) -> Result<(StatusCode, Bytes), String> {
+    async fn exchange(
+        &self,
+        call: &str,
+        run: Option<&str>,
+        body: Option<&impl Serialize>,
+    ) -> Result<(StatusCode, Bytes), String> {
         let (method, path) = call.split_once(' ').expect("calls are written \"METHOD /path\"");
         let method = Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
         let body = match body {
@@ -110,6 +116,9 @@ impl RemoteProxy {
             .header(hyper::header::CONTENT_TYPE, "application/json");
         if let Some(t) = &self.token {
             request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {}", t.expose()));
+        }
+        if let Some(run) = run {
+            request = request.header(RUN_HEADER, run);
         }
         let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
         let tcp = TcpStream::connect(&self.authority).await.map_err(|e| e.to_string())?;
@@ -139,46 +148,68 @@ impl ProxyControl for RemoteProxy {
     }
 
     fn status(&self) -> BoxFuture<'_, Result<StatusReply, ProxyError>> {
-        Box::pin(self.call("GET /status", None::<&()>, &[StatusCode::OK], QUICK_CALL))
+        Box::pin(self.call("GET /status", None, None::<&()>, &[StatusCode::OK], QUICK_CALL))
     }
 
-    fn prepare(&self, target: Side, budget: Duration) -> BoxFuture<'_, Result<PrepareReply, ProxyError>> {
+    fn prepare<'a>(
+        &'a self,
+        run: &'a str,
+        target: Side,
+        budget: Duration,
+    ) -> BoxFuture<'a, Result<PrepareReply, ProxyError>> {
         let body = PrepareRequest { target };
         // 409 with a PrepareReply: not every session got a standby (best effort);
         // 409 with an ErrorReply: the proxy refused.
         let ok = [StatusCode::OK, StatusCode::CONFLICT];
-        Box::pin(async move { self.call("POST /prepare", Some(&body), &ok, budget + QUICK_CALL).await })
+        Box::pin(async move {
+            self.call("POST /prepare", Some(run), Some(&body), &ok, budget + QUICK_CALL)
+                .await
+        })
     }
 
-    fn hold(&self) -> BoxFuture<'_, Result<HoldReply, ProxyError>> {
+    fn hold<'a>(&'a self, run: &'a str) -> BoxFuture<'a, Result<HoldReply, ProxyError>> {
         let body = HoldRequest { drain: false };
         Box::pin(async move {
-            self.call("POST /hold", Some(&body), &[StatusCode::OK], QUICK_CALL)
+            self.call("POST /hold", Some(run), Some(&body), &[StatusCode::OK], QUICK_CALL)
                 .await
         })
     }
 
-    fn drain(&self, budget: Duration) -> BoxFuture<'_, Result<HoldReply, ProxyError>> {
+    fn drain<'a>(&'a self, run: &'a str, budget: Duration) -> BoxFuture<'a, Result<HoldReply, ProxyError>> {
         // 409: held but not drained; the reply says how far it got.
         let ok = [StatusCode::OK, StatusCode::CONFLICT];
-        Box::pin(async move { self.call("POST /drain", None::<&()>, &ok, budget + QUICK_CALL).await })
-    }
-
-    fn route(&self, target: Side, budget: Duration) -> BoxFuture<'_, Result<RouteReply, ProxyError>> {
-        let body = RouteRequest { target };
         Box::pin(async move {
-            self.call("POST /route", Some(&body), &[StatusCode::OK], budget + QUICK_CALL)
+            self.call("POST /drain", Some(run), None::<&()>, &ok, budget + QUICK_CALL)
                 .await
         })
     }
 
-    fn resume(&self) -> BoxFuture<'_, Result<ResumeReply, ProxyError>> {
-        Box::pin(self.call("POST /resume", None::<&()>, &[StatusCode::OK], QUICK_CALL))
+    fn route<'a>(
+        &'a self,
+        run: &'a str,
+        target: Side,
+        budget: Duration,
+    ) -> BoxFuture<'a, Result<RouteReply, ProxyError>> {
+        let body = RouteRequest { target, force: false };
+        Box::pin(async move {
+            self.call(
+                "POST /route",
+                Some(run),
+                Some(&body),
+                &[StatusCode::OK],
+                budget + QUICK_CALL,
+            )
+            .await
+        })
+    }
+
+    fn resume<'a>(&'a self, run: &'a str) -> BoxFuture<'a, Result<ResumeReply, ProxyError>> {
+        Box::pin(self.call("POST /resume", Some(run), None::<&()>, &[StatusCode::OK], QUICK_CALL))
     }
 
     fn report_phase(&self, update: PhaseUpdate) -> BoxFuture<'_, Result<(), ProxyError>> {
         Box::pin(async move {
-            self.call::<serde::de::IgnoredAny>("POST /phase", Some(&update), &[StatusCode::OK], QUICK_CALL)
+            self.call::<serde::de::IgnoredAny>("POST /phase", None, Some(&update), &[StatusCode::OK], QUICK_CALL)
                 .await
                 .map(|_| ())
         })

@@ -80,6 +80,8 @@ impl Run<'_> {
         if now.as_ref() != Some(dead) {
             return Ok(false);
         }
+        // The dead run's id: the proxies it holds admit its recoverer.
+        self.run_id = dead.run_id.clone();
         self.lease = Some(Entry {
             holder: format!("{} (recovering)", journal::holder()),
             ..dead.clone()
@@ -130,14 +132,15 @@ impl Run<'_> {
         self.undo.commit();
         let dest = self.dest();
         let budget = self.opts.timeout;
+        let run = self.run_id.as_str();
         let routes = self.proxies.iter().map(|p| async move {
             let status = p.status().await?;
             if status.route == dest {
                 return Ok(());
             }
-            p.hold().await?;
-            p.drain(budget).await?;
-            p.route(dest, budget).await.map(|_| ())
+            p.hold(run).await?;
+            p.drain(run, budget).await?;
+            p.route(run, dest, budget).await.map(|_| ())
         });
         let mut problems = Vec::new();
         for (p, r) in self.proxies.iter().zip(join_all(routes).await) {

@@ -8,7 +8,7 @@ impl Run<'_> {
     /// Releases every hold and records how long clients were held. A proxy that does
     /// not answer is only warned about: its hold ends by itself.
     pub(super) async fn resume_all(&mut self) {
-        let resumes = self.proxies.iter().map(|p| p.resume());
+        let resumes = self.proxies.iter().map(|p| p.resume(&self.run_id));
         for (p, r) in self.proxies.iter().zip(join_all(resumes).await) {
             if let Err(e) = r {
                 warn!(

@@ -58,7 +58,7 @@ impl ProxyControl for Fake {
         })
     }
 
-    fn prepare(&self, target: Side, _: Duration) -> BoxFuture<'_, Result<PrepareReply, ProxyError>> {
+    fn prepare<'a>(&'a self, _: &'a str, target: Side, _: Duration) -> BoxFuture<'a, Result<PrepareReply, ProxyError>> {
         self.log("prepare");
         Box::pin(async move {
             Ok(PrepareReply {
@@ -70,7 +70,7 @@ impl ProxyControl for Fake {
         })
     }
 
-    fn hold(&self) -> BoxFuture<'_, Result<HoldReply, ProxyError>> {
+    fn hold<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<HoldReply, ProxyError>> {
         self.log("hold");
         let reply = HoldReply {
             held: true,
@@ -88,7 +88,7 @@ impl ProxyControl for Fake {
         Box::pin(async move { result })
     }
 
-    fn drain(&self, _: Duration) -> BoxFuture<'_, Result<HoldReply, ProxyError>> {
+    fn drain<'a>(&'a self, _: &'a str, _: Duration) -> BoxFuture<'a, Result<HoldReply, ProxyError>> {
         self.log("drain");
         let drained = !self.drain_stuck;
         Box::pin(async move {
@@ -103,12 +103,12 @@ impl ProxyControl for Fake {
         })
     }
 
-    fn route(&self, _: Side, _: Duration) -> BoxFuture<'_, Result<RouteReply, ProxyError>> {
+    fn route<'a>(&'a self, _: &'a str, _: Side, _: Duration) -> BoxFuture<'a, Result<RouteReply, ProxyError>> {
         self.log("route");
         Box::pin(async { Err(self.refused("POST /route")) })
     }
 
-    fn resume(&self) -> BoxFuture<'_, Result<ResumeReply, ProxyError>> {
+    fn resume<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<ResumeReply, ProxyError>> {
         self.log("resume");
         Box::pin(async {
             Ok(ResumeReply {

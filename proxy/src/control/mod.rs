@@ -4,6 +4,7 @@
 
 mod cutover;
 mod drain;
+pub mod lease;
 
 pub use cutover::{Cutover, Gate};
 pub use drain::DrainReport;
@@ -11,6 +12,8 @@ pub use drain::DrainReport;
 use crate::metrics::Metrics;
 use crate::registry::{SessionRegistry, SessionStatus};
 use crate::route::Route;
+pub use lease::{Call, Caller};
+use lease::{LeaseState, Leased};
 use pgcutover_api::{
     HoldReply, PerSide, Phase, PhaseReply, PhaseUpdate, PrepareReply, ProxyPhase, ResumeReply, RouteReply, StatusReply,
 };
@@ -125,6 +128,9 @@ pub enum ControlError {
     /// Someone else's hold is in progress: the switchover that holds routes.
     #[error("the proxy is held already: the switchover holding it decides the route")]
     Held,
+    /// A switchover run holds the proxy's lease.
+    #[error("switchover run {0} is driving this proxy: HOLD, RESUME, /prepare, /drain and /route from anyone else wait until it resumes the proxy (at most [switchover] timeout)")]
+    Leased(String),
 }
 
 /// The proxy's cutover controls, shared by sessions (as watchers) and the admin API.
@@ -137,6 +143,8 @@ pub struct Control {
     /// Sessions that did not move at the latest flip, by its epoch (each noted by
     /// the session itself, before it closes or stays).
     unmoved: Mutex<Vec<(u64, UnmovedSession)>>,
+    /// The switchover run driving the proxy, if any.
+    lease: Mutex<LeaseState>,
     /// Hold limit (`timeout`) and drain settings.
     settings: SwitchoverConfig,
     has_green: bool,
@@ -157,6 +165,7 @@ impl Control {
             sessions,
             phase: Mutex::new(None),
             unmoved: Mutex::new(Vec::new()),
+            lease: Mutex::new(LeaseState::default()),
             settings,
             has_green,
             metrics,
@@ -434,6 +443,7 @@ impl Control {
         if target == Side::Green && !self.has_green {
             return Err(ControlError::NoGreen);
         }
+        self.admit(Caller::Operator, Call::Hold)?;
         if !self.hold() {
             return Err(ControlError::Held);
         }
@@ -515,6 +525,23 @@ impl Control {
             "flip done"
         );
         Ok(report)
+    }
+
+    /// Whether `caller` may make `call` now: while a run holds the lease only it
+    /// may (see [`lease`]). The admin API, the console and the in-process proxy
+    /// ask before every mutating call.
+    pub fn admit(&self, caller: Caller<'_>, call: Call) -> Result<(), ControlError> {
+        let now = tokio::time::Instant::now();
+        let mut lease = self.lease.lock().unwrap_or_else(PoisonError::into_inner);
+        lease
+            .admit(caller, call, now, self.settings.timeout.0)
+            .map_err(|Leased(run)| ControlError::Leased(run))
+    }
+
+    /// The run holding the lease now, if any.
+    pub fn lease_holder(&self) -> Option<String> {
+        let lease = self.lease.lock().unwrap_or_else(PoisonError::into_inner);
+        lease.holder(tokio::time::Instant::now()).map(str::to_owned)
     }
 
     /// A session that did not move at the flip to `epoch` says so (before it

@@ -5,7 +5,7 @@
 
 use super::error::SessionError;
 use super::{authenticate, goodbye};
-use crate::control::Control;
+use crate::control::{Call, Caller, Control};
 use crate::wire::Conn;
 use crate::{ClientSlot, Shared};
 use bytes::BytesMut;
@@ -124,7 +124,23 @@ impl Command {
 /// Runs one command; false when it failed (the rest of the query string is skipped).
 async fn run(shared: &Shared, command: &str, out: &mut BytesMut) -> bool {
     let control = &shared.control;
-    match Command::parse(command) {
+    let command_parsed = Command::parse(command);
+    let call = match command_parsed {
+        Some(Command::Hold) => Some(Call::Hold),
+        Some(Command::Resume) => Some(Call::Resume),
+        _ => None,
+    };
+    if let Some(Err(e)) = call.map(|c| control.admit(Caller::Operator, c)) {
+        // 55006 object_in_use: the proxy is in use by a switchover.
+        error(
+            out,
+            "55006",
+            &e.to_string(),
+            "wait for the switchover to end; `pgcutover status` shows it",
+        );
+        return false;
+    }
+    match command_parsed {
         Some(Command::ShowStatus) => show_status(control, out),
         Some(Command::ShowClients) => show_clients(control, out),
         Some(Command::ShowServers) => show_servers(control, out),
