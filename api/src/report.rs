@@ -173,6 +173,10 @@ pub struct Report {
     pub reverse_replication: bool,
     /// Dry run: predicted hold in milliseconds (drain + catch-up estimate).
     pub predicted_hold_ms: Option<f64>,
+    /// The proof that nothing but pgcutover committed on the source after the
+    /// fence: one line per database, as checked before the commit point.
+    #[serde(default)]
+    pub cut_proof: Vec<String>,
     /// Every session the flip did not move, on every proxy.
     #[serde(default)]
     pub unmoved_sessions: Vec<crate::UnmovedSession>,
@@ -196,6 +200,7 @@ impl Report {
             reverse_replication: false,
             predicted_hold_ms: None,
             unmoved_sessions: Vec::new(),
+            cut_proof: Vec::new(),
         }
     }
 

@@ -525,3 +525,91 @@ async fn a_session_that_fails_to_move_makes_the_outcome_incomplete_and_is_named(
         "{e}"
     );
 }
+
+/// A superuser steps past the fence's triggers (`session_replication_role =
+/// replica`) and commits on blue after the fence: the proof slot sees it before the
+/// commit point, the run rolls back naming the table, and the write stays on blue,
+/// which serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_past_the_fence_is_proven_and_rolls_the_switchover_back() {
+    let (blue, green, _, _) = replicated(false, "").await;
+    let (port, admin) = (pg_harness::free_port(), pg_harness::free_port());
+    let text = blue.switchover_config_text(
+        &green,
+        &format!("127.0.0.1:{port}"),
+        &format!("127.0.0.1:{admin}"),
+        "reverse_replication = false",
+    );
+    let file = blue.dir.write("pgcutover.toml", &text);
+    let (_proxy, admin_addr) = proxy_process(&file, admin).await;
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_pgcutover"))
+        .args(["switchover", "--timeout", "30s", "-c", file.to_str().unwrap()])
+        .env("PGCUTOVER_TEST_PAUSE_AT", "catch_up:3")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, status) = http(admin_addr, "GET", "/status", None, "").await;
+        if status["phase"] == "catch_up" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run never reached catch_up: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The fence refuses an ordinary write; a superuser replica session passes it.
+    let refused = blue
+        .cluster
+        .psql_as(
+            SCRAM_USER,
+            SCRAM_PASSWORD,
+            DB,
+            "insert into items (note) values ('refused')",
+        )
+        .unwrap_err();
+    assert!(refused.to_string().contains("read-only"), "{refused}");
+    blue.sql(
+        "set default_transaction_read_only = off; set session_replication_role = replica;
+         insert into items (note) values ('past the fence');",
+    );
+    let out = tokio::task::spawn_blocking(move || cli.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("rolled_back")
+            && stdout.contains("committed on blue database app after the fence")
+            && stdout.contains("public.items"),
+        "{stdout}{stderr}"
+    );
+    let (_, status) = http(admin_addr, "GET", "/status", None, "").await;
+    assert_eq!(status["route"], "blue", "{status}");
+    assert_eq!(blue.sql("show default_transaction_read_only"), "off");
+    assert_eq!(
+        count(&blue, "select count(*) from items where note = 'past the fence'"),
+        1
+    );
+    // And without the bypass, the same switchover completes and says what it checked.
+    let (code, report) = http(
+        admin_addr,
+        "POST",
+        "/switchover",
+        Some(ADMIN_TOKEN),
+        "{\"timeout\": \"20s\"}",
+    )
+    .await;
+    assert_eq!((code, report["outcome"].as_str()), (200, Some("completed")), "{report}");
+    let proof = report["cut_proof"][0].as_str().unwrap_or_default();
+    assert!(
+        proof.starts_with("app: nothing committed on blue after the fence but pgcutover's own"),
+        "{report}"
+    );
+}

@@ -145,6 +145,19 @@ pub enum SwitchoverError {
         /// Its last recorded phase.
         phase: String,
     },
+    /// Something other than pgcutover committed on the source after the fence (a
+    /// superuser past the triggers): its writes would be lost.
+    #[error("{transactions} transaction(s) committed on {side} database {database} after the fence, past its triggers, changing {tables}: their writes would not reach the destination; find who wrote (a superuser with session_replication_role = replica?) and retry")]
+    WrittenPastCut {
+        /// The source.
+        side: Side,
+        /// The database.
+        database: String,
+        /// How many.
+        transactions: usize,
+        /// The tables they changed.
+        tables: String,
+    },
     /// The journal could not be read or written.
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),

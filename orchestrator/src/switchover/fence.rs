@@ -59,6 +59,8 @@ impl Run<'_> {
         for d in &self.dbs {
             guard_tables(&d.source).await?;
         }
+        // From here every commit is decoded, and checked before the flip.
+        self.open_proof().await?;
         self.cuts.clear();
         for d in &mut self.dbs {
             let cut = write_sentinel(&mut d.source).await?;

@@ -49,6 +49,8 @@ impl Run<'_> {
             }
             unguard_tables(&d.dest).await?;
         }
+        // Nothing but pgcutover's sentinel committed on the source since the fence.
+        self.check_proof().await?;
         // What every proxy that starts later reads: its route, before any proxy has it.
         self.record_route().await?;
         // The commit point: once any proxy may route, going back is `pgcutover rollback`.

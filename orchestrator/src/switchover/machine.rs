@@ -231,14 +231,19 @@ impl<'a> Run<'a> {
     }
 }
 
-/// A fault point for tests: with `PGCUTOVER_TEST_PAUSE_AT=<phase>` in its
-/// environment, a run stops for a minute on entering that phase, so that a test can
-/// kill the process there. Unset (always, outside tests), it costs one lookup.
+/// A fault point for tests: with `PGCUTOVER_TEST_PAUSE_AT=<phase>[:<seconds>]` in
+/// its environment, a run stops on entering that phase (60 s by default), so that a
+/// test can kill the process there or act behind its back. Unset (always, outside
+/// tests), it costs one lookup.
 pub(super) async fn pause_for_tests(phase: Phase) {
-    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    let at = AT.get_or_init(|| std::env::var("PGCUTOVER_TEST_PAUSE_AT").ok());
-    if at.as_deref() == Some(phase.name()) {
-        tracing::warn!("PGCUTOVER_TEST_PAUSE_AT: pausing in phase {phase} for 60 s");
-        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    static AT: std::sync::OnceLock<Option<(String, u64)>> = std::sync::OnceLock::new();
+    let at = AT.get_or_init(|| {
+        let v = std::env::var("PGCUTOVER_TEST_PAUSE_AT").ok()?;
+        let (name, secs) = v.split_once(':').unwrap_or((&v, "60"));
+        Some((name.to_owned(), secs.parse().unwrap_or(60)))
+    });
+    if let Some((_, secs)) = at.as_ref().filter(|(name, _)| name == phase.name()) {
+        tracing::warn!("PGCUTOVER_TEST_PAUSE_AT: pausing in phase {phase} for {secs} s");
+        tokio::time::sleep(std::time::Duration::from_secs(*secs)).await;
     }
 }

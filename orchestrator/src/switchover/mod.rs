@@ -30,6 +30,7 @@ mod lease;
 mod machine;
 mod phase;
 mod preflight;
+mod proof;
 mod proxies;
 mod recover;
 mod report;

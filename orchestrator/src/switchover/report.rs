@@ -67,6 +67,9 @@ pub fn render(r: &Report) -> String {
             }
         ));
     }
+    for line in &r.cut_proof {
+        out.push_str(&format!("  proof: {line}\n"));
+    }
     for (db, lsn) in &r.cut_lsn {
         out.push_str(&format!("  cut (sentinel commit) in {db}: {lsn}\n"));
     }
