@@ -36,7 +36,9 @@ CREATE TABLE IF NOT EXISTS pgcutover.progress (
 
 /// The event trigger function (blue only). SECURITY DEFINER so that an application
 /// role's DDL can write the log; it skips pgcutover's own DDL (the session setting
-/// `pgcutover.internal = on`), temporary objects and the pgcutover schema.
+/// `pgcutover.internal = on` from a member of the function's owner, pgcutover's admin:
+/// any role can set a custom setting, so the setting alone would let an ordinary
+/// role hide its DDL), temporary objects and the pgcutover schema.
 const LOG_DDL_FUNCTION: &str = r#"
 CREATE OR REPLACE FUNCTION pgcutover.log_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
@@ -44,7 +46,8 @@ DECLARE
     objs text;
     n_all int;
 BEGIN
-    IF current_setting('pgcutover.internal', true) = 'on' THEN
+    IF current_setting('pgcutover.internal', true) = 'on'
+       AND pg_has_role(session_user, (SELECT proowner FROM pg_proc WHERE oid = 'pgcutover.log_ddl'::regproc), 'MEMBER') THEN
         RETURN;
     END IF;
     IF TG_EVENT = 'ddl_command_end' THEN

@@ -359,25 +359,7 @@ async fn kill_nine_in(phase: &str) -> Killed {
         client_tool(pg_harness::pgbench_path(), SCRAM_PASSWORD, &args).await
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_pgcutover"))
-        .args(["switchover", "-c", file.to_str().unwrap()])
-        .env("PGCUTOVER_TEST_PAUSE_AT", phase)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, status) = http(admin_addr, "GET", "/status", None, "").await;
-        if status["phase"] == phase {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the run never reached {phase}: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let mut cli = cli_paused_at(&file, phase, admin_addr).await;
     // The run's lease: nobody else may resume or route the clients it holds.
     for (path, body) in [
         ("/resume", ""),
@@ -542,25 +524,7 @@ async fn a_write_past_the_fence_is_proven_and_rolls_the_switchover_back() {
     );
     let file = blue.dir.write("pgcutover.toml", &text);
     let (_proxy, admin_addr) = proxy_process(&file, admin).await;
-    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_pgcutover"))
-        .args(["switchover", "--timeout", "30s", "-c", file.to_str().unwrap()])
-        .env("PGCUTOVER_TEST_PAUSE_AT", "catch_up:3")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, status) = http(admin_addr, "GET", "/status", None, "").await;
-        if status["phase"] == "catch_up" {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the run never reached catch_up: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let cli = cli_paused_at(&file, "catch_up:3", admin_addr).await;
     // The fence refuses an ordinary write; a superuser replica session passes it.
     let refused = blue
         .cluster
@@ -612,4 +576,66 @@ async fn a_write_past_the_fence_is_proven_and_rolls_the_switchover_back() {
         proof.starts_with("app: nothing committed on blue after the fence but pgcutover's own"),
         "{report}"
     );
+}
+
+/// `pgcutover switchover -c file` as a process, paused by the test fault point at
+/// `pause` (`phase[:seconds]`); returns once the proxy at `admin` shows that phase.
+// The child is handed to the caller, which waits for it (or kills it).
+#[allow(clippy::zombie_processes)]
+async fn cli_paused_at(file: &std::path::Path, pause: &str, admin: std::net::SocketAddr) -> std::process::Child {
+    let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_pgcutover"))
+        .args(["switchover", "--timeout", "30s", "-c", file.to_str().unwrap()])
+        .env("PGCUTOVER_TEST_PAUSE_AT", pause)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let phase = pause.split(':').next().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, status) = http(admin, "GET", "/status", None, "").await;
+        if status["phase"] == phase {
+            return cli;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = cli.kill();
+            let _ = cli.wait();
+            panic!("the run never reached {phase}: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// DDL on blue after the preflight (here while the run holds, before its fence)
+/// would reach green as changes it cannot apply: the fence re-checks drift and the
+/// run rolls back, naming the statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_after_the_preflight_is_caught_at_the_fence() {
+    let (blue, green, _, _) = replicated(false, "").await;
+    let (port, admin) = (pg_harness::free_port(), pg_harness::free_port());
+    let text = blue.switchover_config_text(
+        &green,
+        &format!("127.0.0.1:{port}"),
+        &format!("127.0.0.1:{admin}"),
+        "reverse_replication = false",
+    );
+    let file = blue.dir.write("pgcutover.toml", &text);
+    let (_proxy, admin_addr) = proxy_process(&file, admin).await;
+    let cli = cli_paused_at(&file, "fence:2", admin_addr).await;
+    blue.sql("alter table items add column late text");
+    let out = tokio::task::spawn_blocking(move || cli.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("rolled_back")
+            && stdout.contains("DDL statement(s) ran on blue")
+            && stdout.contains("alter table items add column late text"),
+        "{stdout}{stderr}"
+    );
+    assert_eq!(blue.sql("show default_transaction_read_only"), "off");
 }

@@ -373,6 +373,21 @@ async fn orchestrator_copy_method_replicates_every_row_written_during_setup_and_
         "ALTER TABLE accounts ADD COLUMN nickname text; CREATE TEMP TABLE scratch (x int);",
     )
     .unwrap();
+    // pgcutover.internal hides only the admin's DDL (here the role's grant), not an
+    // ordinary role's that sets it too.
+    blue.psql(
+        DB,
+        "SET pgcutover.internal = on; CREATE ROLE ddl_app LOGIN PASSWORD 'ddl-app-password';
+         GRANT CREATE ON SCHEMA public TO ddl_app;",
+    )
+    .unwrap();
+    blue.psql_as(
+        "ddl_app",
+        "ddl-app-password",
+        DB,
+        "SET pgcutover.internal = on; CREATE TABLE hidden (x int)",
+    )
+    .unwrap();
     let out = pgcutover()
         .args(["status", "-c"])
         .arg(dir.0.join("pgcutover.toml"))
@@ -380,8 +395,9 @@ async fn orchestrator_copy_method_replicates_every_row_written_during_setup_and_
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("1 DDL statement(s)"), "{text}");
+    assert!(text.contains("2 DDL statement(s)"), "{text}");
     assert!(text.contains("ALTER TABLE accounts ADD COLUMN nickname text"), "{text}");
+    assert!(text.contains("CREATE TABLE hidden"), "{text}");
     assert!(!text.contains("scratch"), "temporary objects are not drift: {text}");
     let verdict = text.lines().last().unwrap();
     assert!(

@@ -81,6 +81,16 @@ pub enum SwitchoverError {
         /// How long they were given.
         settle: Duration,
     },
+    /// DDL ran on blue between the preflight and the fence.
+    #[error("database {database}: {statements} DDL statement(s) ran on blue since replication began (last: {last:?}), some after the preflight: apply them to green too, then retry")]
+    DriftAtFence {
+        /// The database.
+        database: String,
+        /// How many.
+        statements: i64,
+        /// The newest, cut short.
+        last: String,
+    },
     /// A transaction was prepared on the source between Preflight and the fence.
     #[error("prepared transaction(s) {gids} appeared on the source after the preflight: COMMIT PREPARED would write past the fence; resolve them and retry")]
     PreparedAtFence {

@@ -9,7 +9,7 @@ use super::phase::Phase;
 use super::undo::Undo;
 use crate::SENTINEL_TABLE;
 use futures_util::future::join_all;
-use pgcutover_api::ProxyError;
+use pgcutover_api::{Direction, ProxyError};
 use std::time::{Duration, Instant};
 
 /// How long terminated backends get to abort their transactions.
@@ -58,6 +58,12 @@ impl Run<'_> {
         // Before the sentinel: what commits after it must be nothing but pgcutover's.
         for d in &self.dbs {
             guard_tables(&d.source).await?;
+        }
+        // DDL since the preflight would reach green as data it cannot apply.
+        if self.opts.direction == Direction::Forward {
+            for d in &self.dbs {
+                no_drift(&d.source).await?;
+            }
         }
         // From here every commit is decoded, and checked before the flip.
         self.open_proof().await?;
@@ -113,6 +119,29 @@ async fn fence(c: &Conn, spared: &[i32]) -> Result<usize, SwitchoverError> {
         return Err(SwitchoverError::PreparedAtFence { gids: prepared });
     }
     Ok(terminated)
+}
+
+/// No DDL logged on blue since replication began (the preflight checked the same;
+/// this closes the window up to the fence, after which DDL is refused).
+async fn no_drift(c: &Conn) -> Result<(), SwitchoverError> {
+    let row = c
+        .client
+        .query_one(
+            "select count(*), coalesce((select left(command, 120) from pgcutover.ddl_log order by id desc limit 1), '')
+               from pgcutover.ddl_log",
+            &[],
+        )
+        .await
+        .map_err(c.failed("re-checking DDL drift"))?;
+    let (n, last): (i64, String) = (row.get(0), row.get(1));
+    if n == 0 {
+        return Ok(());
+    }
+    Err(SwitchoverError::DriftAtFence {
+        database: c.at.database.clone(),
+        statements: n,
+        last,
+    })
 }
 
 /// Client backends (other than this one) holding a transaction id: their pids.
