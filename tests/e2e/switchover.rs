@@ -157,6 +157,14 @@ async fn switchover_under_load_through_two_proxies_loses_nothing_then_rollback_b
     assert!(report.reverse_replication);
     assert!(report.sequences_synced >= 2, "{report:?}");
     assert_eq!(report.pinned_sessions, 0, "{report:?}");
+    // The forward subscription is retired with its slot (no WAL kept on blue);
+    // blue subscribes to green instead.
+    assert_eq!(green.sql("select count(*) from pg_subscription"), "0");
+    assert_eq!(
+        blue.sql("select string_agg(slot_name, ',') from pg_replication_slots"),
+        ""
+    );
+    assert_eq!(blue.sql("select subname from pg_subscription"), "pgcutover_reverse_app");
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
     let run = bench.await.unwrap();

@@ -1,6 +1,7 @@
 //! Flip, the commit point: green's reverse slot, the destination writable, every
-//! proxy routed to it. After the resume, the forward subscription is retired and the
-//! reverse one started, outside the hold.
+//! proxy routed to it. After the resume, the forward subscription is retired
+//! (disabled, then dropped with its slot) and the reverse one started, outside the
+//! hold.
 
 use super::catch_up::{poll_until, slot_confirmed};
 use super::conn::Conn;
@@ -110,6 +111,10 @@ impl Run<'_> {
                     reverse::create_subscription(&d.source.client, &d.name, &conninfo).await?;
                 }
             }
+            // Retired: its slot on the source would keep WAL there for ever.
+            for d in &self.dbs {
+                drop_subscription(&d.dest, &self.subscription(&d.name)).await?;
+            }
             if unconfirmed.is_empty() {
                 Ok(())
             } else {
@@ -124,6 +129,15 @@ impl Run<'_> {
         self.report.reverse_replication = self.wants_reverse();
         Ok(())
     }
+}
+
+/// Drops the disabled `subscription` and its slot on the publisher (the source,
+/// which still answers: the fence refuses writes, not replication commands).
+pub(super) async fn drop_subscription(c: &Conn, subscription: &str) -> Result<(), SwitchoverError> {
+    c.client
+        .batch_execute(&format!("DROP SUBSCRIPTION IF EXISTS {}", quote_ident(subscription)))
+        .await
+        .map_err(c.failed(format!("DROP SUBSCRIPTION {subscription}")))
 }
 
 /// Disables `subscription` (on a fenced server too).

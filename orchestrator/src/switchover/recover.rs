@@ -6,7 +6,7 @@
 //! replication it retired disabled. A recovery that dies is recovered in turn.
 
 use super::error::SwitchoverError;
-use super::flip::disable_subscription;
+use super::flip::{disable_subscription, drop_subscription};
 use super::machine::Run;
 use super::phase::Phase;
 use super::undo::Undo;
@@ -168,11 +168,13 @@ impl Run<'_> {
         }
     }
 
-    /// Disables the destination's subscription from the source (the source is
-    /// fenced: nothing new would come) and starts the reverse one if configured.
+    /// Retires the destination's subscription from the source (the source is
+    /// fenced: nothing new would come), slot included, and starts the reverse one if
+    /// configured.
     async fn retire_source_replication(&mut self) -> Result<(), SwitchoverError> {
         for d in &self.dbs {
             disable_subscription(&d.dest, &self.subscription(&d.name)).await?;
+            drop_subscription(&d.dest, &self.subscription(&d.name)).await?;
         }
         if self.wants_reverse() {
             for d in &self.dbs {
