@@ -3,7 +3,7 @@
 //! proxy restarted after the run and one the run never drove. Blue 15 → green 17.
 
 use crate::support::*;
-use crate::switchover::{count, proxy_process, replicated, run_switchover, serial_writer};
+use crate::switchover::{count, proxy_process, replicated, replicated_between, run_switchover, serial_writer};
 use pgcutover_api::{Direction, Outcome, ProxyControl, Side};
 use pgcutover_orchestrator as orch;
 use pgcutover_proxy::local::LocalProxy;
@@ -640,4 +640,53 @@ async fn ddl_after_the_preflight_is_caught_at_the_fence() {
         "{stdout}{stderr}"
     );
     assert_eq!(blue.sql("show default_transaction_read_only"), "off");
+}
+
+/// Where `ALTER SYSTEM` is not available (RDS and Aurora; here PostgreSQL 17's
+/// `allow_alter_system = off` on green, fenced by the rollback), the triggers fence
+/// alone: the rollback completes under load with nothing lost, green refuses writes
+/// with 25006 though its read-only default stays off, and the proof stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_alter_system_the_triggers_fence_alone() {
+    let green = Db::pg17_with(&[("allow_alter_system", "off")]);
+    let (blue, green, config, targets) = replicated_between(Db::pg15(), green, true, "").await;
+    let proxy = RunningProxy::start(config.clone()).await;
+    let proxies: Vec<Arc<dyn ProxyControl>> = vec![Arc::new(LocalProxy(proxy.control.clone()))];
+    let timeout = Duration::from_secs(20);
+    let report = run_switchover(&targets, &config, &proxies, Direction::Forward, timeout).await;
+    assert_eq!(report.outcome, Outcome::Completed, "{report:?}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = serial_writer(proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB), stop.clone());
+    let bypass = serial_writer(green.cluster.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB), stop.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let report = run_switchover(&targets, &config, &proxies, Direction::Rollback, timeout).await;
+    assert_eq!(report.outcome, Outcome::Completed, "{report:?}");
+    assert!(
+        report.cut_proof[0].contains("nothing committed on green after the fence"),
+        "{report:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (acked, errors) = writer.await.unwrap();
+    let (bypass_acked, bypass_errors) = bypass.await.unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(!bypass_errors.is_empty(), "a write to green after the fence must fail");
+    let ids: Vec<String> = acked.iter().chain(&bypass_acked).map(i32::to_string).collect();
+    assert_eq!(
+        count(
+            &blue,
+            &format!("select count(*) from items where id in ({})", ids.join(","))
+        ),
+        ids.len() as i64
+    );
+    assert_eq!(green.sql("show default_transaction_read_only"), "off");
+    let refused = connect(&green.cluster.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB))
+        .await
+        .unwrap()
+        .execute("insert into items (note) values ('split brain')", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&refused), "25006", "{refused}");
+    let message = refused.as_db_error().unwrap().message();
+    assert!(message.contains("is fenced"), "{message}");
 }

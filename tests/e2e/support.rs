@@ -81,15 +81,27 @@ impl Db {
         Db::start(&Binaries::pg17().expect("PostgreSQL 17 binaries (run scripts/setup.sh)"))
     }
 
-    fn start(bin: &Binaries) -> Db {
-        let cluster = Cluster::start_with(
-            bin,
-            ClusterOptions {
-                hba_prepend: vec![format!("host all {MD5_USER} 127.0.0.1/32 md5")],
-                ..Default::default()
-            },
+    /// PostgreSQL 17 with the test roles and extra postgresql.conf `settings`.
+    pub fn pg17_with(settings: &[(&str, &str)]) -> Db {
+        Db::start_with(
+            &Binaries::pg17().expect("PostgreSQL 17 binaries (run scripts/setup.sh)"),
+            settings,
         )
-        .expect("cluster starts");
+    }
+
+    fn start(bin: &Binaries) -> Db {
+        Db::start_with(bin, &[])
+    }
+
+    fn start_with(bin: &Binaries, settings: &[(&str, &str)]) -> Db {
+        let mut options = ClusterOptions {
+            hba_prepend: vec![format!("host all {MD5_USER} 127.0.0.1/32 md5")],
+            ..Default::default()
+        };
+        for (k, v) in settings {
+            options = options.setting(*k, *v);
+        }
+        let cluster = Cluster::start_with(bin, options).expect("cluster starts");
         let sql = format!(
             "set password_encryption = 'scram-sha-256';
              create role {SCRAM_USER} login password '{SCRAM_PASSWORD}';

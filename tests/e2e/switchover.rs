@@ -19,8 +19,16 @@ const SCHEMA: &str = "create table items (id serial primary key, note text not n
 /// Blue with pgbench tables and `items`, green empty but for the roles (same
 /// secrets), a config with [replication], and replication running and in sync.
 pub(crate) async fn replicated(reverse: bool, switchover_extra: &str) -> (Db, Db, Config, orch::Targets) {
-    let blue = Db::pg15();
-    let green = Db::pg17();
+    replicated_between(Db::pg15(), Db::pg17(), reverse, switchover_extra).await
+}
+
+/// [`replicated`] between the given servers.
+pub(crate) async fn replicated_between(
+    blue: Db,
+    green: Db,
+    reverse: bool,
+    switchover_extra: &str,
+) -> (Db, Db, Config, orch::Targets) {
     green.copy_role_secrets_from(&blue);
     let init = client_tool(
         pg_harness::pgbench_path(),

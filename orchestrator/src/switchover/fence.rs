@@ -81,7 +81,11 @@ impl Run<'_> {
 /// (the proxies' held sessions and the orchestrator's own), and waits until no
 /// client backend holds a transaction id. Returns how many it ended.
 async fn fence(c: &Conn, spared: &[i32]) -> Result<usize, SwitchoverError> {
-    read_only(c).await?;
+    // Without the read-only default a terminated client that reconnects could write
+    // again and keep the settle below waiting: the guards refuse it first.
+    if !read_only(c).await? {
+        guard_tables(c).await?;
+    }
     let terminated = c
         .client
         .query(
@@ -123,7 +127,7 @@ async fn fence(c: &Conn, spared: &[i32]) -> Result<usize, SwitchoverError> {
 
 /// No DDL logged on blue since replication began (the preflight checked the same;
 /// this closes the window up to the fence, after which DDL is refused).
-async fn no_drift(c: &Conn) -> Result<(), SwitchoverError> {
+pub(super) async fn no_drift(c: &Conn) -> Result<(), SwitchoverError> {
     let row = c
         .client
         .query_one(
@@ -160,21 +164,49 @@ async fn writers(c: &Conn) -> Result<String, SwitchoverError> {
 }
 
 /// Makes every new transaction on the server read-only, for every role
-/// (`ALTER SYSTEM` + reload; idempotent).
-pub(super) async fn read_only(c: &Conn) -> Result<(), SwitchoverError> {
+/// (`ALTER SYSTEM` + reload; idempotent). Where `ALTER SYSTEM` is not available
+/// (RDS and Aurora, `allow_alter_system = off`) this is skipped: the table triggers
+/// refuse the writes and the proof slot checks them; the default only makes the
+/// refusal the familiar "read-only transaction" one. Returns whether it was set.
+pub(super) async fn read_only(c: &Conn) -> Result<bool, SwitchoverError> {
     let on = "ALTER SYSTEM SET default_transaction_read_only = on";
-    c.client.batch_execute(on).await.map_err(c.failed(on))?;
-    reload(c).await
+    match c.client.batch_execute(on).await {
+        Ok(()) => reload(c).await.map(|()| true),
+        Err(e) if alter_system_unavailable(&e) => {
+            tracing::warn!(
+                "fence: {on} is not available here ({}): the triggers fence alone",
+                crate::pg_message(&e)
+            );
+            Ok(false)
+        }
+        Err(e) => Err(c.failed(on)(e)),
+    }
 }
 
-/// Whether the server is fenced (read-only by its configuration, not by a role's
-/// or a session's setting).
+/// `ALTER SYSTEM` refused for good: not a superuser (RDS's `rds_superuser`,
+/// 42501), or PostgreSQL 17's `allow_alter_system = off` (0A000).
+fn alter_system_unavailable(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code().is_some_and(|c| {
+        [
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            SqlState::FEATURE_NOT_SUPPORTED,
+            SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+        ]
+        .contains(c)
+    })
+}
+
+/// Whether the server is fenced: read-only by its configuration (not by a role's
+/// or a session's setting), or, where `ALTER SYSTEM` is not available, guarded by
+/// the fence's triggers in `c`'s database.
 pub(super) async fn is_fenced(c: &Conn) -> Result<bool, SwitchoverError> {
     let row = c
         .client
         .query_one(
-            "select setting = 'on' and source = 'configuration file' from pg_catalog.pg_settings
-              where name = 'default_transaction_read_only'",
+            "select (select setting = 'on' and source = 'configuration file' from pg_catalog.pg_settings
+                      where name = 'default_transaction_read_only')
+                    or exists (select from pg_catalog.pg_trigger where tgname = 'pgcutover_fence')",
             &[],
         )
         .await
@@ -189,11 +221,15 @@ pub(super) async fn unfence(c: &Conn) -> Result<(), SwitchoverError> {
     unguard_tables(c).await
 }
 
-/// Lifts the server-wide read-only default (idempotent).
+/// Lifts the server-wide read-only default (idempotent; nothing to lift where
+/// `ALTER SYSTEM` is not available).
 pub(super) async fn lift_read_only(c: &Conn) -> Result<(), SwitchoverError> {
     let reset = "ALTER SYSTEM RESET default_transaction_read_only";
-    c.client.batch_execute(reset).await.map_err(c.failed(reset))?;
-    reload(c).await
+    match c.client.batch_execute(reset).await {
+        Ok(()) => reload(c).await,
+        Err(e) if alter_system_unavailable(&e) => Ok(()),
+        Err(e) => Err(c.failed(reset)(e)),
+    }
 }
 
 /// Drops the fence's table guards in `c`'s database (idempotent).

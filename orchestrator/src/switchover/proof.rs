@@ -11,6 +11,7 @@
 
 use super::conn::Conn;
 use super::error::SwitchoverError;
+use super::fence::no_drift;
 use super::machine::Run;
 use crate::{PUBLICATION, REVERSE_PUBLICATION, SCHEMA};
 use pgcutover_api::Direction;
@@ -38,6 +39,11 @@ impl Run<'_> {
         };
         let mut lines = Vec::new();
         for d in &self.dbs {
+            // DDL is not decoded: without the read-only default (no ALTER SYSTEM) it
+            // could run after the fence; the DDL log shows it.
+            if self.opts.direction == Direction::Forward {
+                no_drift(&d.source).await?;
+            }
             let peeked = peek(&d.source, &slot_name(&d.name), publication).await?;
             let foreign: Vec<&Transaction> = peeked.iter().filter(|t| !t.pgcutover_only()).collect();
             if !foreign.is_empty() {
