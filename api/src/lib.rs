@@ -52,6 +52,10 @@ pub struct StatusReply {
     /// `pg_terminate_backend` and the fence's list of sessions to spare take).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_pids: Option<PerSide<Vec<i32>>>,
+    /// Client sessions per database they connected to (a switchover refuses while
+    /// any is on a database it does not replicate).
+    #[serde(default)]
+    pub databases: std::collections::BTreeMap<String, usize>,
 }
 
 /// `/status`'s `phase`: a proxy's own state, or the switchover phase it was told.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_switchover_at_a_time_never_past_a_prepared_transaction_and_never_backwards() {
+async fn guardrails_then_one_switchover_at_a_time_and_sequences_never_backwards() {
     let (blue, green, config, targets) = replicated(false, "").await;
     let proxy = RunningProxy::start(config.clone()).await;
     let proxies: Vec<Arc<dyn ProxyControl>> = vec![Arc::new(LocalProxy(proxy.control.clone()))];
@@ -27,6 +27,22 @@ async fn one_switchover_at_a_time_never_past_a_prepared_transaction_and_never_ba
         "{report:?}"
     );
     proxy.control.resume();
+
+    // A session on a database that is not replicated would land on green's
+    // unrelated database of that name: refused, named.
+    let other = connect(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, "postgres"))
+        .await
+        .unwrap();
+    other.simple_query("select 1").await.unwrap();
+    let report = run_switchover(&targets, &config, &proxies, Direction::Forward, timeout).await;
+    assert_eq!(report.outcome, Outcome::Refused, "{report:?}");
+    let reason = report.reason.clone().unwrap_or_default();
+    assert!(reason.contains("not replicated: 1 on database postgres"), "{reason}");
+    drop(other);
+    wait_for("the session on postgres to end", Duration::from_secs(10), || {
+        !proxy.control.status_reply().databases.contains_key("postgres")
+    })
+    .await;
 
     // A prepared transaction would commit past the fence: refused, named, nothing changed.
     blue.sql("begin; insert into items (note) values ('2pc'); prepare transaction 'pgcutover_test';");

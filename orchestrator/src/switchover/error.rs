@@ -27,6 +27,8 @@ pub enum Guardrail {
     OneAtATime,
     /// No proxy is held already.
     ProxyNotHeld,
+    /// No proxy has sessions on a database that is not replicated.
+    OnlyReplicatedDatabases,
     /// The journal says clients belong on the source.
     JournalOnSource,
     /// No prepared (two-phase) transaction waits on the source: it would commit

@@ -66,6 +66,25 @@ impl Run<'_> {
                     "nothing to switch",
                 ));
             }
+            // A session on a database that is not replicated would move to the
+            // destination's database of that name: other data, or none.
+            let unreplicated: Vec<String> = state
+                .databases
+                .iter()
+                .filter(|(db, _)| !self.targets.databases.contains(db))
+                .map(|(db, n)| format!("{n} on database {db}"))
+                .collect();
+            if !unreplicated.is_empty() {
+                return Err(SwitchoverError::refused(
+                    Guardrail::OnlyReplicatedDatabases,
+                    format!(
+                        "{} has client sessions on databases that are not replicated: {}",
+                        p.name(),
+                        unreplicated.join(", ")
+                    ),
+                    "add the database to [replication] databases (and replicate it), or end those sessions",
+                ));
+            }
         }
         Ok(())
     }

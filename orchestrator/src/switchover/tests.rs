@@ -54,6 +54,7 @@ impl ProxyControl for Fake {
                 clients: 0,
                 server_connections: PerSide::default(),
                 server_pids: Some(PerSide::default()),
+                databases: Default::default(),
             })
         })
     }

@@ -305,6 +305,10 @@ impl Control {
                 green: s.green_servers,
             },
             server_pids: Some(PerSide::from_fn(pids)),
+            databases: self.sessions.handles().iter().fold(Default::default(), |mut m, h| {
+                *m.entry(h.identity.database.clone()).or_default() += 1;
+                m
+            }),
         }
     }
 
