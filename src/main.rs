@@ -299,6 +299,7 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let proxy = Proxy::bind(config).await.context("cannot start the proxy")?;
     let mut monitor = None;
     let mut journal = None;
+    let runs = Arc::new(tokio::sync::watch::Sender::new(0usize));
     if let Some(config) = runner_config {
         let targets = Targets::from_config(&config)?;
         // Before the first client is accepted: serve where the journal says.
@@ -314,10 +315,18 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
             proxies: proxies(Some(proxy.control()), &config)?,
             targets,
             config,
+            runs: runs.clone(),
         };
         proxy.set_switchover_runner(Arc::new(runner));
     }
     proxy.run(shutdown_signal()).await;
+    // A switchover this proxy runs drives its peers too: stopping it mid-hold would
+    // leave them held and blue fenced until a recovery.
+    let mut under_way = runs.subscribe();
+    if *under_way.borrow() > 0 {
+        tracing::warn!("waiting (at most {RUN_FINISH_LIMIT:?}) for the switchover this proxy runs to finish");
+        let _ = tokio::time::timeout(RUN_FINISH_LIMIT, under_way.wait_for(|n| *n == 0)).await;
+    }
     for task in monitor.into_iter().chain(journal) {
         task.abort();
     }
@@ -420,12 +429,36 @@ struct Runner {
     config: Config,
     targets: Targets,
     proxies: Vec<Arc<dyn ProxyControl>>,
+    /// How many runs are under way: the proxy's shutdown waits for them.
+    runs: Arc<tokio::sync::watch::Sender<usize>>,
 }
+
+/// One run under way, counted in [`Runner::runs`] until it is dropped.
+struct Running(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Running {
+    fn start(runs: &Arc<tokio::sync::watch::Sender<usize>>) -> Running {
+        runs.send_modify(|n| *n += 1);
+        Running(runs.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+/// How long a proxy told to stop waits for the switchover it runs: its hold limit
+/// and the work after the flip.
+const RUN_FINISH_LIMIT: Duration = Duration::from_secs(120);
 
 impl SwitchoverRunner for Runner {
     fn run(&self, dry_run: bool, timeout: Option<Duration>) -> pgcutover_api::BoxFuture<'static, Report> {
         let (config, targets, proxies) = (self.config.clone(), self.targets.clone(), self.proxies.clone());
+        let running = Running::start(&self.runs);
         Box::pin(async move {
+            let _running = running;
             let opts = SwitchoverOptions {
                 direction: Direction::Forward,
                 timeout: timeout.unwrap_or(config.switchover.timeout.0),

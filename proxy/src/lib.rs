@@ -278,8 +278,13 @@ impl Proxy {
         }
         drop(listener);
         admin_task.abort();
-        // A hold must not keep sessions from reaching the boundary they close at.
-        let _ = shared.control.resume();
+        // An operator's hold must not keep sessions from reaching the boundary they
+        // close at. A switchover's is left to it (its run may be this process's, and
+        // goes on): resuming would start transactions on a fenced source; held
+        // sessions close at the boundary they wait at.
+        if shared.control.lease_holder().is_none() {
+            let _ = shared.control.resume();
+        }
         let timeout = shared.config.proxy.shutdown_timeout.0;
         info!(
             sessions = sessions.len(),

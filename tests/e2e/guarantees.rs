@@ -3,7 +3,9 @@
 //! proxy restarted after the run and one the run never drove. Blue 15 → green 17.
 
 use crate::support::*;
-use crate::switchover::{count, proxy_process, replicated, replicated_between, run_switchover, serial_writer};
+use crate::switchover::{
+    count, proxy_process, proxy_process_with_env, replicated, replicated_between, run_switchover, serial_writer,
+};
 use pgcutover_api::{Direction, Outcome, ProxyControl, Side};
 use pgcutover_orchestrator as orch;
 use pgcutover_proxy::local::LocalProxy;
@@ -705,4 +707,96 @@ async fn without_alter_system_the_triggers_fence_alone() {
     assert_eq!(sqlstate(&refused), "25006", "{refused}");
     let message = refused.as_db_error().unwrap().message();
     assert!(message.contains("is fenced"), "{message}");
+}
+
+/// SIGTERM to the proxy running `POST /switchover`, mid-hold: it waits for the run,
+/// which finishes and moves its peer's clients to green; nothing is left held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_stopped_while_it_runs_a_switchover_lets_the_run_finish() {
+    let (blue, green, _, targets) = replicated(false, "").await;
+    let ports: Vec<u16> = (0..4).map(|_| pg_harness::free_port()).collect();
+    let file = |name: &str, listen: u16, admin: u16| {
+        let text = blue.switchover_config_text(
+            &green,
+            &format!("127.0.0.1:{listen}"),
+            &format!("127.0.0.1:{admin}"),
+            "reverse_replication = false",
+        );
+        blue.dir.write(name, &text)
+    };
+    let (a_file, b_file) = (file("a.toml", ports[0], ports[1]), file("b.toml", ports[2], ports[3]));
+    let (_b, b_admin) = proxy_process(&b_file, ports[3]).await;
+    let peers = format!("[\"http://{b_admin}\"]");
+    let (mut a, a_admin) = proxy_process_with_env(
+        &a_file,
+        ports[1],
+        &[
+            ("PGCUTOVER_PROXY_PEERS", &peers),
+            ("PGCUTOVER_TEST_PAUSE_AT", "catch_up:3"),
+        ],
+    )
+    .await;
+    let through_b = format!(
+        "host=127.0.0.1 port={} user={SCRAM_USER} password='{}' dbname={DB} connect_timeout=10",
+        ports[2],
+        SCRAM_PASSWORD.replace('\'', "\\'")
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = serial_writer(through_b, stop.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let post = tokio::spawn(async move {
+        http(
+            a_admin,
+            "POST",
+            "/switchover",
+            Some(ADMIN_TOKEN),
+            "{\"timeout\": \"20s\"}",
+        )
+        .await
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, status) = http(b_admin, "GET", "/status", None, "").await;
+        if status["phase"] == "catch_up" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run never reached catch_up: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &a.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let exited = tokio::task::spawn_blocking(move || {
+        let status = a.0.wait();
+        (a, status)
+    });
+    let (_a, status) = tokio::time::timeout(Duration::from_secs(60), exited)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.unwrap().success());
+    post.abort();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (acked, errors) = writer.await.unwrap();
+    assert!(errors.is_empty(), "the peer's client saw an error: {errors:?}");
+    let ids = acked.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
+    assert_eq!(
+        count(&green, &format!("select count(*) from items where id in ({ids})")),
+        acked.len() as i64
+    );
+    let (_, status) = http(b_admin, "GET", "/status", None, "").await;
+    assert_eq!(
+        (status["route"].as_str(), status["held_ms"].is_null()),
+        (Some("green"), true),
+        "{status}"
+    );
+    let journal = orch::journal::current(&targets, Duration::from_secs(5)).await.unwrap();
+    let last = journal.last.unwrap();
+    assert_eq!(last.outcome.as_deref(), Some("completed"), "{last:?}");
 }

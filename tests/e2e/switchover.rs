@@ -560,9 +560,19 @@ async fn a_cli_run_switchover_shows_its_phase_and_records_metrics_on_every_proxy
 
 /// Starts `pgcutover proxy -c file` and waits until its admin API (on `admin_port`) answers.
 pub(crate) async fn proxy_process(file: &std::path::Path, admin_port: u16) -> (KillOnDrop, std::net::SocketAddr) {
+    proxy_process_with_env(file, admin_port, &[]).await
+}
+
+/// [`proxy_process`] with extra environment variables.
+pub(crate) async fn proxy_process_with_env(
+    file: &std::path::Path,
+    admin_port: u16,
+    env: &[(&str, &str)],
+) -> (KillOnDrop, std::net::SocketAddr) {
     let process = KillOnDrop(
         std::process::Command::new(env!("CARGO_BIN_EXE_pgcutover"))
             .args(["proxy", "-c", file.to_str().unwrap()])
+            .envs(env.iter().copied())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap(),
