@@ -670,16 +670,7 @@ async fn a_session_that_cannot_log_into_green_is_closed_and_named() {
     lost.simple_query("select 1").await.unwrap();
     let fine = connect(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB)).await.unwrap();
     fine.simple_query("select 1").await.unwrap();
-    proxy.control.hold();
-    assert!(
-        proxy
-            .control
-            .drain(Duration::from_secs(10), DrainPolicy::Abort, Duration::ZERO)
-            .await
-            .drained
-    );
-    let flip = proxy.control.flip(Side::Green, Duration::from_secs(10)).await.unwrap();
-    proxy.control.resume();
+    let flip = hold_drain_flip_resume(&proxy, Side::Green).await;
     assert_eq!(flip.moved, 1, "{flip:?}");
     let [u] = flip.unmoved.as_slice() else {
         panic!("one unmoved session: {flip:?}")
@@ -704,4 +695,23 @@ async fn a_session_that_cannot_log_into_green_is_closed_and_named() {
     assert!(m.contains("could not move to the green server"), "{m}");
     let v: String = fine.query_one("show server_version_num", &[]).await.unwrap().get(0);
     assert_eq!(major(&v), 17, "the other session moved");
+}
+
+/// What a switchover does to one proxy, in-process: hold, drain (abort policy),
+/// flip to `target`, resume. Returns the flip's report.
+async fn hold_drain_flip_resume(
+    proxy: &RunningProxy,
+    target: pgcutover_api::Side,
+) -> pgcutover_proxy::control::FlipReport {
+    proxy.control.hold();
+    assert!(
+        proxy
+            .control
+            .drain(Duration::from_secs(10), DrainPolicy::Abort, Duration::ZERO)
+            .await
+            .drained
+    );
+    let flip = proxy.control.flip(target, Duration::from_secs(10)).await.unwrap();
+    proxy.control.resume();
+    flip
 }

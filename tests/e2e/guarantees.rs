@@ -129,23 +129,11 @@ async fn a_restarted_proxy_and_a_proxy_the_run_missed_both_serve_on_green() {
     let (blue, green, _, _) = replicated(false, "").await;
     let ports: Vec<u16> = (0..4).map(|_| pg_harness::free_port()).collect();
     let file = |name: &str, listen: u16, admin: u16| {
-        let text = blue.switchover_config_text(
-            &green,
-            &format!("127.0.0.1:{listen}"),
-            &format!("127.0.0.1:{admin}"),
-            "reverse_replication = false",
-        );
-        blue.dir.write(name, &text)
+        blue.proxy_config_file(&green, name, listen, admin, "reverse_replication = false")
     };
     let (a_file, b_file) = (file("a.toml", ports[0], ports[1]), file("b.toml", ports[2], ports[3]));
-    let conninfo = |port: u16| {
-        format!(
-            "host=127.0.0.1 port={port} user={SCRAM_USER} password='{}' dbname={DB} connect_timeout=10",
-            SCRAM_PASSWORD.replace('\'', "\\'")
-        )
-    };
     let version = |port: u16| async move {
-        let c = connect(&conninfo(port)).await.unwrap();
+        let c = connect(&scram_conninfo(port)).await.unwrap();
         let v: String = c.query_one("show server_version_num", &[]).await.unwrap().get(0);
         v
     };
@@ -167,7 +155,7 @@ async fn a_restarted_proxy_and_a_proxy_the_run_missed_both_serve_on_green() {
     drop(a);
     let (_a, _) = proxy_process(&a_file, ports[1]).await;
     assert!(version(ports[0]).await.starts_with("17"));
-    let c = connect(&conninfo(ports[0])).await.unwrap();
+    let c = connect(&scram_conninfo(ports[0])).await.unwrap();
     c.execute("insert into items (note) values ('through a restarted proxy')", &[])
         .await
         .expect("the restarted proxy writes to green");
@@ -181,7 +169,7 @@ async fn a_restarted_proxy_and_a_proxy_the_run_missed_both_serve_on_green() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let c = connect(&conninfo(ports[2])).await.unwrap();
+    let c = connect(&scram_conninfo(ports[2])).await.unwrap();
     c.execute("insert into items (note) values ('through the missed proxy')", &[])
         .await
         .expect("the proxy that missed the run writes to green");
@@ -191,15 +179,7 @@ async fn a_restarted_proxy_and_a_proxy_the_run_missed_both_serve_on_green() {
     );
 
     // `pgcutover status` says where clients belong and how the last run ended.
-    let bin = env!("CARGO_BIN_EXE_pgcutover");
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(bin)
-            .args(["status", "-c", a_file.to_str().unwrap()])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = pgcutover(&["status", "-c", a_file.to_str().unwrap()]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("switchover: clients belong on green (epoch 1); last run")
@@ -209,25 +189,15 @@ async fn a_restarted_proxy_and_a_proxy_the_run_missed_both_serve_on_green() {
 
     // `pgcutover unfence` on blue: refused while clients belong on green, then, with
     // --force, exactly the fence is lifted.
-    let unfence = |force: bool| {
-        let file = b_file.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut cmd = std::process::Command::new(bin);
-            cmd.args(["unfence", "--side", "blue", "-c", file.to_str().unwrap()]);
-            if force {
-                cmd.arg("--force");
-            }
-            cmd.output().unwrap()
-        })
-    };
-    let out = unfence(false).await.unwrap();
+    let unfence = ["unfence", "--side", "blue", "-c", b_file.to_str().unwrap()];
+    let out = pgcutover(&unfence).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && stderr.contains("clients belong on green") && stderr.contains("--force"),
         "{stderr}"
     );
     assert_eq!(blue.sql("show default_transaction_read_only"), "on");
-    let out = unfence(true).await.unwrap();
+    let out = pgcutover(&[&unfence[..], &["--force"]].concat()).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("fence triggers dropped from"), "{stderr}");
@@ -253,18 +223,15 @@ async fn a_restarted_proxy_and_a_proxy_the_run_missed_both_serve_on_green() {
 async fn an_interrupted_cli_run_rolls_back_and_leaves_blue_writable() {
     let (blue, green, _, _) = replicated(false, "").await;
     let (port, admin) = (pg_harness::free_port(), pg_harness::free_port());
-    let text = blue.switchover_config_text(
+    let file = blue.proxy_config_file(
         &green,
-        &format!("127.0.0.1:{port}"),
-        &format!("127.0.0.1:{admin}"),
+        "pgcutover.toml",
+        port,
+        admin,
         "reverse_replication = false\ndrain_timeout = \"20s\"",
     );
-    let file = blue.dir.write("pgcutover.toml", &text);
     let (_proxy, admin_addr) = proxy_process(&file, admin).await;
-    let conninfo = format!(
-        "host=127.0.0.1 port={port} user={SCRAM_USER} password='{}' dbname={DB} connect_timeout=10",
-        SCRAM_PASSWORD.replace('\'', "\\'")
-    );
+    let conninfo = scram_conninfo(port);
     // A transaction open through the proxy keeps the run in Drain.
     let client = connect(&conninfo).await.unwrap();
     client
@@ -298,18 +265,8 @@ async fn an_interrupted_cli_run_rolls_back_and_leaves_blue_writable() {
         .batch_execute("commit")
         .await
         .expect("the held transaction commits");
-    let out = tokio::task::spawn_blocking(move || cli.wait_with_output().unwrap())
-        .await
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(!out.status.success(), "{stdout}{stderr}");
-    assert!(
-        stdout.contains("rolled_back") && stdout.contains("interrupted in phase drain"),
-        "{stdout}{stderr}"
-    );
+    let out = rolled_back(cli).await;
+    assert!(out.contains("interrupted in phase drain"), "{out}");
     let (_, status) = http(admin_addr, "GET", "/status", None, "").await;
     assert_eq!(
         (status["route"].as_str(), status["held_ms"].is_null()),
@@ -346,13 +303,7 @@ struct Killed {
 async fn kill_nine_in(phase: &str) -> Killed {
     let (blue, green, _, _) = replicated(false, "").await;
     let (port, admin) = (pg_harness::free_port(), pg_harness::free_port());
-    let text = blue.switchover_config_text(
-        &green,
-        &format!("127.0.0.1:{port}"),
-        &format!("127.0.0.1:{admin}"),
-        "reverse_replication = false",
-    );
-    let file = blue.dir.write("pgcutover.toml", &text);
+    let file = blue.proxy_config_file(&green, "pgcutover.toml", port, admin, "reverse_replication = false");
     let (proxy, admin_addr) = proxy_process(&file, admin).await;
     let port_arg = port.to_string();
     let bench = tokio::spawn(async move {
@@ -422,16 +373,7 @@ async fn assert_recovered(k: &Killed, recorded: &str, outcome: &str) {
         (Some("serving"), true),
         "{status}"
     );
-    let file = k.file.clone();
-    let bin = env!("CARGO_BIN_EXE_pgcutover");
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(bin)
-            .args(["status", "-c", file.to_str().unwrap()])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = pgcutover(&["status", "-c", k.file.to_str().unwrap()]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains(&format!("forward {outcome}"))
@@ -536,13 +478,7 @@ async fn a_session_that_fails_to_move_makes_the_outcome_incomplete_and_is_named(
 async fn a_write_past_the_fence_is_proven_and_rolls_the_switchover_back() {
     let (blue, green, _, _) = replicated(false, "").await;
     let (port, admin) = (pg_harness::free_port(), pg_harness::free_port());
-    let text = blue.switchover_config_text(
-        &green,
-        &format!("127.0.0.1:{port}"),
-        &format!("127.0.0.1:{admin}"),
-        "reverse_replication = false",
-    );
-    let file = blue.dir.write("pgcutover.toml", &text);
+    let file = blue.proxy_config_file(&green, "pgcutover.toml", port, admin, "reverse_replication = false");
     let (_proxy, admin_addr) = proxy_process(&file, admin).await;
     let cli = cli_paused_at(&file, "catch_up:3", admin_addr).await;
     // The fence refuses an ordinary write; a superuser replica session passes it.
@@ -560,19 +496,10 @@ async fn a_write_past_the_fence_is_proven_and_rolls_the_switchover_back() {
         "set default_transaction_read_only = off; set session_replication_role = replica;
          insert into items (note) values ('past the fence');",
     );
-    let out = tokio::task::spawn_blocking(move || cli.wait_with_output().unwrap())
-        .await
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(!out.status.success(), "{stdout}{stderr}");
+    let out = rolled_back(cli).await;
     assert!(
-        stdout.contains("rolled_back")
-            && stdout.contains("committed on blue database app after the fence")
-            && stdout.contains("public.items"),
-        "{stdout}{stderr}"
+        out.contains("committed on blue database app after the fence") && out.contains("public.items"),
+        "{out}"
     );
     let (_, status) = http(admin_addr, "GET", "/status", None, "").await;
     assert_eq!(status["route"], "blue", "{status}");
@@ -633,29 +560,14 @@ async fn cli_paused_at(file: &std::path::Path, pause: &str, admin: std::net::Soc
 async fn ddl_after_the_preflight_is_caught_at_the_fence() {
     let (blue, green, _, _) = replicated(false, "").await;
     let (port, admin) = (pg_harness::free_port(), pg_harness::free_port());
-    let text = blue.switchover_config_text(
-        &green,
-        &format!("127.0.0.1:{port}"),
-        &format!("127.0.0.1:{admin}"),
-        "reverse_replication = false",
-    );
-    let file = blue.dir.write("pgcutover.toml", &text);
+    let file = blue.proxy_config_file(&green, "pgcutover.toml", port, admin, "reverse_replication = false");
     let (_proxy, admin_addr) = proxy_process(&file, admin).await;
     let cli = cli_paused_at(&file, "fence:2", admin_addr).await;
     blue.sql("alter table items add column late text");
-    let out = tokio::task::spawn_blocking(move || cli.wait_with_output().unwrap())
-        .await
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(!out.status.success(), "{stdout}{stderr}");
+    let out = rolled_back(cli).await;
     assert!(
-        stdout.contains("rolled_back")
-            && stdout.contains("DDL statement(s) ran on blue")
-            && stdout.contains("alter table items add column late text"),
-        "{stdout}{stderr}"
+        out.contains("DDL statement(s) ran on blue") && out.contains("alter table items add column late text"),
+        "{out}"
     );
     assert_eq!(blue.sql("show default_transaction_read_only"), "off");
 }
@@ -716,13 +628,7 @@ async fn a_proxy_stopped_while_it_runs_a_switchover_lets_the_run_finish() {
     let (blue, green, _, targets) = replicated(false, "").await;
     let ports: Vec<u16> = (0..4).map(|_| pg_harness::free_port()).collect();
     let file = |name: &str, listen: u16, admin: u16| {
-        let text = blue.switchover_config_text(
-            &green,
-            &format!("127.0.0.1:{listen}"),
-            &format!("127.0.0.1:{admin}"),
-            "reverse_replication = false",
-        );
-        blue.dir.write(name, &text)
+        blue.proxy_config_file(&green, name, listen, admin, "reverse_replication = false")
     };
     let (a_file, b_file) = (file("a.toml", ports[0], ports[1]), file("b.toml", ports[2], ports[3]));
     let (_b, b_admin) = proxy_process(&b_file, ports[3]).await;
@@ -736,11 +642,7 @@ async fn a_proxy_stopped_while_it_runs_a_switchover_lets_the_run_finish() {
         ],
     )
     .await;
-    let through_b = format!(
-        "host=127.0.0.1 port={} user={SCRAM_USER} password='{}' dbname={DB} connect_timeout=10",
-        ports[2],
-        SCRAM_PASSWORD.replace('\'', "\\'")
-    );
+    let through_b = scram_conninfo(ports[2]);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = serial_writer(through_b, stop.clone());
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -799,4 +701,33 @@ async fn a_proxy_stopped_while_it_runs_a_switchover_lets_the_run_finish() {
     let journal = orch::journal::current(&targets, Duration::from_secs(5)).await.unwrap();
     let last = journal.last.unwrap();
     assert_eq!(last.outcome.as_deref(), Some("completed"), "{last:?}");
+}
+
+/// Waits for a CLI run that must end rolled back (exit non-zero); returns what it
+/// printed, standard output then standard error.
+async fn rolled_back(cli: std::process::Child) -> String {
+    let out = tokio::task::spawn_blocking(move || cli.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("switchover (blue -> green) rolled_back"), "{text}");
+    text
+}
+
+/// Runs the `pgcutover` binary with `args` to its end, off the runtime thread.
+async fn pgcutover(args: &[&str]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pgcutover"))
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
 }

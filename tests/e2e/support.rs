@@ -210,6 +210,18 @@ impl Db {
         )
     }
 
+    /// Writes `name`, the config of a proxy process listening on `listen` with its
+    /// admin API on `admin` (ports on 127.0.0.1), switching to `green`.
+    pub fn proxy_config_file(&self, green: &Db, name: &str, listen: u16, admin: u16, switchover: &str) -> PathBuf {
+        let text = self.switchover_config_text(
+            green,
+            &format!("127.0.0.1:{listen}"),
+            &format!("127.0.0.1:{admin}"),
+            switchover,
+        );
+        self.dir.write(name, &text)
+    }
+
     /// Runs the same SQL on this cluster's test database.
     pub fn sql(&self, sql: &str) -> String {
         self.cluster.psql(DB, sql).unwrap()
@@ -461,4 +473,12 @@ pub fn pgbench_processed(report: &str) -> u64 {
         .and_then(|v| v.split('/').next())
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no transaction count in:\n{report}"))
+}
+
+/// A conninfo for the SCRAM test user through a proxy listening on `port`.
+pub fn scram_conninfo(port: u16) -> String {
+    format!(
+        "host=127.0.0.1 port={port} user={SCRAM_USER} password='{}' dbname={DB} connect_timeout=10",
+        SCRAM_PASSWORD.replace('\'', "\\'")
+    )
 }

@@ -388,19 +388,10 @@ async fn an_unreachable_peer_refuses_the_switchover_before_anything_changes() {
 async fn the_cli_dry_run_changes_nothing_and_post_switchover_moves_a_running_proxy() {
     let (blue, green, _, _) = replicated(false, "").await;
     let (port, admin) = (pg_harness::free_port(), pg_harness::free_port());
-    let text = blue.switchover_config_text(
-        &green,
-        &format!("127.0.0.1:{port}"),
-        &format!("127.0.0.1:{admin}"),
-        "reverse_replication = false",
-    );
-    let file = blue.dir.write("pgcutover.toml", &text);
+    let file = blue.proxy_config_file(&green, "pgcutover.toml", port, admin, "reverse_replication = false");
     let bin = env!("CARGO_BIN_EXE_pgcutover");
     let (_proxy, admin_addr) = proxy_process(&file, admin).await;
-    let conninfo = format!(
-        "host=127.0.0.1 port={port} user={SCRAM_USER} password='{}' dbname={DB} connect_timeout=10",
-        SCRAM_PASSWORD.replace('\'', "\\'")
-    );
+    let conninfo = scram_conninfo(port);
     let client = connect(&conninfo).await.unwrap();
 
     let out = tokio::task::spawn_blocking(move || {
@@ -577,10 +568,23 @@ pub(crate) async fn proxy_process_with_env(
             .spawn()
             .unwrap(),
     );
+    let mut process = process;
     let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     for _ in 0..200 {
+        // Exited: it could not bind (another test's process took the port), and
+        // whatever answers there is not this proxy.
+        if let Some(status) = process.0.try_wait().unwrap() {
+            panic!(
+                "the proxy with {} exited at start ({status}): a port was taken?",
+                file.display()
+            );
+        }
         if tokio::net::TcpStream::connect(admin).await.is_ok() {
-            return (process, admin);
+            // A proxy that answers its admin port has bound its listener too.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if process.0.try_wait().unwrap().is_none() {
+                return (process, admin);
+            }
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
