@@ -52,6 +52,10 @@ pub struct StatusReply {
     /// `pg_terminate_backend` and the fence's list of sessions to spare take).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_pids: Option<PerSide<Vec<i32>>>,
+    /// The longest a hold lasts on this proxy before it resumes by itself
+    /// (`[switchover] timeout`), in milliseconds; 0 from a proxy that does not say.
+    #[serde(default)]
+    pub hold_limit_ms: u64,
     /// Client sessions per database they connected to (a switchover refuses while
     /// any is on a database it does not replicate).
     #[serde(default)]

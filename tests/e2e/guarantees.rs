@@ -20,6 +20,18 @@ async fn guardrails_then_one_switchover_at_a_time_and_sequences_never_backwards(
     let proxies: Vec<Arc<dyn ProxyControl>> = vec![Arc::new(LocalProxy(proxy.control.clone()))];
     let timeout = Duration::from_secs(20);
 
+    // A proxy whose holds end sooner than the run's deadline would resume its
+    // clients on fenced blue mid-run: refused, naming it.
+    let mut short = config.clone();
+    short.switchover.timeout = pgcutover_config::HumanDuration(Duration::from_secs(2));
+    let short = RunningProxy::start(short).await;
+    let both: Vec<Arc<dyn ProxyControl>> = vec![proxies[0].clone(), Arc::new(LocalProxy(short.control.clone()))];
+    let report = run_switchover(&targets, &config, &both, Direction::Forward, timeout).await;
+    assert_eq!(report.outcome, Outcome::Refused, "{report:?}");
+    let reason = report.reason.clone().unwrap_or_default();
+    assert!(reason.contains("resumes a hold by itself after 2.0s"), "{reason}");
+    drop(short);
+
     // A proxy an operator holds would resume by its own timer mid-run: refused.
     assert!(proxy.control.hold());
     let report = run_switchover(&targets, &config, &proxies, Direction::Forward, timeout).await;

@@ -27,6 +27,8 @@ pub enum Guardrail {
     OneAtATime,
     /// No proxy is held already.
     ProxyNotHeld,
+    /// Every proxy holds at least as long as the run may take.
+    HoldOutlastsRun,
     /// No proxy has sessions on a database that is not replicated.
     OnlyReplicatedDatabases,
     /// The journal says clients belong on the source.

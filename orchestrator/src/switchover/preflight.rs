@@ -10,6 +10,7 @@ use super::undo::Undo;
 use crate::progress::human_duration;
 use crate::{check, replication_status, reverse, CheckStatus};
 use pgcutover_api::Direction;
+use std::time::Duration;
 use tracing::debug;
 
 impl Run<'_> {
@@ -64,6 +65,21 @@ impl Run<'_> {
                     Guardrail::ProxyOnSource,
                     format!("{} routes to {} already, not {source}", p.name(), state.route.name()),
                     "nothing to switch",
+                ));
+            }
+            // Its hold would end by itself before the run's deadline: clients would go
+            // on on the fenced source in the middle of the run.
+            let limit = Duration::from_millis(state.hold_limit_ms);
+            if state.hold_limit_ms > 0 && limit < self.opts.timeout {
+                return Err(SwitchoverError::refused(
+                    Guardrail::HoldOutlastsRun,
+                    format!(
+                        "{} resumes a hold by itself after {} ([switchover] timeout there), sooner than this run's timeout of {}",
+                        p.name(),
+                        human_duration(limit),
+                        human_duration(self.opts.timeout)
+                    ),
+                    "give the run a timeout no longer than every proxy's (--timeout), or raise [switchover] timeout on that proxy",
                 ));
             }
             // A session on a database that is not replicated would move to the

@@ -55,6 +55,7 @@ impl ProxyControl for Fake {
                 server_connections: PerSide::default(),
                 server_pids: Some(PerSide::default()),
                 databases: Default::default(),
+                hold_limit_ms: 30_000,
             })
         })
     }

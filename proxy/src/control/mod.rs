@@ -305,6 +305,7 @@ impl Control {
                 green: s.green_servers,
             },
             server_pids: Some(PerSide::from_fn(pids)),
+            hold_limit_ms: self.settings.timeout.0.as_millis() as u64,
             databases: self.sessions.handles().iter().fold(Default::default(), |mut m, h| {
                 *m.entry(h.identity.database.clone()).or_default() += 1;
                 m
