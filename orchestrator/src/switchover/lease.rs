@@ -115,8 +115,7 @@ impl<'a> Run<'a> {
     }
 
     /// The commit point's record: clients belong on the destination from now on,
-    /// written there first (so a reader of either side that finds the new route
-    /// finds it on the side that serves). Undone by a new row naming the source.
+    /// on both sides. Undone by a newer row naming the source.
     pub(super) async fn record_route(&mut self) -> Result<(), SwitchoverError> {
         let dest = self.dest();
         let Some(entry) = self.lease.as_mut() else {
@@ -129,8 +128,14 @@ impl<'a> Run<'a> {
         let entry = entry.clone();
         self.undo.push(Undo::RestoreRoute);
         let pair = self.dbs.first().ok_or(SwitchoverError::NoDatabase)?;
-        journal::write(&pair.dest.client, at(&pair.dest), &entry).await?;
-        journal::write(&pair.source.client, at(&pair.source), &entry).await?;
+        // Both at once (this is inside the hold): a reader takes the newest of
+        // either, and a failure of either rolls back, which writes the source again.
+        let (dest, source) = tokio::join!(
+            journal::write(&pair.dest.client, at(&pair.dest), &entry),
+            journal::write(&pair.source.client, at(&pair.source), &entry),
+        );
+        dest?;
+        source?;
         Ok(())
     }
 

@@ -41,10 +41,19 @@ impl Run<'_> {
         for d in &self.dbs {
             // DDL is not decoded: without the read-only default (no ALTER SYSTEM) it
             // could run after the fence; the DDL log shows it.
-            if self.opts.direction == Direction::Forward {
-                no_drift(&d.source).await?;
-            }
-            let peeked = peek(&d.source, &slot_name(&d.name), publication).await?;
+            let slot = slot_name(&d.name);
+            // Pipelined on the one connection: this is inside the hold.
+            let (drift, peeked) = tokio::join!(
+                async {
+                    match self.opts.direction {
+                        Direction::Forward => no_drift(&d.source).await,
+                        Direction::Rollback => Ok(()),
+                    }
+                },
+                peek(&d.source, &slot, publication)
+            );
+            drift?;
+            let peeked = peeked?;
             let foreign: Vec<&Transaction> = peeked.iter().filter(|t| !t.pgcutover_only()).collect();
             if !foreign.is_empty() {
                 let tables: BTreeSet<&str> = foreign

@@ -51,9 +51,9 @@ async fn sync(d: &Pair) -> Result<usize, SwitchoverError> {
         .query_one(
             // Never backwards: a destination already ahead (a retried run, writes
             // made there) keeps its value.
-            "select count(pg_catalog.setval(n::regclass, greatest(v, coalesce(s.last_value, v)), true))
-               from unnest($1::text[], $2::int8[]) as t(n, v)
-               left join pg_catalog.pg_sequences s on format('%I.%I', s.schemaname, s.sequencename) = t.n",
+            "select count(pg_catalog.setval(n::regclass,
+                                             greatest(v, coalesce(pg_catalog.pg_sequence_last_value(n::regclass), v)), true))
+               from unnest($1::text[], $2::int8[]) as t(n, v)",
             &[&names, &values],
         )
         .await
