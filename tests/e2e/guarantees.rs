@@ -423,6 +423,45 @@ async fn a_run_killed_after_the_fence_is_rolled_back_by_the_proxy() {
     assert_eq!((code, report["outcome"].as_str()), (200, Some("completed")), "{report}");
 }
 
+/// Killed in each other phase before the commit point (the journal has recorded
+/// the hold): rolled back by the proxy the same way, with no failed transaction and
+/// every one on blue.
+async fn assert_killed_before_the_commit_point_rolls_back(phase: &str) {
+    let k = kill_nine_in(phase).await;
+    assert_recovered(&k, "hold", "rolled_back").await;
+    let (_, status) = http(k.admin, "GET", "/status", None, "").await;
+    assert_eq!(status["route"], "blue", "{phase}: {status}");
+    assert_eq!(k.blue.sql("show default_transaction_read_only"), "off", "{phase}");
+    assert_eq!(
+        k.blue
+            .sql("select count(*) from pg_trigger where tgname = 'pgcutover_fence'"),
+        "0",
+        "{phase}"
+    );
+    let processed = pgbench_processed(&k.bench.output) as i64;
+    assert_eq!(
+        count(&k.blue, "select count(*) from pgbench_history"),
+        processed,
+        "{phase}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_draining_or_entering_the_fence_is_rolled_back_by_the_proxy() {
+    // The fault point pauses on entering a phase: "drain" is held and not yet
+    // drained, "fence" drained and not yet fenced.
+    for phase in ["drain", "fence"] {
+        assert_killed_before_the_commit_point_rolls_back(phase).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_syncing_sequences_or_entering_the_flip_is_rolled_back_by_the_proxy() {
+    for phase in ["sync_sequences", "flip"] {
+        assert_killed_before_the_commit_point_rolls_back(phase).await;
+    }
+}
+
 /// Killed past the commit point, with every proxy routed but still held: the proxy
 /// finishes the dead run by itself; clients go on on green, the forward subscription
 /// is retired and blue stays fenced.
