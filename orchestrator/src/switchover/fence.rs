@@ -49,15 +49,22 @@ impl Run<'_> {
                 database: d.name.clone(),
             });
         }
-        let ended = fence(first, &spared).await?;
+        // Without the read-only default a terminated client that reconnects could
+        // write again and keep the settle waiting: then the guards come first.
+        // Either way they are up before the sentinel: what commits after it must be
+        // nothing but pgcutover's.
+        let read_only = read_only(first).await?;
+        if !read_only {
+            self.guard_every_database().await?;
+        }
+        let ended = end_bypassers(first, &spared).await?;
         if ended > 0 {
             self.progress.line(format!(
                 "fence: ended {ended} session(s) connected to {source} past the proxies"
             ));
         }
-        // Before the sentinel: what commits after it must be nothing but pgcutover's.
-        for d in &self.dbs {
-            guard_tables(&d.source).await?;
+        if read_only {
+            self.guard_every_database().await?;
         }
         // DDL since the preflight would reach green as data it cannot apply.
         if self.opts.direction == Direction::Forward {
@@ -75,17 +82,21 @@ impl Run<'_> {
         }
         Ok(Phase::CatchUp)
     }
+
+    /// [`guard_tables`] in every database of the source.
+    async fn guard_every_database(&self) -> Result<(), SwitchoverError> {
+        for d in &self.dbs {
+            guard_tables(&d.source).await?;
+        }
+        Ok(())
+    }
 }
 
-/// Fences the server: [`read_only`], then ends client backends that are not `spared`
-/// (the proxies' held sessions and the orchestrator's own), and waits until no
-/// client backend holds a transaction id. Returns how many it ended.
-async fn fence(c: &Conn, spared: &[i32]) -> Result<usize, SwitchoverError> {
-    // Without the read-only default a terminated client that reconnects could write
-    // again and keep the settle below waiting: the guards refuse it first.
-    if !read_only(c).await? {
-        guard_tables(c).await?;
-    }
+/// Ends client backends that are not `spared`
+/// (the proxies' held sessions and the orchestrator's own), waits until no client
+/// backend holds a transaction id, and checks that no transaction was prepared
+/// since the preflight. Returns how many it ended.
+async fn end_bypassers(c: &Conn, spared: &[i32]) -> Result<usize, SwitchoverError> {
     let terminated = c
         .client
         .query(
