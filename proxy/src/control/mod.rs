@@ -282,9 +282,15 @@ impl Control {
 
     /// The state as `GET /status` and `SHOW STATUS` show it: the one status view.
     pub fn status_reply(&self) -> StatusReply {
-        // One snapshot for the counts and the pids, so they describe the same moment.
-        let statuses = self.statuses();
+        // One snapshot for the counts, the pids and the databases, so they describe
+        // the same moment.
+        let handles = self.sessions.handles();
+        let statuses: Vec<SessionStatus> = handles.iter().map(|h| h.status()).collect();
         let s = self.status_of(&statuses);
+        let mut databases = std::collections::BTreeMap::new();
+        for h in &handles {
+            *databases.entry(h.identity.database.clone()).or_default() += 1;
+        }
         let pids = |side: Side| {
             statuses
                 .iter()
@@ -306,10 +312,7 @@ impl Control {
             },
             server_pids: Some(PerSide::from_fn(pids)),
             hold_limit_ms: self.settings.timeout.0.as_millis() as u64,
-            databases: self.sessions.handles().iter().fold(Default::default(), |mut m, h| {
-                *m.entry(h.identity.database.clone()).or_default() += 1;
-                m
-            }),
+            databases,
         }
     }
 
