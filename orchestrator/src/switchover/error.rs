@@ -124,7 +124,7 @@ pub enum SwitchoverError {
     },
     /// The source's slot did not confirm the cut (after the resume; data is safe).
     #[error(
-        "the source's slot did not confirm the cut within {} ({}); the subscription is disabled, do not re-enable it",
+        "the source's slot did not confirm the cut within {} ({}); the data is on the destination (the sentinel proved it), and the subscription is retired",
         human_duration(*within),
         slots.join(", ")
     )]

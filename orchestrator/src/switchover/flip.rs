@@ -87,9 +87,9 @@ impl Run<'_> {
     }
 
     /// After the resume (clients run on the destination): once the source's slot
-    /// confirmed the cut, disable the subscription, then subscribe the source to the
-    /// reverse slot. The subscription stays enabled meanwhile; the fenced source
-    /// sends nothing new.
+    /// confirmed the cut, retire the subscription (its slot on the source would keep
+    /// WAL there for ever), then subscribe the source to the reverse slot. The
+    /// subscription stays enabled meanwhile; the fenced source sends nothing new.
     pub(super) async fn finish_flip(&mut self) -> Result<(), SwitchoverError> {
         let step = async {
             let mut unconfirmed = Vec::new();
@@ -103,17 +103,13 @@ impl Run<'_> {
                 if confirmed.is_none() {
                     unconfirmed.push(format!("{slot} below {}", cut.lsn));
                 }
-                disable_subscription(&d.dest, &slot).await?;
+                retire_subscription(&d.dest, &slot).await?;
             }
             if self.wants_reverse() {
                 for d in &self.dbs {
                     let conninfo = self.targets.conninfo(Side::Green, &d.name);
                     reverse::create_subscription(&d.source.client, &d.name, &conninfo).await?;
                 }
-            }
-            // Retired: its slot on the source would keep WAL there for ever.
-            for d in &self.dbs {
-                drop_subscription(&d.dest, &self.subscription(&d.name)).await?;
             }
             if unconfirmed.is_empty() {
                 Ok(())
@@ -131,23 +127,34 @@ impl Run<'_> {
     }
 }
 
-/// Drops the disabled `subscription` and its slot on the publisher (the source,
-/// which still answers: the fence refuses writes, not replication commands).
-pub(super) async fn drop_subscription(c: &Conn, subscription: &str) -> Result<(), SwitchoverError> {
-    c.client
-        .batch_execute(&format!("DROP SUBSCRIPTION IF EXISTS {}", quote_ident(subscription)))
+/// Disables `subscription` and drops it with its slot on the publisher (the source,
+/// which still answers: the fence refuses writes, not replication commands); on a
+/// fenced server too. Idempotent: a recovery may find it retired already.
+pub(super) async fn retire_subscription(c: &Conn, subscription: &str) -> Result<(), SwitchoverError> {
+    let exists = c
+        .client
+        .query_opt(
+            "select from pg_catalog.pg_subscription where subname = $1",
+            &[&subscription],
+        )
         .await
-        .map_err(c.failed(format!("DROP SUBSCRIPTION {subscription}")))
-}
-
-/// Disables `subscription` (on a fenced server too).
-pub(super) async fn disable_subscription(c: &Conn, subscription: &str) -> Result<(), SwitchoverError> {
+        .map_err(c.failed("looking for the subscription"))?
+        .is_some();
+    if !exists {
+        return Ok(());
+    }
     suppress_ddl_capture(&c.client)
         .await
         .map_err(c.failed("marking pgcutover's session"))?;
     lift_for_session(c).await?;
+    let name = quote_ident(subscription);
+    // Two statements: DROP SUBSCRIPTION with a slot cannot run in a transaction block.
     c.client
-        .batch_execute(&format!("ALTER SUBSCRIPTION {} DISABLE", quote_ident(subscription)))
+        .batch_execute(&format!("ALTER SUBSCRIPTION {name} DISABLE"))
         .await
-        .map_err(c.failed(format!("ALTER SUBSCRIPTION {subscription} DISABLE")))
+        .map_err(c.failed(format!("ALTER SUBSCRIPTION {subscription} DISABLE")))?;
+    c.client
+        .batch_execute(&format!("DROP SUBSCRIPTION {name}"))
+        .await
+        .map_err(c.failed(format!("DROP SUBSCRIPTION {subscription}")))
 }

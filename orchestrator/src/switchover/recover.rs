@@ -6,7 +6,7 @@
 //! replication it retired disabled. A recovery that dies is recovered in turn.
 
 use super::error::SwitchoverError;
-use super::flip::{disable_subscription, drop_subscription};
+use super::flip::retire_subscription;
 use super::machine::Run;
 use super::phase::Phase;
 use super::undo::Undo;
@@ -173,8 +173,7 @@ impl Run<'_> {
     /// configured.
     async fn retire_source_replication(&mut self) -> Result<(), SwitchoverError> {
         for d in &self.dbs {
-            disable_subscription(&d.dest, &self.subscription(&d.name)).await?;
-            drop_subscription(&d.dest, &self.subscription(&d.name)).await?;
+            retire_subscription(&d.dest, &self.subscription(&d.name)).await?;
         }
         if self.wants_reverse() {
             for d in &self.dbs {
