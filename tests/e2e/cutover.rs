@@ -358,27 +358,12 @@ async fn a_session_with_a_temp_table_is_closed_under_close_and_stays_under_wait(
         pinned.batch_execute("CREATE TEMP TABLE scratch (x int)").await.unwrap();
         let free = connect(&proxy.conninfo(PLAIN_USER, PLAIN_PASSWORD, DB)).await.unwrap();
         free.simple_query("select 1").await.unwrap();
-        proxy.control.hold();
-        assert!(
-            proxy
-                .control
-                .drain(Duration::from_secs(10), DrainPolicy::Abort, Duration::ZERO)
-                .await
-                .drained
-        );
-        let flip = proxy.control.flip(Side::Green, Duration::from_secs(10)).await.unwrap();
-        proxy.control.resume();
+        let flip = hold_drain_flip_resume(&proxy, Side::Green).await;
         let v: String = free.query_one("show server_version_num", &[]).await.unwrap().get(0);
         assert_eq!(major(&v), 17, "the other session moved");
         match policy {
             "close" => {
-                let e = tokio::time::timeout(Duration::from_secs(10), conn)
-                    .await
-                    .unwrap()
-                    .unwrap()
-                    .unwrap_err();
-                assert_eq!(sqlstate(&e), "57P01", "{e}");
-                let m = e.as_db_error().unwrap().message().to_owned();
+                let m = closed_with_57p01(conn).await;
                 assert!(m.contains("temporary tables"), "{m}");
             }
             _ => {
@@ -530,13 +515,8 @@ async fn drain_policy_cancel_ends_stragglers_with_a_clear_error_and_moves_everyo
     assert_eq!(sqlstate(&r.unwrap_err()), "57014");
     // ...and both stragglers were then closed with an error that names the switchover.
     for conn in [busy_conn, idle_conn] {
-        let e = tokio::time::timeout(Duration::from_secs(10), conn)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap_err();
-        assert_eq!(sqlstate(&e), "57P01", "{e}");
-        assert!(e.as_db_error().unwrap().message().contains("switchover"), "{e}");
+        let m = closed_with_57p01(conn).await;
+        assert!(m.contains("switchover"), "{m}");
     }
     let (code, body) = proxy.post("/route", FORCED_GREEN).await;
     assert_eq!((code, &body["not_moved"]), (200, &serde_json::json!(0)), "{body}");
@@ -685,13 +665,7 @@ async fn a_session_that_cannot_log_into_green_is_closed_and_named() {
         "{u:?}"
     );
     assert!(u.spoils_completion());
-    let e = tokio::time::timeout(Duration::from_secs(10), conn)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap_err();
-    assert_eq!(sqlstate(&e), "57P01", "{e}");
-    let m = e.as_db_error().unwrap().message().to_owned();
+    let m = closed_with_57p01(conn).await;
     assert!(m.contains("could not move to the green server"), "{m}");
     let v: String = fine.query_one("show server_version_num", &[]).await.unwrap().get(0);
     assert_eq!(major(&v), 17, "the other session moved");
@@ -714,4 +688,16 @@ async fn hold_drain_flip_resume(
     let flip = proxy.control.flip(target, Duration::from_secs(10)).await.unwrap();
     proxy.control.resume();
     flip
+}
+
+/// Waits (up to 10 s) for the connection task of a session the proxy closes; it must
+/// end with FATAL 57P01. Returns the server's message.
+async fn closed_with_57p01(conn: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>) -> String {
+    let e = tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "57P01", "{e}");
+    e.as_db_error().unwrap().message().to_owned()
 }

@@ -4,7 +4,8 @@
 
 use crate::support::*;
 use crate::switchover::{
-    count, proxy_process, proxy_process_with_env, replicated, replicated_between, run_switchover, serial_writer,
+    assert_all_on, assert_fenced, count, post_switchover_completes, proxy_process, proxy_process_with_env, replicated,
+    replicated_between, run_switchover, serial_writer,
 };
 use pgcutover_api::{Direction, Outcome, ProxyControl, Side};
 use pgcutover_orchestrator as orch;
@@ -98,18 +99,8 @@ async fn guardrails_then_one_switchover_at_a_time_and_sequences_never_backwards(
 
     // The loser undid nothing of the winner's: blue fenced, every acknowledged write on green.
     assert!(errors.is_empty(), "{errors:?}");
-    let ids = acked.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
-    assert_eq!(
-        count(&green, &format!("select count(*) from items where id in ({ids})")),
-        acked.len() as i64
-    );
-    let refused = connect(&blue.cluster.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB))
-        .await
-        .unwrap()
-        .execute("insert into items (note) values ('split brain')", &[])
-        .await
-        .unwrap_err();
-    assert_eq!(sqlstate(&refused), "25006", "{refused}");
+    assert_all_on(&green, &acked);
+    assert_fenced(&blue).await;
     let c = connect(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB)).await.unwrap();
     let next: i32 = c
         .query_one("insert into items (note) values ('after') returning id", &[])
@@ -139,11 +130,7 @@ async fn guardrails_then_one_switchover_at_a_time_and_sequences_never_backwards(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_proxy_and_a_proxy_the_run_missed_both_serve_on_green() {
     let (blue, green, _, _) = replicated(false, "").await;
-    let ports: Vec<u16> = (0..4).map(|_| pg_harness::free_port()).collect();
-    let file = |name: &str, listen: u16, admin: u16| {
-        blue.proxy_config_file(&green, name, listen, admin, "reverse_replication = false")
-    };
-    let (a_file, b_file) = (file("a.toml", ports[0], ports[1]), file("b.toml", ports[2], ports[3]));
+    let (ports, a_file, b_file) = two_proxy_configs(&blue, &green);
     let version = |port: u16| async move {
         let c = connect(&scram_conninfo(port)).await.unwrap();
         let v: String = c.query_one("show server_version_num", &[]).await.unwrap().get(0);
@@ -153,15 +140,7 @@ async fn a_restarted_proxy_and_a_proxy_the_run_missed_both_serve_on_green() {
     let (_b, _) = proxy_process(&b_file, ports[3]).await;
     assert!(version(ports[2]).await.starts_with("15"));
 
-    let (code, report) = http(
-        a_admin,
-        "POST",
-        "/switchover",
-        Some(ADMIN_TOKEN),
-        "{\"timeout\": \"20s\"}",
-    )
-    .await;
-    assert_eq!((code, report["outcome"].as_str()), (200, Some("completed")), "{report}");
+    post_switchover_completes(a_admin).await;
 
     // A, killed and started again with the same config: on green from its first client.
     drop(a);
@@ -412,15 +391,7 @@ async fn a_run_killed_after_the_fence_is_rolled_back_by_the_proxy() {
         .execute("insert into items (note) values ('blue is unfenced')", &[])
         .await
         .expect("blue takes writes after the recovery");
-    let (code, report) = http(
-        k.admin,
-        "POST",
-        "/switchover",
-        Some(ADMIN_TOKEN),
-        "{\"timeout\": \"20s\"}",
-    )
-    .await;
-    assert_eq!((code, report["outcome"].as_str()), (200, Some("completed")), "{report}");
+    post_switchover_completes(k.admin).await;
 }
 
 /// Killed in each other phase before the commit point (the journal has recorded
@@ -476,13 +447,7 @@ async fn a_run_killed_past_the_commit_point_is_finished_by_the_proxy() {
     // The forward subscription is retired with its slot: nothing keeps WAL on blue.
     assert_eq!(k.green.sql("select count(*) from pg_subscription"), "0");
     assert_eq!(k.blue.sql("select count(*) from pg_replication_slots"), "0");
-    let refused = connect(&k.blue.cluster.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB))
-        .await
-        .unwrap()
-        .execute("insert into items (note) values ('split brain')", &[])
-        .await
-        .unwrap_err();
-    assert_eq!(sqlstate(&refused), "25006", "{refused}");
+    assert_fenced(&k.blue).await;
 }
 
 /// A session whose move fails (its role is missing on green): the outcome is not
@@ -560,15 +525,7 @@ async fn a_write_past_the_fence_is_proven_and_rolls_the_switchover_back() {
         1
     );
     // And without the bypass, the same switchover completes and says what it checked.
-    let (code, report) = http(
-        admin_addr,
-        "POST",
-        "/switchover",
-        Some(ADMIN_TOKEN),
-        "{\"timeout\": \"20s\"}",
-    )
-    .await;
-    assert_eq!((code, report["outcome"].as_str()), (200, Some("completed")), "{report}");
+    let report = post_switchover_completes(admin_addr).await;
     let proof = report["cut_proof"][0].as_str().unwrap_or_default();
     assert!(
         proof.starts_with("app: nothing committed on blue after the fence but pgcutover's own"),
@@ -652,22 +609,9 @@ async fn without_alter_system_the_triggers_fence_alone() {
     let (bypass_acked, bypass_errors) = bypass.await.unwrap();
     assert!(errors.is_empty(), "{errors:?}");
     assert!(!bypass_errors.is_empty(), "a write to green after the fence must fail");
-    let ids: Vec<String> = acked.iter().chain(&bypass_acked).map(i32::to_string).collect();
-    assert_eq!(
-        count(
-            &blue,
-            &format!("select count(*) from items where id in ({})", ids.join(","))
-        ),
-        ids.len() as i64
-    );
+    assert_all_on(&blue, &[acked, bypass_acked].concat());
     assert_eq!(green.sql("show default_transaction_read_only"), "off");
-    let refused = connect(&green.cluster.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB))
-        .await
-        .unwrap()
-        .execute("insert into items (note) values ('split brain')", &[])
-        .await
-        .unwrap_err();
-    assert_eq!(sqlstate(&refused), "25006", "{refused}");
+    let refused = assert_fenced(&green).await;
     let message = refused.as_db_error().unwrap().message();
     assert!(message.contains("is fenced"), "{message}");
 }
@@ -677,11 +621,7 @@ async fn without_alter_system_the_triggers_fence_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_stopped_while_it_runs_a_switchover_lets_the_run_finish() {
     let (blue, green, _, targets) = replicated(false, "").await;
-    let ports: Vec<u16> = (0..4).map(|_| pg_harness::free_port()).collect();
-    let file = |name: &str, listen: u16, admin: u16| {
-        blue.proxy_config_file(&green, name, listen, admin, "reverse_replication = false")
-    };
-    let (a_file, b_file) = (file("a.toml", ports[0], ports[1]), file("b.toml", ports[2], ports[3]));
+    let (ports, a_file, b_file) = two_proxy_configs(&blue, &green);
     let (_b, b_admin) = proxy_process(&b_file, ports[3]).await;
     let peers = format!("[\"http://{b_admin}\"]");
     let (mut a, a_admin) = proxy_process_with_env(
@@ -738,11 +678,7 @@ async fn a_proxy_stopped_while_it_runs_a_switchover_lets_the_run_finish() {
     stop.store(true, Ordering::Relaxed);
     let (acked, errors) = writer.await.unwrap();
     assert!(errors.is_empty(), "the peer's client saw an error: {errors:?}");
-    let ids = acked.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
-    assert_eq!(
-        count(&green, &format!("select count(*) from items where id in ({ids})")),
-        acked.len() as i64
-    );
+    assert_all_on(&green, &acked);
     let (_, status) = http(b_admin, "GET", "/status", None, "").await;
     assert_eq!(
         (status["route"].as_str(), status["held_ms"].is_null()),
@@ -781,4 +717,16 @@ async fn pgcutover(args: &[&str]) -> std::process::Output {
     })
     .await
     .unwrap()
+}
+
+/// Configs `a.toml` and `b.toml` for two proxy processes switching `blue` to
+/// `green` without reverse replication, on four free ports: A listens on
+/// `ports[0]` (admin `ports[1]`), B on `ports[2]` (admin `ports[3]`).
+fn two_proxy_configs(blue: &Db, green: &Db) -> (Vec<u16>, std::path::PathBuf, std::path::PathBuf) {
+    let ports: Vec<u16> = (0..4).map(|_| pg_harness::free_port()).collect();
+    let file = |name: &str, listen: u16, admin: u16| {
+        blue.proxy_config_file(green, name, listen, admin, "reverse_replication = false")
+    };
+    let (a, b) = (file("a.toml", ports[0], ports[1]), file("b.toml", ports[2], ports[3]));
+    (ports, a, b)
 }

@@ -42,6 +42,21 @@ fn pgcutover() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pgcutover"))
 }
 
+/// `pgcutover check --json -c config`: it must exit 0 with no failing check.
+/// Returns the checks.
+fn checks_pass(config: &std::path::Path) -> Vec<serde_json::Value> {
+    let out = pgcutover()
+        .args(["check", "--json", "-c"])
+        .arg(config)
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check --json prints JSON");
+    let checks = json.as_array().unwrap().clone();
+    let failed: Vec<_> = checks.iter().filter(|c| c["status"] == "fail").collect();
+    assert!(out.status.success() && failed.is_empty(), "{failed:#?}");
+    checks
+}
+
 fn url(c: &Cluster, db: &str) -> String {
     c.url(SUPERUSER, SUPERUSER_PASSWORD, db)
 }
@@ -220,15 +235,7 @@ async fn orchestrator_check_fails_on_a_table_without_a_key_naming_the_fix_and_pa
     );
 
     blue.psql(DB, "ALTER TABLE audit REPLICA IDENTITY FULL").unwrap();
-    let out = pgcutover()
-        .args(["check", "--json", "-c"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check --json prints JSON");
-    let checks = json.as_array().unwrap();
-    let failed: Vec<_> = checks.iter().filter(|c| c["status"] == "fail").collect();
-    assert!(out.status.success() && failed.is_empty(), "{failed:#?}");
+    let checks = checks_pass(&config);
     let ri = checks.iter().find(|c| c["name"] == "replica_identity").unwrap();
     assert_eq!(ri["status"], "ok");
     // Green reaches blue with the subscription's conninfo, and nothing was left behind.
@@ -236,7 +243,7 @@ async fn orchestrator_check_fails_on_a_table_without_a_key_naming_the_fix_and_pa
         checks
             .iter()
             .any(|c| c["name"] == "green_reaches_blue" && c["status"] == "ok"),
-        "{json:#}"
+        "{checks:#?}"
     );
     assert_eq!(
         green.psql("postgres", "SELECT count(*) FROM pg_subscription").unwrap(),
@@ -255,26 +262,18 @@ async fn orchestrator_green_url_naming_a_database_green_lacks_checks_everything_
     let dir = Scratch::new();
     let (config, _) = write_config(&dir, &url(&blue, DB), &url(&green, DB), "");
 
-    let out = pgcutover()
-        .args(["check", "--json", "-c"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check --json prints JSON");
-    let checks = json.as_array().unwrap();
-    let failed: Vec<_> = checks.iter().filter(|c| c["status"] == "fail").collect();
-    assert!(out.status.success() && failed.is_empty(), "{failed:#?}");
+    let checks = checks_pass(&config);
     for name in ["wal_level", "replica_identity", "green_reaches_blue"] {
         assert!(
             checks.iter().any(|c| c["name"] == name && c["status"] == "ok"),
-            "check {name} did not run or failed: {json:#}"
+            "check {name} did not run or failed: {checks:#?}"
         );
     }
     assert!(
         checks
             .iter()
             .any(|c| c["message"].as_str().unwrap_or("").contains("replicate creates it")),
-        "{json:#}"
+        "{checks:#?}"
     );
 
     let out = pgcutover().args(["replicate", "-c"]).arg(&config).output().unwrap();

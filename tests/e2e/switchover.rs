@@ -104,6 +104,45 @@ pub(crate) fn serial_writer(
     })
 }
 
+/// Every id in `ids` (acknowledged to some client, so none may be lost) is a row
+/// of `items` on `db`.
+pub(crate) fn assert_all_on(db: &Db, ids: &[i32]) {
+    assert!(!ids.is_empty(), "no acknowledged id to look for");
+    let list = ids.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
+    assert_eq!(
+        count(db, &format!("select count(*) from items where id in ({list})")),
+        ids.len() as i64
+    );
+}
+
+/// A write straight into `db` (as the SCRAM test user, past every proxy) is refused
+/// with 25006: the fence holds. Returns the error.
+pub(crate) async fn assert_fenced(db: &Db) -> tokio_postgres::Error {
+    let refused = connect(&db.cluster.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB))
+        .await
+        .unwrap()
+        .execute("insert into items (note) values ('split brain')", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&refused), "25006", "{refused}");
+    refused
+}
+
+/// `POST /switchover` on the proxy at `admin` with a 20 s timeout: it must answer
+/// 200 with a completed report, which it returns.
+pub(crate) async fn post_switchover_completes(admin: std::net::SocketAddr) -> serde_json::Value {
+    let (code, report) = http(
+        admin,
+        "POST",
+        "/switchover",
+        Some(ADMIN_TOKEN),
+        "{\"timeout\": \"20s\"}",
+    )
+    .await;
+    assert_eq!((code, report["outcome"].as_str()), (200, Some("completed")), "{report}");
+    report
+}
+
 pub(crate) fn count(db: &Db, sql: &str) -> i64 {
     db.sql(sql)
         .trim()
@@ -191,20 +230,12 @@ async fn switchover_under_load_through_two_proxies_loses_nothing_then_rollback_b
     assert_eq!(count(&green, "select count(*) from pgbench_history"), processed);
     // The serial writer: no error, every acknowledged row on green, no duplicate key.
     assert!(errors.is_empty(), "{errors:?}");
-    let ids = acked.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
-    assert_eq!(
-        count(&green, &format!("select count(*) from items where id in ({ids})")),
-        acked.len() as i64
-    );
+    assert_all_on(&green, &acked);
     // The bypassing client was stopped by the fence with an error; what it got
     // acknowledged before is on green too.
     assert!(!bypass_errors.is_empty(), "a write to blue after the fence must fail");
-    let ids = bypass_acked.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
     if !bypass_acked.is_empty() {
-        assert_eq!(
-            count(&green, &format!("select count(*) from items where id in ({ids})")),
-            bypass_acked.len() as i64
-        );
+        assert_all_on(&green, &bypass_acked);
     }
     // Sequences continue above blue's; blue refuses writes; clients see 17.
     // Blue's highest id is read first: reverse replication copies the new row back
@@ -267,11 +298,7 @@ async fn switchover_under_load_through_two_proxies_loses_nothing_then_rollback_b
     )
     .await;
     assert_eq!(report.outcome, Outcome::Completed, "{report:?}");
-    let ids = green_ids.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
-    assert_eq!(
-        count(&blue, &format!("select count(*) from items where id in ({ids})")),
-        green_ids.len() as i64
-    );
+    assert_all_on(&blue, &green_ids);
     let version: String = c.query_one("show server_version_num", &[]).await.unwrap().get(0);
     assert!(version.starts_with("15"), "back on blue: {version}");
     let id: i32 = c
@@ -280,13 +307,8 @@ async fn switchover_under_load_through_two_proxies_loses_nothing_then_rollback_b
         .expect("blue takes writes again")
         .get(0);
     assert!(id > *green_ids.iter().max().unwrap());
-    let refused = connect(&green.cluster.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB))
-        .await
-        .unwrap()
-        .execute("insert into items (note) values ('x')", &[])
-        .await
-        .unwrap_err();
-    assert_eq!(sqlstate(&refused), "25006", "green is fenced after the rollback");
+    // Green is fenced after the rollback.
+    assert_fenced(&green).await;
 }
 
 /// After a rolled-back switchover: blue takes writes (directly and through the
@@ -414,16 +436,7 @@ async fn the_cli_dry_run_changes_nothing_and_post_switchover_moves_a_running_pro
         "a dry run fences nothing"
     );
 
-    let (code, report) = http(
-        admin_addr,
-        "POST",
-        "/switchover",
-        Some(ADMIN_TOKEN),
-        "{\"timeout\": \"20s\"}",
-    )
-    .await;
-    assert_eq!(code, 200, "{report}");
-    assert_eq!(report["outcome"], "completed", "{report}");
+    let report = post_switchover_completes(admin_addr).await;
     assert!(report["max_hold_ms"].as_f64().unwrap() > 0.0, "{report}");
     let version: String = client.query_one("show server_version_num", &[]).await.unwrap().get(0);
     assert!(version.starts_with("17"), "{version}");
