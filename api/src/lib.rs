@@ -60,6 +60,10 @@ pub struct StatusReply {
     /// any is on a database it does not replicate).
     #[serde(default)]
     pub databases: std::collections::BTreeMap<String, usize>,
+    /// Whether its flip closes sessions on databases that are not replicated
+    /// (`[switchover] unreplicated_sessions = "close"`) rather than refusing them.
+    #[serde(default)]
+    pub closes_unreplicated: bool,
 }
 
 /// `/status`'s `phase`: a proxy's own state, or the switchover phase it was told.

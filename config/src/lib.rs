@@ -24,7 +24,7 @@ pub use env::ENV_PREFIX;
 pub use proxy::{ProxyConfig, ServerTlsMode, TlsMode};
 pub use replication::{ReplicationConfig, ReplicationMethod};
 pub use server_tls::{load_certs, provider, ServerTls, TlsError};
-pub use switchover::{DrainPolicy, PinnedPolicy, SwitchoverConfig};
+pub use switchover::{DrainPolicy, PinnedPolicy, SwitchoverConfig, UnreplicatedPolicy};
 pub use targets::{PgUrl, TargetConfig};
 
 use serde::Deserialize;

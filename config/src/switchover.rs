@@ -26,6 +26,10 @@ pub struct SwitchoverConfig {
     /// Set up replication green → blue at the flip, so `rollback` loses nothing.
     /// Default `true`.
     pub reverse_replication: bool,
+    /// What the flip does with a session on a database outside `[replication]
+    /// databases`, which would otherwise land on the destination's database of that
+    /// name. Default `refuse`: the switchover does not start while there is one.
+    pub unreplicated_sessions: UnreplicatedPolicy,
 }
 
 impl Default for SwitchoverConfig {
@@ -38,6 +42,7 @@ impl Default for SwitchoverConfig {
             pinned_policy: PinnedPolicy::Close,
             max_lag_bytes: 16 * 1024 * 1024,
             reverse_replication: true,
+            unreplicated_sessions: UnreplicatedPolicy::Refuse,
         }
     }
 }
@@ -61,4 +66,24 @@ pub enum PinnedPolicy {
     Close,
     /// Leave it on the old target; the flip reports it.
     Wait,
+}
+
+/// What happens to a session on a database that is not replicated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnreplicatedPolicy {
+    /// The switchover's preflight refuses while such a session exists, naming it.
+    Refuse,
+    /// The flip closes it with FATAL 57P01 naming the database; the report lists it.
+    Close,
+}
+
+impl UnreplicatedPolicy {
+    /// The name in the configuration file.
+    pub fn name(self) -> &'static str {
+        match self {
+            UnreplicatedPolicy::Refuse => "refuse",
+            UnreplicatedPolicy::Close => "close",
+        }
+    }
 }

@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS pgcutover.journal (
     epoch bigint NOT NULL,
     outcome text,
     reason text,
-    updated_at timestamptz NOT NULL DEFAULT now()
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    undo text[] NOT NULL DEFAULT '{}'
 );
 COMMENT ON TABLE pgcutover.journal IS 'pgcutover: where clients belong (route, epoch) and the last switchover run; read by every proxy at start';
 ";
@@ -65,6 +66,10 @@ pub struct Entry {
     pub reason: Option<String>,
     /// When it was written (the server's clock, as text).
     pub updated_at: String,
+    /// Every change the run has made or is about to make before its commit point,
+    /// oldest first, written before the first of them: what a recovery undoes.
+    /// Empty past the commit point.
+    pub undo: Vec<String>,
 }
 
 impl Entry {
@@ -140,7 +145,7 @@ pub async fn read(client: &Client, at: At<'_>) -> Result<Vec<Entry>, JournalErro
     }
     let rows = client
         .query(
-            "select version, run_id, holder, direction, phase, route, epoch, outcome, reason, updated_at::text
+            "select version, run_id, holder, direction, phase, route, epoch, outcome, reason, updated_at::text, undo
                from pgcutover.journal",
             &[],
         )
@@ -163,6 +168,7 @@ pub async fn read(client: &Client, at: At<'_>) -> Result<Vec<Entry>, JournalErro
             outcome: r.get(7),
             reason: r.get(8),
             updated_at: r.get(9),
+            undo: r.get(10),
         })
         .collect())
 }
@@ -179,13 +185,13 @@ pub(crate) async fn write(client: &Client, at: At<'_>, entry: &Entry) -> Result<
     client
         .execute(
             "insert into pgcutover.journal as j
-                    (side, version, run_id, holder, direction, phase, route, epoch, outcome, reason, updated_at)
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now())
+                    (side, version, run_id, holder, direction, phase, route, epoch, outcome, reason, updated_at, undo)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now(), $11)
              on conflict (side) do update set
                     version = excluded.version, run_id = excluded.run_id, holder = excluded.holder,
                     direction = excluded.direction, phase = excluded.phase, route = excluded.route,
                     epoch = excluded.epoch, outcome = excluded.outcome, reason = excluded.reason,
-                    updated_at = excluded.updated_at",
+                    updated_at = excluded.updated_at, undo = excluded.undo",
             &[
                 &at.side.name(),
                 &entry.version,
@@ -197,6 +203,7 @@ pub(crate) async fn write(client: &Client, at: At<'_>, entry: &Entry) -> Result<
                 &entry.epoch,
                 &entry.outcome,
                 &entry.reason,
+                &entry.undo,
             ],
         )
         .await
@@ -215,7 +222,9 @@ pub(crate) async fn ensure(client: &Client, at: At<'_>) -> Result<(), JournalErr
     let row = client
         .query_one(
             "select pg_catalog.to_regnamespace('pgcutover') is not null,
-                    pg_catalog.to_regclass('pgcutover.journal') is not null",
+                    pg_catalog.to_regclass('pgcutover.journal') is not null,
+                    exists (select from pg_catalog.pg_attribute
+                             where attrelid = pg_catalog.to_regclass('pgcutover.journal') and attname = 'undo')",
             &[],
         )
         .await
@@ -231,6 +240,12 @@ pub(crate) async fn ensure(client: &Client, at: At<'_>) -> Result<(), JournalErr
             .batch_execute(JOURNAL_DDL)
             .await
             .map_err(at.failed("creating the journal"))?;
+    } else if !row.get::<_, bool>(2) {
+        // A journal from before the undo column (green first, as for the table).
+        client
+            .batch_execute("ALTER TABLE pgcutover.journal ADD COLUMN IF NOT EXISTS undo text[] NOT NULL DEFAULT '{}'")
+            .await
+            .map_err(at.failed("adding the journal's undo column"))?;
     }
     Ok(())
 }
@@ -360,6 +375,7 @@ mod tests {
             outcome: Some("completed".into()),
             reason: None,
             updated_at: String::new(),
+            undo: Vec::new(),
         }
     }
 

@@ -692,7 +692,7 @@ async fn hold_drain_flip_resume(
 
 /// Waits (up to 10 s) for the connection task of a session the proxy closes; it must
 /// end with FATAL 57P01. Returns the server's message.
-async fn closed_with_57p01(conn: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>) -> String {
+pub(crate) async fn closed_with_57p01(conn: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>) -> String {
     let e = tokio::time::timeout(Duration::from_secs(10), conn)
         .await
         .unwrap()

@@ -125,6 +125,75 @@ async fn guardrails_then_one_switchover_at_a_time_and_sequences_never_backwards(
     }
 }
 
+/// A sequence the run's role cannot read looks unused in `pg_sequences`; skipping
+/// it would leave green's value behind. The preflight refuses, naming it and the
+/// grant, and passes that guardrail once the grant is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequence_the_run_cannot_read_refuses_the_switchover() {
+    let (blue, _green, mut config, _) = replicated(false, "").await;
+    blue.sql(
+        "set pgcutover.internal = on;
+         create sequence private_ids; select nextval('private_ids');
+         revoke all on sequence private_ids from public;
+         create role runner login password 'runner-secret';
+         grant usage on schema pgcutover to runner;
+         grant all on all tables in schema pgcutover to runner; grant all on all sequences in schema pgcutover to runner;",
+    );
+    config.blue.url.user = Some("runner".into());
+    config.blue.url.password = Some("runner-secret".into());
+    let targets = orch::Targets::from_config(&config).unwrap();
+    let proxy = RunningProxy::start(config.clone()).await;
+    let proxies: Vec<Arc<dyn ProxyControl>> = vec![Arc::new(LocalProxy(proxy.control.clone()))];
+    let timeout = Duration::from_secs(20);
+    let report = run_switchover(&targets, &config, &proxies, Direction::Forward, timeout).await;
+    assert_eq!(report.outcome, Outcome::Refused, "{report:?}");
+    let reason = report.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("blue database app: the switchover's role lacks SELECT, USAGE on sequences public.private_ids")
+            && reason.contains("GRANT SELECT ON ALL SEQUENCES IN SCHEMA"),
+        "{reason}"
+    );
+    blue.sql("grant select on sequence private_ids to runner");
+    let report = run_switchover(&targets, &config, &proxies, Direction::Forward, timeout).await;
+    let reason = report.reason.clone().unwrap_or_default();
+    assert!(!reason.contains("sequences"), "{reason}");
+}
+
+/// With `unreplicated_sessions = "close"` a session on a database outside
+/// `[replication] databases` does not refuse the run: the flip closes it with a
+/// FATAL naming the database, the report lists it as closed by policy, and the
+/// outcome is `completed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_on_an_unreplicated_database_are_closed_at_the_flip_when_the_proxy_says_so() {
+    let (_blue, green, config, targets) = replicated(false, "unreplicated_sessions = \"close\"").await;
+    let proxy = RunningProxy::start(config.clone()).await;
+    let proxies: Vec<Arc<dyn ProxyControl>> = vec![Arc::new(LocalProxy(proxy.control.clone()))];
+    let (other, _, other_conn) = connect_listening(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, "postgres")).await;
+    other.simple_query("select 1").await.unwrap();
+    let app = connect(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB)).await.unwrap();
+    app.simple_query("select 1").await.unwrap();
+    let report = run_switchover(&targets, &config, &proxies, Direction::Forward, Duration::from_secs(20)).await;
+    assert_eq!(report.outcome, Outcome::Completed, "{report:?}");
+    let closed: Vec<_> = report
+        .unmoved_sessions
+        .iter()
+        .map(|u| (&u.database[..], u.stayed, u.by_policy))
+        .collect();
+    assert_eq!(closed, [("postgres", false, true)], "{report:?}");
+    let message = crate::cutover::closed_with_57p01(other_conn).await;
+    assert!(message.contains("database \"postgres\" is not replicated"), "{message}");
+    let server: String = app
+        .query_one("select current_setting('server_version_num')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        server,
+        green.sql("show server_version_num"),
+        "the app session moved to green"
+    );
+}
+
 /// A proxy restarted after a switchover serves on green at once; a proxy the run
 /// never drove (not among its peers) follows the journal to green by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,6 +354,8 @@ struct Killed {
     file: std::path::PathBuf,
     admin: std::net::SocketAddr,
     bench: ToolRun,
+    /// The journal's undo log when the run was killed.
+    undo: String,
     _proxy: crate::switchover::KillOnDrop,
 }
 
@@ -320,21 +391,39 @@ async fn kill_nine_in(phase: &str) -> Killed {
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut cli = cli_paused_at(&file, phase, admin_addr).await;
-    // The run's lease: nobody else may resume or route the clients it holds.
-    for (path, body) in [
-        ("/resume", ""),
-        ("/route", "{\"target\":\"blue\",\"force\":true}"),
-        ("/hold", ""),
-    ] {
-        let (code, reply) = http(admin_addr, "POST", path, Some(ADMIN_TOKEN), body).await;
-        let message = reply["error"].as_str().unwrap_or_default();
-        assert!(
-            code == 409 && message.contains("is driving this proxy"),
-            "{path}: {code} {reply}"
-        );
+    // The run's row, written before it changes anything (in Preflight the proxies
+    // hear of the phase before the lease is taken).
+    let recorded = match phase {
+        "preflight" => "preflight",
+        "resume" => "flip",
+        _ => "hold",
+    };
+    wait_for("the run's journal row", Duration::from_secs(10), || {
+        blue.sql(&format!(
+            "select count(*) from pgcutover.journal where outcome is null and phase = '{recorded}'"
+        )) != "0"
+    })
+    .await;
+    let undo = blue.sql("select array_to_string(undo, ',') from pgcutover.journal order by version desc limit 1");
+    // The proxies are leased from the run's first prepare, held from its hold.
+    let (leased, held) = (phase != "preflight", !matches!(phase, "preflight" | "hold"));
+    if leased {
+        // The run's lease: nobody else may resume or route the clients it holds.
+        for (path, body) in [
+            ("/resume", ""),
+            ("/route", "{\"target\":\"blue\",\"force\":true}"),
+            ("/hold", ""),
+        ] {
+            let (code, reply) = http(admin_addr, "POST", path, Some(ADMIN_TOKEN), body).await;
+            let message = reply["error"].as_str().unwrap_or_default();
+            assert!(
+                code == 409 && message.contains("is driving this proxy"),
+                "{path}: {code} {reply}"
+            );
+        }
     }
     let (_, status) = http(admin_addr, "GET", "/status", None, "").await;
-    assert!(status["held_ms"].is_number(), "still held: {status}");
+    assert_eq!(status["held_ms"].is_number(), held, "{phase}: {status}");
     cli.kill().unwrap();
     cli.wait().unwrap();
     let bench = bench.await.unwrap();
@@ -344,6 +433,7 @@ async fn kill_nine_in(phase: &str) -> Killed {
         file,
         admin: admin_addr,
         bench,
+        undo,
         _proxy: proxy,
     }
 }
@@ -380,6 +470,7 @@ async fn assert_recovered(k: &Killed, recorded: &str, outcome: &str) {
 async fn a_run_killed_after_the_fence_is_rolled_back_by_the_proxy() {
     let k = kill_nine_in("catch_up").await;
     assert_recovered(&k, "hold", "rolled_back").await;
+    assert_eq!(k.undo, format!("resume||,unfence|blue|{DB}"));
     let (_, status) = http(k.admin, "GET", "/status", None, "").await;
     assert_eq!(status["route"], "blue", "{status}");
     assert_eq!(k.blue.sql("show default_transaction_read_only"), "off");
@@ -399,7 +490,10 @@ async fn a_run_killed_after_the_fence_is_rolled_back_by_the_proxy() {
 /// every one on blue.
 async fn assert_killed_before_the_commit_point_rolls_back(phase: &str) {
     let k = kill_nine_in(phase).await;
-    assert_recovered(&k, "hold", "rolled_back").await;
+    let recorded = if phase == "preflight" { "preflight" } else { "hold" };
+    assert_recovered(&k, recorded, "rolled_back").await;
+    // The journal listed, before the run made them, the changes its recovery undid.
+    assert_eq!(k.undo, format!("resume||,unfence|blue|{DB}"), "{phase}");
     let (_, status) = http(k.admin, "GET", "/status", None, "").await;
     assert_eq!(status["route"], "blue", "{phase}: {status}");
     assert_eq!(k.blue.sql("show default_transaction_read_only"), "off", "{phase}");
@@ -415,6 +509,15 @@ async fn assert_killed_before_the_commit_point_rolls_back(phase: &str) {
         processed,
         "{phase}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_in_preflight_or_entering_the_hold_is_rolled_back_by_the_proxy() {
+    // "preflight": the lease taken, the proxies not yet leased; "hold": standbys
+    // prepared and the proxies leased, nobody held yet.
+    for phase in ["preflight", "hold"] {
+        assert_killed_before_the_commit_point_rolls_back(phase).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -440,6 +543,7 @@ async fn a_run_killed_syncing_sequences_or_entering_the_flip_is_rolled_back_by_t
 async fn a_run_killed_past_the_commit_point_is_finished_by_the_proxy() {
     let k = kill_nine_in("resume").await;
     assert_recovered(&k, "flip", "completed").await;
+    assert_eq!(k.undo, "", "past the commit point nothing is to be undone");
     let (_, status) = http(k.admin, "GET", "/status", None, "").await;
     assert_eq!(status["route"], "green", "{status}");
     let processed = pgbench_processed(&k.bench.output) as i64;

@@ -36,6 +36,8 @@ pub enum Guardrail {
     /// No prepared (two-phase) transaction waits on the source: it would commit
     /// past the fence, and its locks stop the fence's triggers.
     NoPreparedTransaction,
+    /// The run may read every sequence on the source and set it on the destination.
+    SequencesUsable,
 }
 
 /// Something that stopped a switchover.

@@ -72,6 +72,7 @@ impl<'a> Run<'a> {
             outcome: None,
             reason: None,
             updated_at: String::new(),
+            undo: Vec::new(),
         });
         self.record(Phase::Preflight).await
     }
@@ -100,13 +101,16 @@ impl<'a> Run<'a> {
         Ok(journal::latest(on_blue.into_iter().chain(on_green)))
     }
 
-    /// Records the run's phase on both sides (nothing if the run holds no lease).
+    /// Records the run's phase on both sides, with every change it will have made
+    /// before the next record (nothing if the run holds no lease).
     pub(super) async fn record(&mut self, phase: Phase) -> Result<(), SwitchoverError> {
+        let undo: Vec<String> = self.intent(phase).iter().map(Undo::encode).collect();
         let Some(entry) = self.lease.as_mut() else {
             return Ok(());
         };
         entry.version += 1;
         entry.phase = phase.name().to_owned();
+        entry.undo = undo;
         let entry = entry.clone();
         let (blue, green) = self.home()?;
         journal::write(&blue.client, at(blue), &entry).await?;
@@ -125,6 +129,8 @@ impl<'a> Run<'a> {
         entry.epoch += 1;
         entry.route = dest;
         entry.phase = Phase::Flip.name().to_owned();
+        // Past the commit point nothing is undone.
+        entry.undo.clear();
         let entry = entry.clone();
         self.undo.push(Undo::RestoreRoute);
         let pair = self.dbs.first().ok_or(SwitchoverError::NoDatabase)?;
@@ -162,6 +168,7 @@ impl<'a> Run<'a> {
         entry.phase = phase.map_or("preflight", Phase::name).to_owned();
         entry.outcome = Some(outcome.name().to_owned());
         entry.reason = reason;
+        entry.undo.clear();
         if let Err(e) = self.write_late().await {
             warn!("journal: recording the outcome: {e}");
             let note = format!("the journal does not record this outcome: {e}");
@@ -195,6 +202,31 @@ impl<'a> Run<'a> {
             within(LATE_WRITE, format!("writing the journal on {side}"), write).await?;
         }
         Ok(())
+    }
+
+    /// The undo log as it will stand once the run, recording `phase`, has made
+    /// every change up to its next record: what it made so far, then what Preflight
+    /// (from its own record) and Hold to Flip (from either) may make, in the order
+    /// they make it. Written ahead, so a run killed between two records leaves
+    /// nothing its recovery does not know of; each undo is idempotent, so one
+    /// that was never made costs nothing.
+    fn intent(&self, phase: Phase) -> Vec<Undo> {
+        let reverse = self.wants_reverse();
+        let (source, dest) = (self.source(), self.dest());
+        let mut intent = self.undo.entries().to_vec();
+        let each = |make: &dyn Fn(String) -> Undo| self.dbs.iter().map(|d| make(d.name.clone())).collect::<Vec<_>>();
+        if phase == Phase::Preflight && reverse {
+            intent.extend(each(&|database| Undo::DropReversePublication { database }));
+        }
+        intent.push(Undo::Resume);
+        intent.extend(each(&|database| Undo::Unfence { side: source, database }));
+        if reverse {
+            intent.extend(each(&|database| Undo::DropReverseSlot { database }));
+        }
+        if self.dest_fenced {
+            intent.extend(each(&|database| Undo::Refence { side: dest, database }));
+        }
+        intent
     }
 
     /// The run's connections to the first database: (blue, green).

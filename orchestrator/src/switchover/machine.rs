@@ -232,8 +232,9 @@ impl<'a> Run<'a> {
 }
 
 /// A fault point for tests: with `PGCUTOVER_TEST_PAUSE_AT=<phase>[:<seconds>]` in
-/// its environment, a run stops on entering that phase (60 s by default), so that a
-/// test can kill the process there or act behind its back. Unset (always, outside
+/// its environment, a run stops on entering that phase (60 s by default; Preflight
+/// once its lease is taken), so that a test can kill the process there or act
+/// behind its back. Unset (always, outside
 /// tests), it costs one lookup.
 pub(super) async fn pause_for_tests(phase: Phase) {
     static AT: std::sync::OnceLock<Option<(String, u64)>> = std::sync::OnceLock::new();

@@ -21,7 +21,10 @@ impl Run<'_> {
         self.connect().await?;
         // Before anything but reading: from here the run is the only one.
         self.take_lease().await?;
+        // The fault point's "preflight" is here: the lease taken, nothing else changed.
+        super::machine::pause_for_tests(super::phase::Phase::Preflight).await;
         self.no_proxy_held().await?;
+        self.sequences_usable().await?;
         debug!(ms = self.elapsed_ms(), "preflight: proxies, connections and lease");
         // Lag, drift and `pgcutover check` concern blue → green; the reverse
         // subscription is checked below.
@@ -90,17 +93,24 @@ impl Run<'_> {
                 .filter(|(db, _)| !self.targets.databases.contains(db))
                 .map(|(db, n)| format!("{n} on database {db}"))
                 .collect();
-            if !unreplicated.is_empty() {
+            if unreplicated.is_empty() {
+                continue;
+            }
+            let sessions = format!(
+                "{} has client sessions on databases that are not replicated: {}",
+                p.name(),
+                unreplicated.join(", ")
+            );
+            if !state.closes_unreplicated {
                 return Err(SwitchoverError::refused(
                     Guardrail::OnlyReplicatedDatabases,
-                    format!(
-                        "{} has client sessions on databases that are not replicated: {}",
-                        p.name(),
-                        unreplicated.join(", ")
-                    ),
-                    "add the database to [replication] databases (and replicate it), or end those sessions",
+                    sessions,
+                    "add the database to [replication] databases (and replicate it), end those sessions, or set [switchover] unreplicated_sessions = \"close\" on that proxy to have the flip close them",
                 ));
             }
+            self.progress.line(format!(
+                "{sessions}; the flip closes them (unreplicated_sessions = close)"
+            ));
         }
         Ok(())
     }
@@ -270,6 +280,44 @@ impl Run<'_> {
             format!("{n} prepared transaction(s) wait on {}: {list}", self.source()),
             "resolve each with COMMIT PREPARED or ROLLBACK PREPARED (its transaction manager decides which), then retry",
         ))
+    }
+
+    /// The run can read every sequence on the source and set every one on the
+    /// destination: `pg_sequences` shows an unreadable sequence as never used, and
+    /// skipping it would leave the destination's value behind, to hand out ids
+    /// the source already gave.
+    async fn sequences_usable(&self) -> Result<(), SwitchoverError> {
+        const MISSING: &str = "select coalesce(string_agg(format('%I.%I', schemaname, sequencename), ', ' order by 1), '')
+                                 from pg_catalog.pg_sequences
+                                where not pg_catalog.has_sequence_privilege(format('%I.%I', schemaname, sequencename), $1)";
+        for d in &self.dbs {
+            for (c, privilege, fix) in [
+                (
+                    &d.source,
+                    "SELECT, USAGE",
+                    "GRANT SELECT ON ALL SEQUENCES IN SCHEMA <schema> TO",
+                ),
+                (&d.dest, "UPDATE", "GRANT UPDATE ON ALL SEQUENCES IN SCHEMA <schema> TO"),
+            ] {
+                let missing: String = c
+                    .client
+                    .query_one(MISSING, &[&privilege.replace(' ', "")])
+                    .await
+                    .map_err(c.failed("checking the sequence privileges"))?
+                    .get(0);
+                if !missing.is_empty() {
+                    return Err(SwitchoverError::refused(
+                        Guardrail::SequencesUsable,
+                        format!(
+                            "{} database {}: the switchover's role lacks {privilege} on sequences {missing}",
+                            c.at.side, d.name
+                        ),
+                        format!("{fix} the role in [{}] url (or connect as their owner)", c.at.side),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The dry run's estimate: the longest transaction open now (the drain), plus

@@ -1,7 +1,7 @@
 //! Recovery of a run that died (`kill -9`, a lost machine): the journal shows it,
 //! an entry with no outcome while nobody holds the run lock. Before its commit point
 //! (the journal's route is still the source) it is undone exactly as a rollback
-//! would: every change it could have made, newest first, each undo idempotent. After
+//! would: the changes its journal row lists, newest first, each undo idempotent. After
 //! it, it is finished: every proxy routed to the destination and resumed, the
 //! replication it retired disabled. A recovery that dies is recovered in turn.
 
@@ -61,7 +61,7 @@ pub async fn recover(
         phase: dead.phase.clone(),
     };
     if dead.route == run.source() {
-        run.log_every_change_before_the_flip();
+        run.log_the_dead_runs_changes(&dead);
         run.rollback(failure).await;
     } else {
         run.finish_dead_flip(failure).await;
@@ -89,8 +89,21 @@ impl Run<'_> {
         Ok(true)
     }
 
+    /// The changes the dead run's journal row lists (written before it made
+    /// them), so that the rollback undoes them newest first.
+    fn log_the_dead_runs_changes(&mut self, dead: &Entry) {
+        let listed: Vec<Undo> = dead.undo.iter().filter_map(|u| Undo::decode(u)).collect();
+        if listed.len() != dead.undo.len() || listed.is_empty() {
+            warn!(undo = ?dead.undo, "recover: the journal's undo log is not this version's; undoing every change a run can make");
+            return self.log_every_change_before_the_flip();
+        }
+        for undo in listed {
+            self.undo.push(undo);
+        }
+    }
+
     /// Everything a run may have changed before its commit point, in the order it
-    /// makes the changes, so that the rollback undoes them newest first.
+    /// makes the changes: for a row written before the journal had an undo log.
     fn log_every_change_before_the_flip(&mut self) {
         let (source, dest) = (self.source(), self.dest());
         let reverse = self.wants_reverse();

@@ -56,6 +56,7 @@ impl ProxyControl for Fake {
                 server_pids: Some(PerSide::default()),
                 databases: Default::default(),
                 hold_limit_ms: 30_000,
+                closes_unreplicated: false,
             })
         })
     }

@@ -51,6 +51,41 @@ impl fmt::Display for Undo {
     }
 }
 
+impl Undo {
+    /// The journal's spelling (`kind|side|database`, the database last: a name may
+    /// hold any character), read back by [`Undo::decode`].
+    pub(super) fn encode(&self) -> String {
+        match self {
+            Undo::DropReversePublication { database } => format!("drop_reverse_publication||{database}"),
+            Undo::Resume => "resume||".to_owned(),
+            Undo::Unfence { side, database } => format!("unfence|{side}|{database}"),
+            Undo::Refence { side, database } => format!("refence|{side}|{database}"),
+            Undo::DropReverseSlot { database } => format!("drop_reverse_slot||{database}"),
+            Undo::RestoreRoute => "restore_route||".to_owned(),
+        }
+    }
+
+    /// An entry written by [`Undo::encode`]; `None` for anything else.
+    pub(super) fn decode(text: &str) -> Option<Undo> {
+        let mut parts = text.splitn(3, '|');
+        let (kind, side, database) = (parts.next()?, parts.next()?, parts.next()?.to_owned());
+        let side = match side {
+            "blue" => Some(Side::Blue),
+            "green" => Some(Side::Green),
+            _ => None,
+        };
+        Some(match (kind, side) {
+            ("drop_reverse_publication", None) => Undo::DropReversePublication { database },
+            ("resume", None) => Undo::Resume,
+            ("unfence", Some(side)) => Undo::Unfence { side, database },
+            ("refence", Some(side)) => Undo::Refence { side, database },
+            ("drop_reverse_slot", None) => Undo::DropReverseSlot { database },
+            ("restore_route", None) => Undo::RestoreRoute,
+            _ => return None,
+        })
+    }
+}
+
 /// The changes made so far, until the commit point; after it nothing is undone.
 #[derive(Debug, Default)]
 pub(super) struct UndoLog {
@@ -76,6 +111,11 @@ impl UndoLog {
     /// Whether the commit point has passed.
     pub(super) fn committed(&self) -> bool {
         self.committed
+    }
+
+    /// The changes recorded so far, oldest first.
+    pub(super) fn entries(&self) -> &[Undo] {
+        &self.entries
     }
 
     /// Takes the changes, newest first: the order to undo them in.
@@ -168,6 +208,28 @@ mod tests {
         );
         let mut nothing = UndoLog::default();
         assert_eq!(nothing.unwind().count(), 0);
+    }
+
+    #[test]
+    fn every_entry_reads_back_as_written() {
+        let mut log = forward_run_with_reverse_replication();
+        log.push(Undo::Refence {
+            side: Side::Green,
+            database: "odd|name".into(),
+        });
+        log.push(Undo::RestoreRoute);
+        for undo in log.entries() {
+            assert_eq!(Undo::decode(&undo.encode()).as_ref(), Some(undo), "{}", undo.encode());
+        }
+        for junk in [
+            "",
+            "resume",
+            "unfence||app",
+            "drop_everything||app",
+            "unfence|purple|app",
+        ] {
+            assert_eq!(Undo::decode(junk), None, "{junk}");
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use pgcutover_api::{
     HoldReply, PerSide, Phase, PhaseReply, PhaseUpdate, PrepareReply, ProxyPhase, ResumeReply, RouteReply, StatusReply,
 };
 use pgcutover_api::{Side, UnmovedSession};
-use pgcutover_config::SwitchoverConfig;
+use pgcutover_config::{SwitchoverConfig, UnreplicatedPolicy};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -313,6 +313,7 @@ impl Control {
             server_pids: Some(PerSide::from_fn(pids)),
             hold_limit_ms: self.settings.timeout.0.as_millis() as u64,
             databases,
+            closes_unreplicated: self.settings.unreplicated_sessions == UnreplicatedPolicy::Close,
         }
     }
 

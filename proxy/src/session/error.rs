@@ -75,6 +75,8 @@ pub(crate) enum SessionError {
     Pinned(String),
     #[error("transaction still open after the switchover's drain")]
     DrainCancelled,
+    #[error("database \"{0}\" is not replicated to the new server")]
+    Unreplicated(String),
     #[error("user \"{0}\" is not an admin console user")]
     NotAdmin(String),
 }
@@ -210,6 +212,11 @@ impl SessionError {
                 format!("user \"{user}\" may not use the pgcutover admin console"),
                 Some("add the user to [proxy] admin_users"),
             ),
+            SessionError::Unreplicated(database) => fatal(
+                "57P01",
+                format!("terminating connection for a database switchover: database \"{database}\" is not replicated to the new server"),
+                Some("reconnect to a replicated database; [switchover] unreplicated_sessions = \"close\" closes such sessions at the flip"),
+            ),
             SessionError::DrainCancelled => fatal(
                 "57P01",
                 "terminating connection for a database switchover: its transaction was still open when the drain timed out, and was rolled back",
@@ -258,6 +265,7 @@ mod tests {
             (Shutdown, Some("57P01")),
             (Pinned("temporary tables".into()), Some("57P01")),
             (DrainCancelled, Some("57P01")),
+            (Unreplicated("other".into()), Some("57P01")),
             (NotAdmin("u".into()), Some("28000")),
         ] {
             let shown = format!("{e:?}");

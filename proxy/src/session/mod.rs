@@ -17,7 +17,7 @@ use crate::{ClientSlot, Shared, ShutdownPhase};
 use error::SessionError;
 use opening::Opening;
 use pgcutover_api::{Side, UnmovedSession};
-use pgcutover_config::{AuthType, PinnedPolicy, TlsMode};
+use pgcutover_config::{AuthType, PinnedPolicy, TlsMode, UnreplicatedPolicy};
 use pgcutover_protocol::backend::TransactionStatus;
 use pgcutover_protocol::build;
 use pgcutover_protocol::StartupMessage;
@@ -246,6 +246,8 @@ enum DataEnd {
     DrainCancelled,
     /// Its move to this target failed: it must not stay on the old, fenced server.
     MoveFailed(Side, String),
+    /// Its database is not replicated, and unreplicated_sessions is close.
+    Unreplicated(String),
     ShutdownForced,
 }
 
@@ -343,21 +345,28 @@ async fn serve(
 /// way the flip's report names it.
 async fn move_session(live: &mut Live<'_>, route: Route, prepared: Option<migrate::Warm>) -> Option<DataEnd> {
     let (shared, handle) = (live.shared, &live.ctx.registration.handle);
-    let e = match migrate::move_to(live, route, prepared).await {
-        Ok(()) => return None,
-        Err(e) => e,
+    let database = &handle.identity.database;
+    let unreplicated = shared.config.switchover.unreplicated_sessions == UnreplicatedPolicy::Close
+        && !shared.config.replication.databases.contains(database);
+    let (end, by_policy) = if unreplicated {
+        (Some(DataEnd::Unreplicated(database.clone())), true)
+    } else {
+        match migrate::move_to(live, route, prepared).await {
+            Ok(()) => return None,
+            Err(migrate::MoveError::Pinned(reason)) => match shared.config.switchover.pinned_policy {
+                PinnedPolicy::Close => (Some(DataEnd::Pinned(reason)), true),
+                PinnedPolicy::Wait => (None, true),
+            },
+            Err(other) => (Some(DataEnd::MoveFailed(route.target, other.to_string())), false),
+        }
     };
     let from = handle.target();
-    let (end, by_policy) = match e {
-        migrate::MoveError::Pinned(reason) => match shared.config.switchover.pinned_policy {
-            PinnedPolicy::Close => (Some(DataEnd::Pinned(reason)), true),
-            PinnedPolicy::Wait => (None, true),
-        },
-        other => (Some(DataEnd::MoveFailed(route.target, other.to_string())), false),
-    };
     let reason = match &end {
         Some(DataEnd::Pinned(r)) => format!("holds {r}, which cannot move (pinned_policy = close)"),
         Some(DataEnd::MoveFailed(_, m)) => m.clone(),
+        Some(DataEnd::Unreplicated(db)) => {
+            format!("database {db} is not replicated; closed (unreplicated_sessions = close)")
+        }
         _ => "holds state that cannot move (pinned_policy = wait): it stays until it ends".to_owned(),
     };
     warn!(
@@ -440,6 +449,7 @@ async fn finish(shared: &Shared, client: &mut Conn, server: &mut ServerConn, ctx
         DataEnd::Pinned(reason) => (Some(SessionError::Pinned(reason.clone())), true),
         DataEnd::DrainCancelled => (Some(SessionError::DrainCancelled), true),
         DataEnd::MoveFailed(to, reason) => (Some(SessionError::MoveFailed(to.name(), reason.clone())), true),
+        DataEnd::Unreplicated(database) => (Some(SessionError::Unreplicated(database.clone())), true),
         DataEnd::Pump(Ok(PumpEnd::AtBoundary)) | DataEnd::ShutdownForced => (Some(SessionError::Shutdown), true),
         DataEnd::Pump(Err(PumpError::ClientProtocol(e))) => (Some(SessionError::ClientProtocol(e.to_string())), true),
         DataEnd::Pump(Err(PumpError::ClientIo(_))) => (None, true),
@@ -453,6 +463,9 @@ async fn finish(shared: &Shared, client: &mut Conn, server: &mut ServerConn, ctx
         DataEnd::ServerClosedWithError => info!("session ended: the server closed it with an error"),
         DataEnd::Pinned(reason) => info!("session closed for the switchover: it holds {reason}"),
         DataEnd::MoveFailed(to, reason) => warn!("session closed: it could not move to {}: {reason}", to.name()),
+        DataEnd::Unreplicated(database) => {
+            info!("session closed for the switchover: database {database:?} is not replicated")
+        }
         DataEnd::DrainCancelled => {
             warn!("session closed: its transaction was still open after the drain (drain_policy = cancel)")
         }
