@@ -32,7 +32,7 @@ async fn wait_for_metric(proxy: &RunningProxy, line: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_whose_server_is_terminated_while_idle_carries_on_with_its_state() {
+async fn a_session_whose_server_restarts_while_idle_carries_on_with_its_state() {
     let blue = Db::pg15();
     blue.sql(SCHEMA);
     let proxy = RunningProxy::start(blue.default_config()).await;
@@ -53,10 +53,12 @@ async fn a_session_whose_server_is_terminated_while_idle_carries_on_with_its_sta
     let named = client.prepare("select $1::int * 3").await.unwrap();
     let pid: i32 = client.query_one("select pg_backend_pid()", &[]).await.unwrap().get(0);
 
-    assert_eq!(blue.sql(&format!("select pg_terminate_backend({pid})")), "t");
-    // The client stays quiet until the proxy has reconnected: a message that
-    // crosses the server's FATAL on the wire gets the error instead, since nobody
-    // can tell whether the dying server ran it.
+    // A fast shutdown tells every backend "terminating connection due to
+    // administrator command", as pg_terminate_backend does; the server that comes
+    // back has a younger postmaster, so the proxy reconnects. The client stays quiet
+    // until then: a message that crosses the server's FATAL on the wire gets the
+    // error instead, since nobody can tell whether the dying server ran it.
+    tokio::task::block_in_place(|| blue.cluster.restart()).expect("restart");
     wait_for_metric(&proxy, "pgcutover_server_reconnects_total{outcome=\"reconnected\"} 1").await;
     assert_eq!(backend_count(&blue, pid), "0");
 
@@ -92,6 +94,49 @@ async fn a_session_whose_server_is_terminated_while_idle_carries_on_with_its_sta
         "{}",
         metrics(&proxy).await
     );
+}
+
+/// `pg_terminate_backend` of one backend while the server runs on: the client gets
+/// the server's FATAL and its connection closes, exactly as on a direct connection
+/// (pools check health that way, operators end sessions that way); the proxy goes
+/// on serving the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_targeted_termination_ends_the_session_as_it_would_directly() {
+    let blue = Db::pg15();
+    let proxy = RunningProxy::start(blue.default_config()).await;
+    let bystander = connect(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB)).await.unwrap();
+    let mut seen = Vec::new();
+    for conninfo in [
+        blue.cluster.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB),
+        proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB),
+    ] {
+        let (client, _, conn) = connect_listening(&conninfo).await;
+        client
+            .batch_execute("SET application_name = 'terminated'")
+            .await
+            .unwrap();
+        let pid: i32 = client.query_one("select pg_backend_pid()", &[]).await.unwrap().get(0);
+        assert_eq!(blue.sql(&format!("select pg_terminate_backend({pid})")), "t");
+        let e = tokio::time::timeout(Duration::from_secs(10), conn)
+            .await
+            .expect("the connection ends")
+            .unwrap()
+            .expect_err("with the server's FATAL");
+        let db = e
+            .as_db_error()
+            .unwrap_or_else(|| panic!("{conninfo}: no ErrorResponse: {e}"));
+        seen.push((
+            db.severity().to_owned(),
+            db.code().code().to_owned(),
+            db.message().to_owned(),
+        ));
+        assert!(client.is_closed());
+    }
+    assert_eq!(seen[0].1, "57P01", "{seen:?}");
+    assert_eq!(seen[1], seen[0], "through the proxy as directly");
+    wait_for_metric(&proxy, "pgcutover_server_reconnects_total{outcome=\"terminated\"} 1").await;
+    let one: i32 = bystander.query_one("select 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,6 +50,9 @@ pub struct ServerConn {
     pub login_messages: BytesMut,
     /// Every ParameterStatus it reported, in order.
     pub params: Vec<(String, String)>,
+    /// When the login completed: a server whose postmaster has run longer than this
+    /// connection did not restart under it.
+    pub connected_at: std::time::Instant,
 }
 
 impl ServerConn {
@@ -183,6 +186,7 @@ async fn connect_inner(
         addr,
         login_messages,
         params: reported,
+        connected_at: std::time::Instant::now(),
     })
 }
 

@@ -5,4 +5,4 @@ mod login;
 mod query;
 
 pub use login::{connect, Backend, LoginError, LoginOptions, ServerConn};
-pub(crate) use query::round_trip;
+pub(crate) use query::{postmaster_uptime, round_trip};

@@ -18,7 +18,7 @@ use error::SessionError;
 use opening::Opening;
 use pgcutover_api::{Side, UnmovedSession};
 use pgcutover_config::{AuthType, PinnedPolicy, TlsMode, UnreplicatedPolicy};
-use pgcutover_protocol::backend::TransactionStatus;
+use pgcutover_protocol::backend::{ErrorFields, TransactionStatus};
 use pgcutover_protocol::build;
 use pgcutover_protocol::StartupMessage;
 use standby::Standby;
@@ -427,10 +427,35 @@ async fn server_lost(live: &mut Live<'_>) -> Result<(), ()> {
         shared.metrics.server_reconnect("not_attempted");
         return Err(());
     }
-    match migrate::reconnect(live).await {
+    // A FATAL the server sent on its way out decides: "administrator command"
+    // (57P01) may be a restart or this backend alone being terminated; a crash
+    // (57P02) or no farewell at all (a reset) is the server's, so reconnect; any
+    // other (an idle-session timeout, a dropped database) ends the session, as it
+    // would directly.
+    let farewell = pump
+        .server_farewell()
+        .map(|f| ErrorFields::new(f.get(5..).unwrap_or_default()));
+    let administrator_command = match farewell.as_ref().and_then(|f| f.code()) {
+        None | Some("57P02") => false,
+        Some("57P01") => true,
+        Some(code) => {
+            info!(
+                sqlstate = code,
+                "server connection lost while idle; not reconnecting: the server ended the session"
+            );
+            shared.metrics.server_reconnect("not_attempted");
+            return Err(());
+        }
+    };
+    match migrate::reconnect(live, administrator_command).await {
         Ok(()) => {
             shared.metrics.server_reconnect("reconnected");
             Ok(())
+        }
+        Err(e @ migrate::MoveError::Terminated { .. }) => {
+            info!("server connection lost while idle; not reconnecting: {e}");
+            shared.metrics.server_reconnect("terminated");
+            Err(())
         }
         Err(e) => {
             warn!("server connection lost while idle; reconnecting failed: {e}");
@@ -475,8 +500,13 @@ async fn finish(shared: &Shared, client: &mut Conn, server: &mut ServerConn, ctx
         build::terminate(&mut server.conn.wbuf);
         let _ = tokio::time::timeout(GOODBYE_TIMEOUT, server.conn.flush()).await;
     }
-    if let Some(e) = client_error {
-        goodbye(client, e).await;
+    match client_error {
+        Some(e) => goodbye(client, e).await,
+        // The server's own FATAL, held back for a reconnect that did not happen.
+        None if !client.wbuf.is_empty() => {
+            let _ = tokio::time::timeout(GOODBYE_TIMEOUT, client.flush()).await;
+        }
+        None => {}
     }
 }
 

@@ -67,6 +67,17 @@ pub(crate) enum MoveError {
         /// What failed.
         reason: StepError,
     },
+    /// The server ended this one backend (`pg_terminate_backend`) and runs on: the
+    /// session ends as it would on a direct connection.
+    #[error(
+        "the {target} server terminated the session's backend and is still up (its postmaster has run for {uptime:?})"
+    )]
+    Terminated {
+        /// Where the session is.
+        target: Side,
+        /// How long the server had been up.
+        uptime: Duration,
+    },
 }
 
 /// Why one exchange of a move (standby, snapshot, replay) failed.
@@ -169,16 +180,21 @@ async fn stay(live: &mut Live<'_>, to_client: &[u8]) {
 /// lost while the session was idle, from the session's own log (the old server
 /// cannot be asked). The client notices nothing but a delay. Retries the login
 /// until `server_connect_timeout` has passed.
-pub(crate) async fn reconnect(live: &mut Live<'_>) -> Result<(), MoveError> {
+pub(crate) async fn reconnect(live: &mut Live<'_>, administrator_command: bool) -> Result<(), MoveError> {
     let shared = live.shared;
     let started = Instant::now();
     let snapshot = Snapshot::from_log(live.pump.state_log());
     let deadline = started + shared.config.proxy.server_connect_timeout.0;
     let mut pause = Duration::from_millis(50);
+    let mut warm = match administrator_command {
+        true => terminated_or_restarted(live).await?,
+        false => None,
+    };
     loop {
         // The route may change while this waits: always the active target.
         let route = shared.control.route();
-        let switched = switch(live, route, None, &snapshot, BytesMut::new()).await;
+        let warm = warm.take().filter(|(side, _)| *side == route.target).map(|(_, w)| w);
+        let switched = switch(live, route, warm, &snapshot, BytesMut::new()).await;
         match switched {
             Ok(()) => {
                 info!(
@@ -194,7 +210,7 @@ pub(crate) async fn reconnect(live: &mut Live<'_>) -> Result<(), MoveError> {
             }
             // A refused replay will be refused again; a login may work once the
             // server is back (a restart).
-            Err(e @ MoveError::Replay { .. }) => return Err(e),
+            Err(e @ (MoveError::Replay { .. } | MoveError::Terminated { .. })) => return Err(e),
             Err(e) if Instant::now() + pause >= deadline => return Err(e),
             Err(e) => {
                 debug!("reconnect failed, retrying in {pause:?}: {e}");
@@ -202,6 +218,39 @@ pub(crate) async fn reconnect(live: &mut Live<'_>) -> Result<(), MoveError> {
                 pause = (pause * 2).min(Duration::from_secs(1));
             }
         }
+    }
+}
+
+/// The lost server said "terminating connection due to administrator command":
+/// PostgreSQL says that both to a backend `pg_terminate_backend` ends and to every
+/// backend when it shuts down. A server that accepts a login at once and whose
+/// postmaster has run longer than the lost connection lived did not restart: it
+/// ended this one backend, and the session ends too ([`MoveError::Terminated`]).
+/// Otherwise (no login: it is going down or coming up; a younger postmaster: it
+/// restarted or failed over) the reconnect goes ahead, starting from the probe's
+/// connection if there is one.
+async fn terminated_or_restarted(live: &mut Live<'_>) -> Result<Option<(Side, Warm)>, MoveError> {
+    let (shared, ctx) = (live.shared, live.ctx);
+    let target = ctx.registration.handle.target();
+    let lived = live.server.connected_at.elapsed();
+    let backend = shared.backend(target);
+    let Ok(mut probe) = server::connect(backend, &shared.login, &ctx.params, &ctx.credential).await else {
+        return Ok(None);
+    };
+    match tokio::time::timeout(STEP_TIMEOUT, server::postmaster_uptime(&mut probe.conn)).await {
+        Ok(Ok(Some(uptime))) if uptime > lived => {
+            build::terminate(&mut probe.conn.wbuf);
+            let _ = tokio::time::timeout(Duration::from_secs(1), probe.conn.flush()).await;
+            Err(MoveError::Terminated { target, uptime })
+        }
+        Ok(Ok(_)) => Ok(Some((
+            target,
+            Warm {
+                server: probe,
+                statements: Vec::new(),
+            },
+        ))),
+        _ => Ok(None),
     }
 }
 
