@@ -476,18 +476,19 @@ fn proxies(
     config: &Config,
 ) -> anyhow::Result<Vec<Arc<dyn ProxyControl>>> {
     let token = AdminToken::load_optional(config.proxy.admin_token_file.as_deref())?;
+    let ca = config.proxy.admin_tls_ca_file.as_deref();
     let mut proxies: Vec<Arc<dyn ProxyControl>> = Vec::new();
     match local {
         Some(control) => proxies.push(Arc::new(LocalProxy(control))),
         None => {
-            let url = format!("http://{}", config.proxy.admin_listen);
+            let url = config.proxy.admin_url();
             proxies.push(Arc::new(
-                RemoteProxy::new(&url, token.clone()).map_err(anyhow::Error::msg)?,
+                RemoteProxy::new(&url, token.clone(), ca).map_err(anyhow::Error::msg)?,
             ));
         }
     }
     for url in &config.proxy.peers {
-        let peer = RemoteProxy::new(url, token.clone()).map_err(|e| anyhow::anyhow!("[proxy] peers: {e}"))?;
+        let peer = RemoteProxy::new(url, token.clone(), ca).map_err(|e| anyhow::anyhow!("[proxy] peers: {e}"))?;
         proxies.push(Arc::new(peer));
     }
     Ok(proxies)

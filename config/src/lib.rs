@@ -138,6 +138,9 @@ impl Config {
             &mut self.proxy.tls_key_file,
             &mut self.proxy.server_tls_ca_file,
             &mut self.proxy.admin_token_file,
+            &mut self.proxy.admin_tls_cert_file,
+            &mut self.proxy.admin_tls_key_file,
+            &mut self.proxy.admin_tls_ca_file,
             &mut self.auth.auth_file,
             &mut self.replication.bindir,
         ]
@@ -154,6 +157,9 @@ impl Config {
         let p = &self.proxy;
         if p.tls_cert_file.is_some() != p.tls_key_file.is_some() {
             return Err("[proxy] tls_cert_file and tls_key_file must be set together".into());
+        }
+        if p.admin_tls_cert_file.is_some() != p.admin_tls_key_file.is_some() {
+            return Err("[proxy] admin_tls_cert_file and admin_tls_key_file must be set together".into());
         }
         if p.tls_mode == TlsMode::Require && p.tls_cert_file.is_none() {
             return Err("[proxy] tls_mode = \"require\" needs tls_cert_file and tls_key_file".into());

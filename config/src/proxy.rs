@@ -38,11 +38,21 @@ pub struct ProxyConfig {
     /// File holding the bearer token that mutating admin calls must present; without
     /// it they are refused.
     pub admin_token_file: Option<PathBuf>,
+    /// PEM certificate chain the admin API serves HTTPS with; absent = plain HTTP,
+    /// which is allowed on loopback addresses only while a token is set (the token
+    /// must not cross a network in clear).
+    pub admin_tls_cert_file: Option<PathBuf>,
+    /// PEM private key for `admin_tls_cert_file`.
+    pub admin_tls_key_file: Option<PathBuf>,
+    /// PEM CA bundle that signs the admin certificates of `https://` peers (and of
+    /// this instance, for the CLI).
+    pub admin_tls_ca_file: Option<PathBuf>,
     /// Users allowed into the SQL admin console (database `pgcutover` on `listen`).
     pub admin_users: Vec<String>,
     /// Admin API base URLs of the other proxy instances serving the same
-    /// application (`["http://10.0.0.2:9187"]`); a switchover holds, flips and
-    /// resumes them with this one. They must accept this instance's admin token.
+    /// application (`["https://10.0.0.2:9187"]`; `http://` only on loopback); a
+    /// switchover holds, flips and resumes them with this one. They must accept
+    /// this instance's admin token.
     pub peers: Vec<String>,
 }
 
@@ -62,6 +72,9 @@ impl Default for ProxyConfig {
             max_message_bytes: pgcutover_protocol::frame::DEFAULT_MAX_MESSAGE_LEN,
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9187)),
             admin_token_file: None,
+            admin_tls_cert_file: None,
+            admin_tls_key_file: None,
+            admin_tls_ca_file: None,
             admin_users: Vec::new(),
             peers: Vec::new(),
         }
@@ -92,4 +105,17 @@ pub enum ServerTlsMode {
     Require,
     /// TLS or fail, certificate chain and host name verified against `server_tls_ca_file`.
     VerifyFull,
+}
+
+impl ProxyConfig {
+    /// The scheme and address the admin API is reached at: `https://` once it has a
+    /// certificate.
+    pub fn admin_url(&self) -> String {
+        let scheme = if self.admin_tls_cert_file.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.admin_listen)
+    }
 }

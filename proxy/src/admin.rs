@@ -23,8 +23,10 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 /// Largest request body accepted (the bodies are tiny JSON objects).
@@ -38,10 +40,12 @@ const MAX_CONNECTIONS: usize = 64;
 /// Time a caller has to send its request headers, and then its body.
 const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The bound admin listener and the token mutating calls must present.
+/// The bound admin listener, the token mutating calls must present, and the TLS
+/// it serves with, if configured.
 pub(crate) struct AdminServer {
     listener: TcpListener,
     token: Option<AdminToken>,
+    tls: Option<TlsAcceptor>,
 }
 
 /// Every endpoint, parsed from the method and path before anything else happens:
@@ -113,11 +117,17 @@ impl AdminServer {
     /// Binds `admin_listen` and reads the token, so problems surface at start.
     pub(crate) async fn bind(config: &Config) -> Result<AdminServer, StartError> {
         let token = AdminToken::load_optional(config.proxy.admin_token_file.as_deref())?;
+        let tls = crate::tls::admin_acceptor(&config.proxy)?;
         let addr = config.proxy.admin_listen;
+        // Callers send the token with every mutating call: over plain HTTP anyone on
+        // the network path could take it and then hold, route or switch every proxy.
+        if token.is_some() && tls.is_none() && !addr.ip().is_loopback() {
+            return Err(StartError::AdminPlaintext { addr });
+        }
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::AdminBind { addr, source })?;
-        Ok(AdminServer { listener, token })
+        Ok(AdminServer { listener, token, tls })
     }
 
     /// The bound address.
@@ -127,7 +137,7 @@ impl AdminServer {
 
     /// Serves requests until the task is aborted.
     pub(crate) async fn serve(self, shared: Arc<Shared>) {
-        info!(admin = %self.local_addr(), mutating = self.token.is_some(), "admin API ready");
+        info!(admin = %self.local_addr(), mutating = self.token.is_some(), https = self.tls.is_some(), "admin API ready");
         let token = Arc::new(self.token);
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
@@ -141,22 +151,41 @@ impl AdminServer {
             };
             let shared = shared.clone();
             let token = token.clone();
+            let tls = self.tls.clone();
             tokio::spawn(async move {
                 let _slot = slot;
                 let service = service_fn(move |req| handle(shared.clone(), token.clone(), req, peer));
-                // One request per connection, headers within the timeout: a caller that
-                // stalls is dropped instead of holding a descriptor.
-                let connection = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(REQUEST_READ_TIMEOUT)
-                    .keep_alive(false)
-                    .serve_connection(TokioIo::new(tcp), service);
-                if let Err(e) = connection.await {
+                let served = match tls {
+                    None => serve_connection(tcp, service).await,
+                    // The handshake gets the same bound as the headers.
+                    Some(tls) => match tokio::time::timeout(REQUEST_READ_TIMEOUT, tls.accept(tcp)).await {
+                        Ok(Ok(stream)) => serve_connection(stream, service).await,
+                        Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
+                        Err(_) => Err(format!("no TLS handshake within {REQUEST_READ_TIMEOUT:?}")),
+                    },
+                };
+                if let Err(e) = served {
                     debug!(%peer, "admin connection: {e}");
                 }
             });
         }
     }
+}
+
+/// One request per connection, headers within the timeout: a caller that stalls
+/// is dropped instead of holding a descriptor.
+async fn serve_connection<S>(io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static, service: S) -> Result<(), String>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Reply, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(REQUEST_READ_TIMEOUT)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(io), service)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 type Reply = Response<Full<Bytes>>;

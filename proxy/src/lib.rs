@@ -72,6 +72,12 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// A token over plain HTTP on a network address.
+    #[error("the admin API on {addr} would take the admin token over plain HTTP from the network: set [proxy] admin_tls_cert_file and admin_tls_key_file (and use https:// peers), or listen on a loopback address")]
+    AdminPlaintext {
+        /// The address.
+        addr: SocketAddr,
+    },
     /// The admin token file is unreadable or too short.
     #[error("{0}")]
     AdminToken(#[from] pgcutover_config::AdminTokenError),

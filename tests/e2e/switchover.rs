@@ -193,7 +193,7 @@ async fn switchover_under_load_through_two_proxies_loses_nothing_then_rollback_b
     let p2 = RunningProxy::start(config.clone()).await;
     let proxies: [Arc<dyn ProxyControl>; 2] = [
         Arc::new(LocalProxy(p1.control.clone())),
-        Arc::new(RemoteProxy::new(&format!("http://{}", p2.admin), admin_token()).unwrap()),
+        Arc::new(RemoteProxy::new(&format!("http://{}", p2.admin), admin_token(), None).unwrap()),
     ];
 
     // A session with state of every kind, on each proxy.
@@ -462,7 +462,7 @@ async fn an_unreachable_peer_refuses_the_switchover_before_anything_changes() {
     let unreachable = format!("http://127.0.0.1:{}", pg_harness::free_port());
     let proxies: [Arc<dyn ProxyControl>; 2] = [
         Arc::new(LocalProxy(proxy.control.clone())),
-        Arc::new(RemoteProxy::new(&unreachable, admin_token()).unwrap()),
+        Arc::new(RemoteProxy::new(&unreachable, admin_token(), None).unwrap()),
     ];
     let report = run_switchover(&targets, &config, &proxies, Direction::Forward, Duration::from_secs(5)).await;
     assert_eq!(report.outcome, Outcome::Refused, "{report:?}");

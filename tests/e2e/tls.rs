@@ -116,3 +116,51 @@ async fn tls_mode_disable_answers_no_and_serves_plaintext() {
         .await
         .is_err());
 }
+
+/// The admin API over HTTPS: a peer that trusts its CA holds and resumes it with
+/// the token; plain HTTP and a peer trusting another CA get nothing. A proxy whose
+/// admin API would take the token in clear on a network address does not start.
+#[tokio::test]
+async fn the_admin_api_serves_https_and_never_takes_the_token_in_clear_from_a_network() {
+    use pgcutover_api::{ProxyControl, Side};
+    use pgcutover_orchestrator::switchover::RemoteProxy;
+    let db = Db::pg15();
+    let token = db.dir.write("admin.token", ADMIN_TOKEN);
+    let auth = format!("auth_file = {:?}", db.userlist());
+
+    // Refused before anything is bound, naming the fix.
+    let mut open = db.config(&format!("admin_token_file = {token:?}"), &auth);
+    open.proxy.admin_listen = "10.0.0.1:9187".parse().unwrap();
+    let refused = pgcutover_proxy::Proxy::bind(open)
+        .await
+        .err()
+        .expect("a token over plain HTTP on a network address");
+    assert!(refused.to_string().contains("admin_tls_cert_file"), "{refused}");
+
+    let ca = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let cert = db.dir.write("admin.crt", &ca.cert.pem());
+    let key = db.dir.write("admin.key", &ca.key_pair.serialize_pem());
+    let proxy = RunningProxy::start(db.config(
+        &format!("admin_token_file = {token:?}\nadmin_tls_cert_file = {cert:?}\nadmin_tls_key_file = {key:?}"),
+        &auth,
+    ))
+    .await;
+    let url = format!("https://127.0.0.1:{}", proxy.admin.port());
+    let peer = RemoteProxy::new(&url, admin_token(), Some(&cert)).unwrap();
+    let status = peer.status().await.unwrap();
+    assert_eq!(status.route, Side::Blue);
+    assert!(status.server_pids.is_some(), "the token was presented: {status:?}");
+    assert!(peer.hold("tls-test").await.unwrap().held);
+    assert!(proxy.control.status_reply().held_ms.is_some());
+    peer.resume("tls-test").await.unwrap();
+    assert!(proxy.control.status_reply().held_ms.is_none());
+
+    let plain = RemoteProxy::new(&format!("http://127.0.0.1:{}", proxy.admin.port()), None, None).unwrap();
+    assert!(plain.status().await.is_err(), "plain HTTP to the HTTPS port");
+    let stranger = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let stranger = db.dir.write("stranger.crt", &stranger.cert.pem());
+    let untrusted = RemoteProxy::new(&url, admin_token(), Some(&stranger)).unwrap();
+    let e = untrusted.status().await.unwrap_err().to_string();
+    assert!(e.contains("certificate"), "{e}");
+    assert!(proxy.control.status_reply().held_ms.is_none());
+}

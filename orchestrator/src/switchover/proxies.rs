@@ -1,5 +1,5 @@
 //! The proxies a switchover drives, behind `pgcutover_api::ProxyControl`:
-//! [`RemoteProxy`] calls a proxy's admin API over HTTP/1.1 (hyper) with the
+//! [`RemoteProxy`] calls a proxy's admin API over HTTP/1.1 (hyper, TLS with rustls) with the
 //! `pgcutover_api` types; the proxy crate implements the trait for the proxy in this
 //! process, so both are driven the same way.
 
@@ -11,12 +11,16 @@ use pgcutover_api::{
     BoxFuture, ErrorReply, HoldReply, HoldRequest, PhaseUpdate, PrepareReply, PrepareRequest, ProxyControl, ProxyError,
     ResumeReply, RouteReply, RouteRequest, Side, StatusReply, RUN_HEADER,
 };
-use pgcutover_config::AdminToken;
+use pgcutover_config::{load_certs, provider, AdminToken, ServerTls};
+use rustls_pki_types::ServerName;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 /// Largest admin reply read (a status of a few thousand sessions' pids fits).
 const MAX_REPLY: usize = 16 << 20;
@@ -30,22 +34,58 @@ pub struct RemoteProxy {
     authority: String,
     url: String,
     token: Option<AdminToken>,
+    /// For `https://`: the connector (trusting `admin_tls_ca_file`) and the name the
+    /// certificate must carry.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
 }
 
 impl RemoteProxy {
-    /// A proxy at `url` (`http://host:port`), presenting `token` on mutating calls.
-    pub fn new(url: &str, token: Option<AdminToken>) -> Result<RemoteProxy, String> {
-        let authority = url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("peer {url:?}: peers must be http://host:port URLs of a proxy's admin API"))?
-            .trim_end_matches('/');
+    /// A proxy at `url`, presenting `token` on mutating calls: `https://host:port`,
+    /// its certificate signed by a CA in `ca_file`, or `http://host:port` on a
+    /// loopback address (a token sent in clear across a network could be taken).
+    pub fn new(url: &str, token: Option<AdminToken>, ca_file: Option<&Path>) -> Result<RemoteProxy, String> {
+        let (https, rest) =
+            match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+                (Some(rest), _) => (true, rest),
+                (None, Some(rest)) => (false, rest),
+                _ => return Err(format!(
+                    "peer {url:?}: expected https://host:port (or http:// on loopback), the URL of a proxy's admin API"
+                )),
+            };
+        let authority = rest.trim_end_matches('/');
         if authority.is_empty() || authority.contains('/') {
-            return Err(format!("peer {url:?}: expected http://host:port with no path"));
+            return Err(format!("peer {url:?}: expected a scheme and host:port with no path"));
         }
+        let host = host_of(authority);
+        let tls = if https {
+            let ca = ca_file.ok_or_else(|| {
+                format!("peer {url:?}: https:// peers need [proxy] admin_tls_ca_file, the CA bundle that signed their admin certificates")
+            })?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in load_certs("admin_tls_ca_file", ca).map_err(|e| e.to_string())? {
+                roots.add(cert).map_err(|e| format!("admin_tls_ca_file: {e}"))?;
+            }
+            let config = rustls::ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let name = ServerTls::server_name(host).map_err(|e| format!("peer {url:?}: {e}"))?;
+            Some((TlsConnector::from(Arc::new(config)), name))
+        } else {
+            if token.is_some() && !is_loopback(host) {
+                return Err(format!(
+                    "peer {url:?}: the admin token would cross the network in plain text; serve that proxy's admin API over TLS (admin_tls_cert_file) and use https://"
+                ));
+            }
+            None
+        };
+        let scheme = if https { "https" } else { "http" };
         Ok(RemoteProxy {
             authority: authority.to_owned(),
-            url: format!("http://{authority}"),
+            url: format!("{scheme}://{authority}"),
             token,
+            tls,
         })
     }
 
@@ -122,24 +162,53 @@ impl RemoteProxy {
         }
         let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
         let tcp = TcpStream::connect(&self.authority).await.map_err(|e| e.to_string())?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| e.to_string())?;
-        let driver = tokio::spawn(connection);
-        let result = match sender.send_request(request).await {
-            Ok(r) => {
-                let status = r.status();
-                Limited::new(r.into_body(), MAX_REPLY)
-                    .collect()
+        match &self.tls {
+            None => send(tcp, request).await,
+            Some((connector, name)) => {
+                let stream = connector
+                    .connect(name.clone(), tcp)
                     .await
-                    .map(|b| (status, b.to_bytes()))
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| format!("TLS: {e}"))?;
+                send(stream, request).await
             }
-            Err(e) => Err(e.to_string()),
-        };
-        driver.abort();
-        result
+        }
     }
+}
+
+/// One request on a fresh connection: (status, body).
+async fn send(
+    io: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    request: Request<Full<Bytes>>,
+) -> Result<(StatusCode, Bytes), String> {
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| e.to_string())?;
+    let driver = tokio::spawn(connection);
+    let result = match sender.send_request(request).await {
+        Ok(r) => {
+            let status = r.status();
+            Limited::new(r.into_body(), MAX_REPLY)
+                .collect()
+                .await
+                .map(|b| (status, b.to_bytes()))
+                .map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    driver.abort();
+    result
+}
+
+/// The host of `host:port` (`[v6]:port` included).
+fn host_of(authority: &str) -> &str {
+    match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 impl ProxyControl for RemoteProxy {
@@ -264,12 +333,29 @@ impl PhaseReporter {
 mod tests {
     use super::*;
 
+    fn token() -> Option<AdminToken> {
+        AdminToken::new("a-token-long-enough-for-the-check-0123")
+    }
+
     #[test]
-    fn peer_urls_are_http_host_port() {
-        assert!(RemoteProxy::new("http://10.0.0.2:9187", None).is_ok());
-        assert!(RemoteProxy::new("http://10.0.0.2:9187/", None).is_ok());
-        assert!(RemoteProxy::new("https://10.0.0.2:9187", None).is_err());
-        assert!(RemoteProxy::new("http://10.0.0.2:9187/admin", None).is_err());
-        assert!(RemoteProxy::new("10.0.0.2:9187", None).is_err());
+    fn peer_urls_are_a_scheme_and_host_port() {
+        assert!(RemoteProxy::new("http://10.0.0.2:9187", None, None).is_ok());
+        assert!(RemoteProxy::new("http://10.0.0.2:9187/", None, None).is_ok());
+        assert!(RemoteProxy::new("http://10.0.0.2:9187/admin", None, None).is_err());
+        assert!(RemoteProxy::new("10.0.0.2:9187", None, None).is_err());
+    }
+
+    #[test]
+    fn the_token_crosses_a_network_only_over_tls() {
+        let token = token();
+        for loopback in ["http://127.0.0.1:9187", "http://localhost:9187", "http://[::1]:9187"] {
+            assert!(RemoteProxy::new(loopback, token.clone(), None).is_ok(), "{loopback}");
+        }
+        let e = RemoteProxy::new("http://10.0.0.2:9187", token.clone(), None)
+            .err()
+            .unwrap();
+        assert!(e.contains("plain text") && e.contains("https://"), "{e}");
+        let e = RemoteProxy::new("https://10.0.0.2:9187", token, None).err().unwrap();
+        assert!(e.contains("admin_tls_ca_file"), "{e}");
     }
 }
