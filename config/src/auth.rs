@@ -17,7 +17,9 @@ pub struct AuthConfig {
     pub auth_user: Option<String>,
     /// Query returning (user name, secret) for `$1`.
     pub auth_query: String,
-    /// Database `auth_query` runs in; default: the client's database.
+    /// Database `auth_query` runs in, always the same one (so a database owner
+    /// cannot answer for users of other databases); default: the first of
+    /// `[replication] databases`, which exists on blue and green alike.
     pub auth_dbname: Option<String>,
     /// How long a secret fetched by `auth_query` is reused. Default `60s`.
     pub auth_cache_ttl: HumanDuration,
@@ -29,10 +31,20 @@ impl Default for AuthConfig {
             auth_type: AuthType::ScramSha256,
             auth_file: None,
             auth_user: None,
-            auth_query: "SELECT usename, passwd FROM pg_shadow WHERE usename = $1".into(),
+            auth_query: "SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = $1".into(),
             auth_dbname: None,
             auth_cache_ttl: HumanDuration(Duration::from_secs(60)),
         }
+    }
+}
+
+impl AuthConfig {
+    /// The database `auth_query` runs in.
+    pub fn auth_dbname(&self, replication: &crate::ReplicationConfig) -> String {
+        self.auth_dbname
+            .clone()
+            .or_else(|| replication.databases.first().cloned())
+            .unwrap_or_else(|| "postgres".to_owned())
     }
 }
 

@@ -176,7 +176,7 @@ impl Proxy {
                     user.clone(),
                     secret.server_credential(),
                     config.auth.auth_query.clone(),
-                    config.auth.auth_dbname.clone(),
+                    config.auth.auth_dbname(&config.replication),
                     config.auth.auth_cache_ttl.0,
                 ))
             }

@@ -87,6 +87,93 @@ async fn auth_query_looks_up_users_missing_from_the_auth_file() {
     assert_refused(&proxy, "nobody_here", "x", "28000").await;
 }
 
+/// auth_query runs before the client proved anything, so it is bounded: one kept
+/// connection for every lookup, a fixed `search_path` (a database's own
+/// `search_path` cannot put another `pg_shadow` first), and misses rate-limited per
+/// client address, while cached users still log in.
+#[tokio::test]
+async fn auth_query_keeps_one_connection_resolves_names_in_the_catalog_and_limits_unknown_users() {
+    let db = Db::pg15();
+    // The unqualified query PgBouncer's documentation shows.
+    let auth = format!(
+        "auth_file = {:?}\nauth_user = \"{}\"\nauth_cache_ttl = \"1h\"\nauth_query = \"SELECT usename, passwd FROM pg_shadow WHERE usename = $1\"",
+        db.userlist(),
+        pg_harness::SUPERUSER
+    );
+    let proxy = RunningProxy::start(db.config("", &auth)).await;
+    // A view that would make the user unknown, first on the path of the lookup
+    // database (postgres, the first replicated one here) and of the client's.
+    for database in ["postgres", DB] {
+        db.cluster
+            .psql(
+                database,
+                &format!(
+                    "create schema evil;
+                     create view evil.pg_shadow as select usename, passwd from pg_catalog.pg_shadow where false;
+                     alter database {database} set search_path = evil, pg_catalog"
+                ),
+            )
+            .unwrap();
+    }
+    assert_login(&proxy, QUERY_USER, QUERY_PASSWORD).await;
+    // A wrong password drops the cached secret: the next login looks it up again.
+    assert_refused(&proxy, QUERY_USER, "wrong", "28P01").await;
+    assert_login(&proxy, QUERY_USER, QUERY_PASSWORD).await;
+
+    let lookups = "select count(*) from pg_stat_activity where application_name = 'pgcutover auth_query'";
+    assert_eq!(
+        db.cluster.psql("postgres", lookups).unwrap(),
+        "1",
+        "one kept connection"
+    );
+    let mut limited = 0;
+    for i in 0..40 {
+        let e = connect(&proxy.conninfo(&format!("nobody_{i}"), "x", DB))
+            .await
+            .unwrap_err();
+        match sqlstate(&e).as_str() {
+            "28000" => {}
+            "53300" => limited += 1,
+            other => panic!("nobody_{i}: {other}: {e}"),
+        }
+    }
+    assert!(
+        (15..=25).contains(&(40 - limited)),
+        "{limited} of 40 unknown users rate-limited"
+    );
+    assert_eq!(
+        db.cluster.psql("postgres", lookups).unwrap(),
+        "1",
+        "still one connection"
+    );
+    // A user the cache knows is not limited.
+    assert_login(&proxy, QUERY_USER, QUERY_PASSWORD).await;
+}
+
+/// Under `auth_type = "trust"` the admin console still asks for the password: it
+/// can hold and resume every client.
+#[tokio::test]
+async fn the_console_takes_a_password_even_under_trust() {
+    let db = Db::pg15();
+    let proxy = RunningProxy::start(db.config(
+        &format!("admin_users = [\"{PLAIN_USER}\"]"),
+        &format!("auth_type = \"trust\"\nauth_file = {:?}", db.userlist()),
+    ))
+    .await;
+    let console = |password: &str| {
+        format!(
+            "host=127.0.0.1 port={} user={PLAIN_USER} password='{password}' dbname=pgcutover connect_timeout=10",
+            proxy.addr.port()
+        )
+    };
+    let e = connect(&console("wrong")).await.expect_err("a wrong password");
+    assert_eq!(sqlstate(&e), "28P01", "{e}");
+    let c = connect(&console(PLAIN_PASSWORD)).await.expect("the right password");
+    c.simple_query("SHOW STATUS").await.unwrap();
+    // Ordinary sessions are still trusted.
+    assert_login(&proxy, PLAIN_USER, "anything").await;
+}
+
 #[tokio::test]
 async fn trust_lets_clients_in_and_logs_in_with_auth_file_secrets() {
     let db = Db::pg15();

@@ -44,14 +44,15 @@ impl RemoteProxy {
     /// its certificate signed by a CA in `ca_file`, or `http://host:port` on a
     /// loopback address (a token sent in clear across a network could be taken).
     pub fn new(url: &str, token: Option<AdminToken>, ca_file: Option<&Path>) -> Result<RemoteProxy, String> {
-        let (https, rest) =
-            match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
-                (Some(rest), _) => (true, rest),
-                (None, Some(rest)) => (false, rest),
-                _ => return Err(format!(
+        let (https, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+            (Some(rest), _) => (true, rest),
+            (None, Some(rest)) => (false, rest),
+            _ => {
+                return Err(format!(
                     "peer {url:?}: expected https://host:port (or http:// on loopback), the URL of a proxy's admin API"
-                )),
-            };
+                ))
+            }
+        };
         let authority = rest.trim_end_matches('/');
         if authority.is_empty() || authority.contains('/') {
             return Err(format!("peer {url:?}: expected a scheme and host:port with no path"));

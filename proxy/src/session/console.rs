@@ -9,10 +9,12 @@ use crate::control::{Call, Caller, Control};
 use crate::wire::Conn;
 use crate::{ClientSlot, Shared};
 use bytes::BytesMut;
+use pgcutover_config::AuthType;
 use pgcutover_protocol::backend::TransactionStatus;
 use pgcutover_protocol::build::{self, ProxyError, Severity};
 use pgcutover_protocol::frontend;
 use pgcutover_protocol::{CancelKey, StartupMessage};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// The console's database name.
@@ -27,8 +29,17 @@ pub(super) async fn serve(
     startup: &StartupMessage,
     slot: &ClientSlot,
     login_timeout: Duration,
+    peer: SocketAddr,
 ) {
-    let user = match tokio::time::timeout(login_timeout, authenticate(shared, client, startup, slot)).await {
+    // The console holds and resumes every client: under auth_type = trust it still
+    // takes a password, checked against the user's secret (md5 also accepts SCRAM
+    // verifiers, asking for SCRAM then, as PostgreSQL does).
+    let auth_type = match shared.config.auth.auth_type {
+        AuthType::Trust => AuthType::Md5,
+        other => other,
+    };
+    let login = authenticate(shared, client, startup, slot, peer, auth_type);
+    let user = match tokio::time::timeout(login_timeout, login).await {
         Err(_) => return goodbye(client, SessionError::LoginTimeout(login_timeout)).await,
         Ok(Err(e)) => return goodbye(client, e).await,
         Ok(Ok((user, _, _))) => user,

@@ -1,6 +1,7 @@
 //! What can end a session early, and the ErrorResponse each one becomes.
 
 use crate::auth::AuthFailure;
+use crate::auth::LookupError;
 use crate::server::LoginError;
 use crate::wire::WireError;
 use bytes::BytesMut;
@@ -85,6 +86,7 @@ impl SessionError {
     /// Logs at the level the cause deserves: client mistakes are info, ours warn.
     pub(crate) fn log(&self) {
         match self {
+            SessionError::AuthQuery(LookupError::RateLimited(_)) => info!("closing client: {self}"),
             SessionError::Server(_) | SessionError::AuthQuery(_) | SessionError::ServerFailed(..) => {
                 warn!("closing client: {self}")
             }
@@ -164,6 +166,11 @@ impl SessionError {
                 "0A000",
                 "pgcutover does not proxy replication connections",
                 Some("connect pg_basebackup, pg_receivewal or a subscription to the database server itself"),
+            ),
+            SessionError::AuthQuery(LookupError::RateLimited(_)) => fatal(
+                "53300",
+                "pgcutover: too many logins of users it does not know from this address; try again in a few seconds",
+                None,
             ),
             SessionError::AuthQuery(e) => fatal(
                 "28000",

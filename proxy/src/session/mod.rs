@@ -78,12 +78,12 @@ pub(crate) async fn run(
         tracing::Span::current().record("db", startup.param("database").unwrap_or(&user));
 
         if startup.param("database") == Some(console::DATABASE) {
-            return console::serve(&shared, &mut client, &startup, &slot, login_timeout).await;
+            return console::serve(&shared, &mut client, &startup, &slot, login_timeout, peer).await;
         }
         // Only the client's own part is bounded by its login timeout: the wait for a
         // held gate is bounded by the hold, and the server login by server_connect_timeout.
         let authenticated =
-            tokio::time::timeout_at(login_deadline, authenticate(&shared, &mut client, &startup, &slot)).await;
+            tokio::time::timeout_at(login_deadline, authenticate(&shared, &mut client, &startup, &slot, peer, shared.config.auth.auth_type)).await;
         let who = match authenticated {
             Err(_) => return goodbye(&mut client, SessionError::LoginTimeout(login_timeout)).await,
             Ok(Err(e)) => return goodbye(&mut client, e).await,
@@ -108,6 +108,8 @@ async fn authenticate(
     client: &mut Conn,
     startup: &StartupMessage,
     slot: &ClientSlot,
+    peer: SocketAddr,
+    auth_type: AuthType,
 ) -> Result<(String, String, ServerCredential), SessionError> {
     let cfg = &shared.config;
     if cfg.proxy.tls_mode == TlsMode::Require && !client.stream.is_tls() {
@@ -128,8 +130,8 @@ async fn authenticate(
     }
     opening::negotiate_protocol_version(client, startup);
 
-    let secret = lookup_secret(shared, user, database).await?;
-    let credential = match (&secret, cfg.auth.auth_type) {
+    let secret = lookup_secret(shared, user, peer).await?;
+    let credential = match (&secret, auth_type) {
         (Some(secret), auth_type) => match authenticate_client(client, user, auth_type, secret).await {
             Ok(c) => c,
             Err(e) => {
@@ -216,8 +218,8 @@ async fn login(
     Ok((server, ctx))
 }
 
-/// The user's secret: auth_file first, then auth_query on the active database.
-async fn lookup_secret(shared: &Shared, user: &str, database: &str) -> Result<Option<Secret>, SessionError> {
+/// The user's secret: auth_file first, then auth_query on the active server.
+async fn lookup_secret(shared: &Shared, user: &str, peer: SocketAddr) -> Result<Option<Secret>, SessionError> {
     if let Some(s) = shared.userlist.as_ref().and_then(|u| u.get(user)) {
         return Ok(Some(s.clone()));
     }
@@ -227,7 +229,7 @@ async fn lookup_secret(shared: &Shared, user: &str, database: &str) -> Result<Op
                 shared.backend(shared.control.route().target),
                 &shared.login,
                 user,
-                database,
+                peer.ip(),
             )
             .await
             .map_err(SessionError::AuthQuery),
