@@ -37,7 +37,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// After `shutdown_timeout`, how long forcibly closed sessions get to say goodbye.
 const FORCED_CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -131,10 +131,15 @@ impl Shared {
     }
 }
 
+/// Connections refused with 53300 at once, each for at most a couple of seconds;
+/// beyond them a connection over `max_client_conn` is closed at accept.
+const MAX_REFUSING: usize = 64;
+
 /// One accepted client's place in the `max_client_conn` count, released on drop.
 pub(crate) struct ClientSlot {
     shared: Arc<Shared>,
-    /// The client arrived when the proxy was full: it gets FATAL 53300 after its startup packet.
+    /// The client arrived when the proxy was full: it is refused with FATAL 53300
+    /// (see `session::refuse`).
     over_limit: bool,
 }
 
@@ -264,6 +269,7 @@ impl Proxy {
         info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), blue = %shared.blue.url.host_port(), "pgcutover proxy ready");
         let (phase_tx, phase_rx) = watch::channel(ShutdownPhase::Running);
         let mut sessions = JoinSet::new();
+        let refusals = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSING));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -271,7 +277,17 @@ impl Proxy {
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
                         let slot = ClientSlot::take(&shared);
-                        sessions.spawn(session::run(shared.clone(), tcp, peer, phase_rx.clone(), slot));
+                        if !slot.over_limit {
+                            sessions.spawn(session::run(shared.clone(), tcp, peer, phase_rx.clone(), slot));
+                        } else if let Ok(refusing) = refusals.clone().try_acquire_owned() {
+                            let shared = shared.clone();
+                            tokio::spawn(async move {
+                                let _refusing = refusing;
+                                session::refuse::over_limit(&shared, tcp, slot).await;
+                            });
+                        } else {
+                            debug!(%peer, "connection closed at accept: max_client_conn reached and {MAX_REFUSING} refusals under way");
+                        }
                     }
                     Err(e) => {
                         // Typically EMFILE: back off instead of spinning on the error.

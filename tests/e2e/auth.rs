@@ -84,7 +84,7 @@ async fn auth_query_looks_up_users_missing_from_the_auth_file() {
         .psql("postgres", &format!("alter role {QUERY_USER} password 'changed'"))
         .unwrap();
     assert_login(&proxy, QUERY_USER, "changed").await;
-    assert_refused(&proxy, "nobody_here", "x", "28000").await;
+    assert_refused(&proxy, "nobody_here", "x", "28P01").await;
 }
 
 /// auth_query runs before the client proved anything, so it is bounded: one kept
@@ -132,7 +132,7 @@ async fn auth_query_keeps_one_connection_resolves_names_in_the_catalog_and_limit
             .await
             .unwrap_err();
         match sqlstate(&e).as_str() {
-            "28000" => {}
+            "28P01" => {}
             "53300" => limited += 1,
             other => panic!("nobody_{i}: {other}: {e}"),
         }
@@ -189,8 +189,11 @@ async fn login_errors_carry_the_right_sqlstate() {
     let proxy =
         RunningProxy::start(db.config("max_client_conn = 3", &format!("auth_file = {:?}", db.userlist()))).await;
 
-    let m = assert_refused(&proxy, "stranger", "x", "28000").await;
-    assert!(m.contains("stranger"), "{m}");
+    // An unknown user goes through a SCRAM exchange and is refused exactly like a
+    // known user with a wrong password, as PostgreSQL does: names cannot be probed.
+    let unknown = assert_refused(&proxy, "stranger", "x", "28P01").await;
+    let wrong = assert_refused(&proxy, SCRAM_USER, "x", "28P01").await;
+    assert_eq!(unknown, wrong.replace(SCRAM_USER, "stranger"));
 
     // Unknown database: the server's own error, passed through.
     let e = connect(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, "no_such_db"))
@@ -205,6 +208,30 @@ async fn login_errors_carry_the_right_sqlstate() {
     }
     let m = assert_refused(&proxy, SCRAM_USER, SCRAM_PASSWORD, "53300").await;
     assert!(m.contains("3"), "{m}");
+    // Refused before it sends a byte: a connection over the limit costs no session.
+    let mut raw = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut answer),
+    )
+    .await
+    .expect("the refusal comes without a startup packet")
+    .unwrap();
+    assert_eq!(answer.first(), Some(&b'E'), "{answer:?}");
+    assert!(String::from_utf8_lossy(&answer).contains("C53300"), "{answer:?}");
+    // A full proxy still forwards cancels, as PostgreSQL does.
+    let sleeping = held[0].cancel_token();
+    let query = held[0].simple_query("select pg_sleep(30)");
+    let cancel = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        sleeping.cancel_query(tokio_postgres::NoTls).await
+    };
+    let (cancelled, sent) = tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(query, cancel) })
+        .await
+        .expect("the cancel ends the query");
+    sent.unwrap();
+    assert_eq!(sqlstate(&cancelled.unwrap_err()), "57014");
     drop(held);
     // Slots are released when clients leave.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

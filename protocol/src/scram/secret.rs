@@ -55,6 +55,19 @@ impl ScramSecret {
         }
     }
 
+    /// The verifier an unknown user is challenged with, as PostgreSQL's mock
+    /// authentication does: derived from `key` (a secret of the process) and the
+    /// name, so the same name always gets the same salt, and no password matches.
+    pub fn mock(user: &str, key: &[u8]) -> Self {
+        let salt = hmac(key, &[b"mock salt", user.as_bytes()]);
+        Self {
+            iterations: DEFAULT_ITERATIONS,
+            salt: salt[..16].to_vec(),
+            stored_key: hmac(key, &[b"mock stored key", user.as_bytes()]),
+            server_key: hmac(key, &[b"mock server key", user.as_bytes()]),
+        }
+    }
+
     /// Renders the verifier in pg_authid form; the inverse of [`ScramSecret::parse`].
     pub fn to_verifier(&self) -> String {
         format!(

@@ -52,9 +52,9 @@ pub async fn authenticate_client(
             Ok(ServerCredential::ScramKeys(keys))
         }
         (AuthType::ScramSha256, Secret::Plain(password)) => {
-            // A verifier made up for this one exchange: the client proves it knows the
+            // A verifier made up for the password: the client proves it knows the
             // password, and the proxy logs into the server with the password itself.
-            let verifier = ScramSecret::from_password(password, &random::<16>(), 4096);
+            let verifier = plain_verifier(user, password).await?;
             scram_exchange(conn, user, verifier).await?;
             Ok(ServerCredential::Password(password.clone()))
         }
@@ -73,6 +73,42 @@ pub async fn authenticate_client(
             Ok(ServerCredential::Md5(stored.clone()))
         }
     }
+}
+
+/// Most verifiers of plain passwords kept; past it the table starts over.
+const MAX_PLAIN_VERIFIERS: usize = 10_000;
+
+/// The SCRAM verifier of a plain password, derived once per user and password for
+/// the life of the process, as PostgreSQL stores one: the 4096 PBKDF2 rounds then
+/// cost one login, not every attempt (a flood of attempts would otherwise keep the
+/// runtime's threads busy), and run off the runtime.
+async fn plain_verifier(user: &str, password: &str) -> Result<ScramSecret, AuthFailure> {
+    type Verifiers = std::collections::HashMap<String, (String, ScramSecret)>;
+    static VERIFIERS: std::sync::Mutex<Option<Verifiers>> = std::sync::Mutex::new(None);
+    let known = |v: &Verifiers| v.get(user).filter(|(p, _)| p == password).map(|(_, s)| s.clone());
+    {
+        let table = VERIFIERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(verifier) = table.as_ref().and_then(known) {
+            return Ok(verifier);
+        }
+    }
+    let owned = password.to_owned();
+    let verifier = tokio::task::spawn_blocking(move || ScramSecret::from_password(&owned, &random::<16>(), 4096))
+        .await
+        .map_err(|e| AuthFailure::Protocol(format!("deriving the SCRAM verifier: {e}")))?;
+    let mut table = VERIFIERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let table = table.get_or_insert_with(Verifiers::new);
+    if table.len() >= MAX_PLAIN_VERIFIERS {
+        table.clear();
+    }
+    let entry = table
+        .entry(user.to_owned())
+        .or_insert_with(|| (password.to_owned(), verifier.clone()));
+    // Another login may have derived it meanwhile: theirs stays, so the salt is stable.
+    if entry.0 != password {
+        *entry = (password.to_owned(), verifier);
+    }
+    Ok(entry.1.clone())
 }
 
 async fn md5_exchange(conn: &mut Conn, user: &str, stored: &str) -> Result<(), AuthFailure> {
@@ -131,4 +167,19 @@ async fn expect_password_message(conn: &mut Conn) -> Result<bytes::Bytes, AuthFa
         )));
     }
     Ok(f.body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_plain_password_is_derived_once_and_again_when_it_changes() {
+        let first = plain_verifier("derived_once", "secret").await.unwrap();
+        let again = plain_verifier("derived_once", "secret").await.unwrap();
+        assert_eq!(first, again, "the same salt and keys: no second derivation");
+        let changed = plain_verifier("derived_once", "another").await.unwrap();
+        assert_ne!(changed.stored_key, first.stored_key);
+        assert_eq!(changed, ScramSecret::from_password("another", &changed.salt, 4096));
+    }
 }

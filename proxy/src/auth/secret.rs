@@ -29,6 +29,19 @@ impl Secret {
         }
     }
 
+    /// What an unknown user is challenged with: a SCRAM verifier no password
+    /// matches, with a salt fixed per name for this process, so that the exchange,
+    /// its timing and the failure look like a known user's wrong password.
+    pub fn mock(user: &str) -> Secret {
+        static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+        let key = KEY.get_or_init(|| {
+            let mut key = [0u8; 32];
+            getrandom::fill(&mut key).expect("the OS random source is available");
+            key
+        });
+        Secret::Scram(ScramSecret::mock(user, key))
+    }
+
     /// What the proxy can log into a server with when the client did not run an
     /// exchange that yields more (trust).
     pub fn server_credential(&self) -> ServerCredential {

@@ -7,7 +7,7 @@ use super::error::SessionError;
 use super::{authenticate, goodbye};
 use crate::control::{Call, Caller, Control};
 use crate::wire::Conn;
-use crate::{ClientSlot, Shared};
+use crate::Shared;
 use bytes::BytesMut;
 use pgcutover_config::AuthType;
 use pgcutover_protocol::backend::TransactionStatus;
@@ -27,7 +27,6 @@ pub(super) async fn serve(
     shared: &Shared,
     client: &mut Conn,
     startup: &StartupMessage,
-    slot: &ClientSlot,
     login_timeout: Duration,
     peer: SocketAddr,
 ) {
@@ -38,7 +37,7 @@ pub(super) async fn serve(
         AuthType::Trust => AuthType::Md5,
         other => other,
     };
-    let login = authenticate(shared, client, startup, slot, peer, auth_type);
+    let login = authenticate(shared, client, startup, peer, auth_type);
     let user = match tokio::time::timeout(login_timeout, login).await {
         Err(_) => return goodbye(client, SessionError::LoginTimeout(login_timeout)).await,
         Ok(Err(e)) => return goodbye(client, e).await,

@@ -56,7 +56,7 @@ pub(crate) enum SessionError {
     MoveFailed(&'static str, String),
     #[error("max_client_conn ({0}) reached")]
     TooManyClients(usize),
-    #[error("user \"{0}\" is unknown to pgcutover")]
+    #[error("user \"{0}\" is unknown to pgcutover (not in auth_file, nor found by auth_query)")]
     UnknownUser(String),
     #[error("{0}")]
     Auth(AuthFailure),
@@ -143,10 +143,11 @@ impl SessionError {
                 format!("sorry, too many clients already: pgcutover serves at most {max} client connections"),
                 Some("close idle connections, or raise [proxy] max_client_conn"),
             ),
+            // The client learns no more than of a wrong password; the log says more.
             SessionError::UnknownUser(user) => fatal(
-                "28000",
-                format!("user \"{user}\" is not known to pgcutover"),
-                Some("add the user to auth_file, or configure auth_user and auth_query to look it up"),
+                "28P01",
+                format!("password authentication failed for user \"{user}\""),
+                None,
             ),
             SessionError::Auth(AuthFailure::WrongPassword(user)) => fatal(
                 "28P01",
@@ -264,7 +265,7 @@ mod tests {
             (Replication("database".into()), Some("0A000")),
             (MoveFailed("green", "login refused".into()), Some("57P01")),
             (TooManyClients(10), Some("53300")),
-            (UnknownUser("u".into()), Some("28000")),
+            (UnknownUser("u".into()), Some("28P01")),
             (Auth(AuthFailure::WrongPassword("u".into())), Some("28P01")),
             (ClientGone("reset".into()), None),
             (ServerClosed("blue"), Some("08006")),

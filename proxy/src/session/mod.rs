@@ -5,6 +5,7 @@ mod console;
 mod error;
 mod migrate;
 mod opening;
+pub(crate) mod refuse;
 mod standby;
 
 use crate::auth::{authenticate_client, AuthFailure, Secret, ServerCredential};
@@ -45,6 +46,8 @@ pub(crate) async fn run(
     shutdown: watch::Receiver<ShutdownPhase>,
     slot: ClientSlot,
 ) {
+    // Held for the session's whole life: its place in the max_client_conn count.
+    let _slot = slot;
     let span = tracing::info_span!("session", %peer, user = tracing::field::Empty, db = tracing::field::Empty);
     async move {
         let _ = tcp.set_nodelay(true);
@@ -78,12 +81,12 @@ pub(crate) async fn run(
         tracing::Span::current().record("db", startup.param("database").unwrap_or(&user));
 
         if startup.param("database") == Some(console::DATABASE) {
-            return console::serve(&shared, &mut client, &startup, &slot, login_timeout, peer).await;
+            return console::serve(&shared, &mut client, &startup, login_timeout, peer).await;
         }
         // Only the client's own part is bounded by its login timeout: the wait for a
         // held gate is bounded by the hold, and the server login by server_connect_timeout.
         let authenticated =
-            tokio::time::timeout_at(login_deadline, authenticate(&shared, &mut client, &startup, &slot, peer, shared.config.auth.auth_type)).await;
+            tokio::time::timeout_at(login_deadline, authenticate(&shared, &mut client, &startup, peer, shared.config.auth.auth_type)).await;
         let who = match authenticated {
             Err(_) => return goodbye(&mut client, SessionError::LoginTimeout(login_timeout)).await,
             Ok(Err(e)) => return goodbye(&mut client, e).await,
@@ -107,7 +110,6 @@ async fn authenticate(
     shared: &Shared,
     client: &mut Conn,
     startup: &StartupMessage,
-    slot: &ClientSlot,
     peer: SocketAddr,
     auth_type: AuthType,
 ) -> Result<(String, String, ServerCredential), SessionError> {
@@ -125,9 +127,6 @@ async fn authenticate(
         return Err(SessionError::Replication(mode.to_owned()));
     }
     let database = startup.param("database").filter(|d| !d.is_empty()).unwrap_or(user);
-    if slot.over_limit {
-        return Err(SessionError::TooManyClients(cfg.proxy.max_client_conn));
-    }
     opening::negotiate_protocol_version(client, startup);
 
     let secret = lookup_secret(shared, user, peer).await?;
@@ -144,7 +143,12 @@ async fn authenticate(
             }
         },
         (None, AuthType::Trust) => ServerCredential::None,
-        (None, _) => return Err(SessionError::UnknownUser(user.to_owned())),
+        // As PostgreSQL does: an unknown user goes through a real-looking exchange
+        // and fails like a wrong password, so names cannot be probed.
+        (None, auth_type) => {
+            let _ = authenticate_client(client, user, auth_type, &Secret::mock(user)).await;
+            return Err(SessionError::UnknownUser(user.to_owned()));
+        }
     };
     Ok((user.to_owned(), database.to_owned(), credential))
 }
