@@ -25,7 +25,7 @@ pub use proxy::{ProxyConfig, ServerTlsMode, TlsMode};
 pub use replication::{ReplicationConfig, ReplicationMethod};
 pub use server_tls::{load_certs, provider, ServerTls, TlsError};
 pub use switchover::{DrainPolicy, PinnedPolicy, SwitchoverConfig, UnreplicatedPolicy};
-pub use targets::{PgUrl, TargetConfig};
+pub use targets::{redact_url, PgUrl, TargetConfig};
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};

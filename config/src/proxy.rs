@@ -22,6 +22,10 @@ pub struct ProxyConfig {
     pub server_tls_mode: ServerTlsMode,
     /// PEM CA bundle that signs the servers' certificates; needed by `verify-full`.
     pub server_tls_ca_file: Option<PathBuf>,
+    /// Whether a server that asks for a password in clear text (pg_hba `password`)
+    /// gets it. Default `false`: anything between the proxy and the server could
+    /// ask for it.
+    pub server_cleartext_password: bool,
     /// Most client connections at once; more get FATAL 53300. Default 1000.
     pub max_client_conn: usize,
     /// Time a client has to finish TLS, startup and authentication. Default `15s`.
@@ -65,6 +69,7 @@ impl Default for ProxyConfig {
             tls_mode: TlsMode::Allow,
             server_tls_mode: ServerTlsMode::Prefer,
             server_tls_ca_file: None,
+            server_cleartext_password: false,
             max_client_conn: 1000,
             client_login_timeout: HumanDuration(Duration::from_secs(15)),
             server_connect_timeout: HumanDuration(Duration::from_secs(10)),

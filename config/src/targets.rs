@@ -14,7 +14,7 @@ pub struct TargetConfig {
 }
 
 /// A parsed `postgres://` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct PgUrl {
     /// Host name or address.
     pub host: String,
@@ -105,11 +105,64 @@ fn percent_decode(s: &str) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| "%-escapes are not UTF-8".into())
 }
 
+/// The password never shows, whatever logs or prints a config.
+impl std::fmt::Debug for PgUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgUrl")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("database", &self.database)
+            .finish()
+    }
+}
+
 fn de_url<'de, D: Deserializer<'de>>(d: D) -> Result<PgUrl, D::Error> {
     let s = String::deserialize(d)?;
     PgUrl::parse(&s).map_err(|e| {
         de::Error::custom(format!(
-            "invalid url {s:?}: {e}; expected postgres://user[:password]@host[:port]/database"
+            "invalid url {:?}: {e}; expected postgres://user[:password]@host[:port]/database",
+            redact_url(&s)
         ))
     })
+}
+
+/// `s` with the password of its `user:password@` part replaced by `***`.
+pub fn redact_url(s: &str) -> String {
+    let Some(start) = s.find("://").map(|i| i + 3) else {
+        return s.to_owned();
+    };
+    let authority_end = s[start..].find(['/', '?', '#']).map_or(s.len(), |i| start + i);
+    let Some(at) = s[start..authority_end].rfind('@').map(|i| start + i) else {
+        return s.to_owned();
+    };
+    match s[start..at].find(':').map(|i| start + i) {
+        Some(colon) => format!("{}***{}", &s[..colon + 1], &s[at..]),
+        None => s.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        let url = PgUrl::parse("postgres://admin:hunter2@db.internal:5432/app").unwrap();
+        let shown = format!("{url:?}");
+        assert!(!shown.contains("hunter2") && shown.contains("***"), "{shown}");
+        for (given, shown) in [
+            (
+                "postgres://admin:hunter2@db:5432/app",
+                "postgres://admin:***@db:5432/app",
+            ),
+            ("postgresql://a:p@ss:w@rd@db/app", "postgresql://a:***@db/app"),
+            ("postgres://admin@db/app", "postgres://admin@db/app"),
+            ("postgres://db/app?password=x", "postgres://db/app?password=x"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redact_url(given), shown, "{given}");
+        }
+    }
 }

@@ -59,6 +59,7 @@ pub(crate) async fn create_subscription(
 ) -> Result<(), OrchestratorError> {
     let subscription = reverse_subscription_name(database);
     own_writable_session(blue, database).await?;
+    crate::setup::quiet_statement_log(blue).await;
     blue.batch_execute(&format!(
         "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = false, create_slot = false, slot_name = {}, enabled = true)",
         quote_ident(&subscription),

@@ -252,6 +252,22 @@ pub(crate) async fn drop_carried_over(green: &Client, db: &str) -> Result<Vec<St
     Ok(dropped)
 }
 
+/// Keeps the statements this session runs out of the server's log, for a session
+/// about to send a password in a statement (a subscription's conninfo): with the
+/// default `log_min_error_statement = error` a failing CREATE SUBSCRIPTION would
+/// write the admin password to the server log, and `log_statement = ddl` always
+/// would. Needs superuser; without it the statements run as they are (and the
+/// log may hold the conninfo).
+pub(crate) async fn quiet_statement_log(client: &Client) {
+    let quiet = "SET log_statement = none; SET log_min_error_statement = panic; SET log_min_duration_statement = -1";
+    if let Err(e) = client.batch_execute(quiet).await {
+        tracing::debug!(
+            "statement logging stays on for this session: {}",
+            crate::error::pg_message(&e)
+        );
+    }
+}
+
 /// `CREATE SUBSCRIPTION` for one database with the given options.
 pub(crate) fn create_subscription_sql(name: &str, conninfo: &str, options: &str) -> String {
     format!(

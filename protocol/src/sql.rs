@@ -50,13 +50,25 @@ pub enum Ident<'a> {
     Quoted(&'a [u8]),
 }
 
+/// PostgreSQL keeps this many bytes of a name (NAMEDATALEN - 1) and drops the rest.
+const NAME_BYTES: usize = 63;
+
 impl Ident<'_> {
-    /// The name PostgreSQL uses: lower-cased when bare, unescaped when quoted.
+    /// The name PostgreSQL uses: lower-cased when bare, unescaped when quoted, cut
+    /// to 63 bytes (at a character boundary) as the server cuts it.
     pub fn normalized(&self) -> String {
-        match self {
+        let mut name = match self {
             Ident::Bare(b) => String::from_utf8_lossy(b).to_ascii_lowercase(),
             Ident::Quoted(b) => String::from_utf8_lossy(b).replace("\"\"", "\""),
+        };
+        if name.len() > NAME_BYTES {
+            let mut end = NAME_BYTES;
+            while !name.is_char_boundary(end) {
+                end -= 1;
+            }
+            name.truncate(end);
         }
+        name
     }
 }
 

@@ -131,6 +131,22 @@ impl Shared {
     }
 }
 
+/// Secrets in a file other users can read are not secret: say so at start (not
+/// refused: a container's mounted secret may be 0644 by design).
+fn warn_if_others_can_read(what: &str, file: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(file) {
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            warn!(
+                file = %file.display(),
+                mode = format!("{:o}", mode & 0o777),
+                "{what} can be read by other users than its owner: chmod 600 it"
+            );
+        }
+    }
+}
+
 /// Connections refused with 53300 at once, each for at most a couple of seconds;
 /// beyond them a connection over `max_client_conn` is closed at accept.
 const MAX_REFUSING: usize = 64;
@@ -170,6 +186,16 @@ impl Proxy {
     /// Loads the secrets and TLS material and binds the listen address; every
     /// configuration problem surfaces here, before any client is accepted.
     pub async fn bind(config: Config) -> Result<Proxy, StartError> {
+        for (what, file) in [
+            ("auth_file", &config.auth.auth_file),
+            ("admin_token_file", &config.proxy.admin_token_file),
+            ("admin_tls_key_file", &config.proxy.admin_tls_key_file),
+            ("tls_key_file", &config.proxy.tls_key_file),
+        ] {
+            if let Some(file) = file {
+                warn_if_others_can_read(what, file);
+            }
+        }
         let userlist = config.auth.auth_file.as_deref().map(Userlist::load).transpose()?;
         let auth_query = match &config.auth.auth_user {
             Some(user) => {
@@ -192,6 +218,7 @@ impl Proxy {
             tls: pgcutover_config::ServerTls::new(&config.proxy)?,
             timeout: config.proxy.server_connect_timeout.0,
             max_message_len: config.proxy.max_message_bytes,
+            cleartext_password: config.proxy.server_cleartext_password,
         };
         let listener = TcpListener::bind(config.proxy.listen)
             .await

@@ -671,6 +671,51 @@ async fn a_session_that_cannot_log_into_green_is_closed_and_named() {
     assert_eq!(major(&v), 17, "the other session moved");
 }
 
+/// A move replays a session's SQL PREPAREs, whose text the server keeps as the
+/// client's whole Query: only the PREPARE is replayed, never the DML sent with it,
+/// also when PostgreSQL cut the name to 63 bytes; a PREPARE the proxy cannot tell
+/// apart (a `U&` name) pins the session, which closes, instead.
+#[tokio::test]
+async fn a_move_replays_a_prepare_alone_never_the_dml_sent_with_it() {
+    use pgcutover_api::Side;
+    let (blue, green) = blue_green(SCHEMA);
+    let proxy = RunningProxy::start(blue.config_with_green(&green, "")).await;
+    let long = "a".repeat(70);
+    let long_name = connect(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB)).await.unwrap();
+    long_name
+        .batch_execute(&format!(
+            "INSERT INTO app_schema.items (note) VALUES ('once'); PREPARE {long} AS SELECT 41 + 1"
+        ))
+        .await
+        .unwrap();
+    let (escaped, _, escaped_conn) = connect_listening(&proxy.conninfo(PLAIN_USER, PLAIN_PASSWORD, DB)).await;
+    escaped
+        .batch_execute("INSERT INTO app_schema.items (note) VALUES ('escaped'); PREPARE U&\"d\\0061ta\" AS SELECT 1")
+        .await
+        .unwrap();
+    let flip = hold_drain_flip_resume(&proxy, Side::Green).await;
+    assert_eq!(flip.moved, 1, "{flip:?}");
+    let rows = long_name.simple_query(&format!("EXECUTE {long}")).await.unwrap();
+    let answer = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(answer.as_deref(), Some("42"), "the statement moved");
+    let v: String = long_name
+        .query_one("show server_version_num", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(major(&v), 17);
+    let m = closed_with_57p01(escaped_conn).await;
+    assert!(m.contains("cannot be told apart"), "{m}");
+    assert_eq!(
+        green.sql("select count(*) from app_schema.items"),
+        "0",
+        "a client's INSERT ran again on green"
+    );
+}
+
 /// What a switchover does to one proxy, in-process: hold, drain (abort policy),
 /// flip to `target`, resume. Returns the flip's report.
 async fn hold_drain_flip_resume(

@@ -778,3 +778,35 @@ async fn orchestrator_running_proxy_exports_replication_lag_and_ddl_drift_gauges
     proxy.kill().unwrap();
     proxy.wait().unwrap();
 }
+
+/// The reachability check is a CREATE SUBSCRIPTION expected to fail when the
+/// source conninfo is wrong; with PostgreSQL's default `log_min_error_statement =
+/// error` the failed statement, password included, would land in green's log.
+#[tokio::test]
+async fn a_failing_subscription_statement_keeps_its_password_out_of_the_server_log() {
+    let blue = blue_with_schema(&Binaries::pg15().unwrap());
+    let green = Cluster::start(&Binaries::pg17().unwrap()).unwrap();
+    green.psql("postgres", &format!("CREATE DATABASE {DB}")).unwrap();
+    let dir = Scratch::new();
+    let secret = "TopSecret4711";
+    let (config, _) = write_config(
+        &dir,
+        &url(&blue, DB),
+        &url(&green, "postgres"),
+        &format!("[replication]\nsource_conninfo = \"host=127.0.0.1 port=1 user=postgres password={secret}\""),
+    );
+    let out = pgcutover().args(["check", "-c"]).arg(&config).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("green_reaches_blue")),
+        "{text}"
+    );
+    assert!(!text.contains(secret), "the report shows the password:\n{text}");
+    let log = green.log_tail(2000);
+    assert!(
+        log.contains("CREATE SUBSCRIPTION") || log.contains("could not connect"),
+        "{log}"
+    );
+    assert!(!log.contains(secret), "green's server log holds the password:\n{log}");
+}

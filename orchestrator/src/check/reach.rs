@@ -2,7 +2,7 @@
 
 use super::{Check, CheckResult, CheckStatus};
 use crate::error::pg_message;
-use crate::setup::create_subscription_sql;
+use crate::setup::{create_subscription_sql, quiet_statement_log};
 use crate::targets::Targets;
 use crate::{PUBLICATION, SUBSCRIPTION_PREFIX};
 use tokio_postgres::Client;
@@ -22,6 +22,7 @@ pub(super) async fn green_reaches_blue(targets: &Targets, db: &str, green: &Clie
         &format!("PUBLICATION \"{PUBLICATION}\""),
         "PUBLICATION pgcutover_reachability_check",
     );
+    quiet_statement_log(green).await;
     let result = async {
         green.batch_execute("BEGIN").await?;
         let r = green.batch_execute(&sql).await;
@@ -47,28 +48,50 @@ pub(super) async fn green_reaches_blue(targets: &Targets, db: &str, green: &Clie
     }
 }
 
-/// The conninfo with its password replaced by `***`.
+/// The conninfo with its password replaced by `***`: `password=x`, any case, with
+/// spaces around `=` or a quoted value, and the `user:password@` of a URI.
 fn redact_password(conninfo: &str) -> String {
-    let mut out = Vec::new();
-    let mut rest = conninfo;
-    while let Some(i) = rest.find("password=") {
-        out.push(rest[..i + 9].to_owned());
-        let after = &rest[i + 9..];
-        let end = if let Some(q) = after.strip_prefix('\'') {
-            let mut j = 0;
-            let b = q.as_bytes();
-            while j < b.len() && b[j] != b'\'' {
-                j += if b[j] == b'\\' { 2 } else { 1 };
-            }
-            (j + 2).min(after.len())
-        } else {
-            after.find(' ').unwrap_or(after.len())
-        };
-        out.push("***".into());
-        rest = &after[end..];
+    if conninfo.contains("://") {
+        return pgcutover_config::redact_url(conninfo);
     }
-    out.push(rest.to_owned());
-    out.concat()
+    let lower = conninfo.to_ascii_lowercase();
+    let b = conninfo.as_bytes();
+    let mut out = String::new();
+    let mut copied = 0;
+    let mut from = 0;
+    while let Some(found) = lower[from..].find("password") {
+        let key = from + found;
+        from = key + "password".len();
+        let mut i = from;
+        while i < b.len() && b[i] == b' ' {
+            i += 1;
+        }
+        if i >= b.len() || b[i] != b'=' {
+            continue;
+        }
+        i += 1;
+        while i < b.len() && b[i] == b' ' {
+            i += 1;
+        }
+        let value_start = i;
+        if i < b.len() && b[i] == b'\'' {
+            i += 1;
+            while i < b.len() && b[i] != b'\'' {
+                i += if b[i] == b'\\' { 2 } else { 1 };
+            }
+            i = (i + 1).min(b.len());
+        } else {
+            while i < b.len() && b[i] != b' ' {
+                i += 1;
+            }
+        }
+        out.push_str(&conninfo[copied..value_start]);
+        out.push_str("***");
+        copied = i;
+        from = i;
+    }
+    out.push_str(&conninfo[copied..]);
+    out
 }
 
 #[cfg(test)]
@@ -83,5 +106,12 @@ mod tests {
         );
         assert_eq!(redact_password("password='a b\\'c' dbname=x"), "password=*** dbname=x");
         assert_eq!(redact_password("host=a"), "host=a");
+        assert_eq!(
+            redact_password("host=a PASSWORD = s3cret user=b"),
+            "host=a PASSWORD = *** user=b"
+        );
+        assert_eq!(redact_password("password=a password=b"), "password=*** password=***");
+        assert_eq!(redact_password("postgres://u:s3cret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact_password("passwordless=1"), "passwordless=1");
     }
 }

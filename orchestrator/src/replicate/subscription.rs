@@ -1,7 +1,7 @@
 //! Green's subscription to blue, as both methods create and inspect it.
 
 use crate::error::{OrchestratorError, SqlContext};
-use crate::setup::create_subscription_sql;
+use crate::setup::{create_subscription_sql, quiet_statement_log};
 use crate::targets::{Side, Targets};
 use tokio_postgres::Client;
 
@@ -29,6 +29,7 @@ pub(super) async fn create_subscription(
 ) -> Result<(), OrchestratorError> {
     ensure_reverse_publication(green, db).await?;
     let sql = create_subscription_sql(name, &targets.subscription_conninfo(db), options);
+    quiet_statement_log(green).await;
     green.batch_execute(&sql).await.ctx(
         Side::Green,
         db,

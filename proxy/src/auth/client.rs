@@ -12,7 +12,7 @@ use pgcutover_protocol::scram::{ScramError, ScramSecret, ScramServer, SCRAM_SHA_
 #[derive(Debug, thiserror::Error)]
 pub enum AuthFailure {
     /// Wrong password (or wrong SCRAM proof).
-    #[error("password authentication failed for user \"{0}\"")]
+    #[error("password authentication failed for user {0:?}")]
     WrongPassword(String),
     /// The stored secret cannot serve the configured method.
     #[error("{message}")]

@@ -36,6 +36,9 @@ pub struct LoginOptions {
     pub timeout: Duration,
     /// Largest message accepted from the server.
     pub max_message_len: usize,
+    /// Whether a server that asks for the password in clear gets it
+    /// (`[proxy] server_cleartext_password`).
+    pub cleartext_password: bool,
 }
 
 /// A logged-in server connection, ready for queries.
@@ -177,7 +180,7 @@ async fn connect_inner(
         .find(|(k, _)| k == "user")
         .map(|(_, v)| v.as_str())
         .unwrap_or_default();
-    authenticate(&mut conn, target, user, credential).await?;
+    authenticate(&mut conn, target, user, credential, opts.cleartext_password).await?;
 
     let (login_messages, key, reported) = read_login_reply(&mut conn, target).await?;
     Ok(ServerConn {
@@ -275,6 +278,7 @@ async fn authenticate(
     target: &'static str,
     user: &str,
     credential: &ServerCredential,
+    cleartext_allowed: bool,
 ) -> Result<(), LoginError> {
     let protocol = |reason: String| LoginError::Protocol { target, reason };
     let missing = |method: &str| {
@@ -288,6 +292,9 @@ async fn authenticate(
     }
     };
     let mut scram: Option<ScramClient> = None;
+    // Set once the server's SCRAM signature checked out: only then has it proven it
+    // knows the password, and only then may it say AuthenticationOk.
+    let mut server_proven = false;
     loop {
         let f = conn.read_frame().await.map_err(|e| protocol(e.to_string()))?;
         if f.tag == backend::ERROR_RESPONSE {
@@ -300,7 +307,18 @@ async fn authenticate(
             )));
         }
         match backend::parse_authentication(&f.body).map_err(|e| protocol(e.to_string()))? {
+            Authentication::Ok if scram.is_some() && !server_proven => {
+                return Err(protocol(
+                    "the server said AuthenticationOk in the middle of SCRAM, before proving it knows the password: refused (something between pgcutover and the server may be impersonating it)".into(),
+                ))
+            }
             Authentication::Ok => return Ok(()),
+            Authentication::CleartextPassword if !cleartext_allowed => {
+                return Err(LoginError::Credential {
+                    message: format!("the {target} server asks for user \"{user}\"'s password in clear text, and pgcutover does not send it"),
+                    hint: "use scram-sha-256 in the server's pg_hba.conf; if it must be `password` (over TLS), set [proxy] server_cleartext_password = true".into(),
+                })
+            }
             Authentication::CleartextPassword => match credential {
                 ServerCredential::Password(p) => build::password_message(&mut conn.wbuf, p.as_bytes()),
                 _ => return Err(missing("password")),
@@ -342,6 +360,7 @@ async fn authenticate(
                 client
                     .handle_server_final(data)
                     .map_err(|e| protocol(format!("the server's SCRAM signature is wrong: {e}")))?;
+                server_proven = true;
             }
             Authentication::Unsupported(code) => {
                 return Err(LoginError::Credential {
@@ -354,5 +373,118 @@ async fn authenticate(
             }
         }
         conn.flush().await.map_err(|e| protocol(e.to_string()))?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgcutover_config::{ProxyConfig, ServerTlsMode};
+    use tokio::net::TcpListener;
+
+    /// A fake server on loopback: reads the startup packet, then plays `script`
+    /// (each step: bytes to send, then whether to read one message back). Returns
+    /// every byte the proxy sent after its startup packet.
+    async fn fake_server(script: Vec<(Vec<u8>, bool)>) -> (u16, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut len = [0u8; 4];
+            tcp.read_exact(&mut len).await.unwrap();
+            let mut startup = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+            tcp.read_exact(&mut startup).await.unwrap();
+            let mut received = Vec::new();
+            for (send, read) in script {
+                tcp.write_all(&send).await.unwrap();
+                if read {
+                    let mut header = [0u8; 5];
+                    if tcp.read_exact(&mut header).await.is_err() {
+                        break;
+                    }
+                    let mut body =
+                        vec![0u8; u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize - 4];
+                    tcp.read_exact(&mut body).await.unwrap();
+                    received.extend_from_slice(&header);
+                    received.extend_from_slice(&body);
+                }
+            }
+            // Whatever else the proxy sends before it hangs up.
+            let _ = tokio::time::timeout(Duration::from_millis(200), tcp.read_to_end(&mut received)).await;
+            received
+        });
+        (port, task)
+    }
+
+    fn auth_request(code: i32, data: &[u8]) -> Vec<u8> {
+        let mut m = vec![b'R'];
+        m.extend_from_slice(&(8 + data.len() as u32).to_be_bytes());
+        m.extend_from_slice(&code.to_be_bytes());
+        m.extend_from_slice(data);
+        m
+    }
+
+    async fn log_in(
+        port: u16,
+        credential: ServerCredential,
+        cleartext_password: bool,
+    ) -> Result<ServerConn, LoginError> {
+        let cfg = ProxyConfig {
+            server_tls_mode: ServerTlsMode::Disable,
+            ..ProxyConfig::default()
+        };
+        let backend = Backend {
+            side: Side::Blue,
+            url: PgUrl::parse(&format!("postgres://127.0.0.1:{port}/app")).unwrap(),
+        };
+        let opts = LoginOptions {
+            tls: ServerTls::new(&cfg).unwrap(),
+            timeout: Duration::from_secs(5),
+            max_message_len: 1 << 20,
+            cleartext_password,
+        };
+        let params = [
+            ("user".to_owned(), "app".to_owned()),
+            ("database".to_owned(), "app".to_owned()),
+        ];
+        connect(&backend, &opts, &params, &credential).await
+    }
+
+    #[tokio::test]
+    async fn a_server_asking_for_the_password_in_clear_does_not_get_it_unless_configured() {
+        let (port, server) = fake_server(vec![(auth_request(3, &[]), true)]).await;
+        let e = log_in(port, ServerCredential::Password("top-secret".into()), false)
+            .await
+            .err()
+            .expect("refused");
+        assert!(matches!(e, LoginError::Credential { .. }), "{e}");
+        assert!(e.to_string().contains("clear text"), "{e}");
+        let sent = server.await.unwrap();
+        assert!(
+            !sent.windows(10).any(|w| w == b"top-secret"),
+            "the password went out: {sent:?}"
+        );
+
+        let (port, server) = fake_server(vec![(auth_request(3, &[]), true)]).await;
+        let _ = log_in(port, ServerCredential::Password("top-secret".into()), true).await;
+        let sent = server.await.unwrap();
+        assert!(
+            sent.windows(10).any(|w| w == b"top-secret"),
+            "configured: sent {sent:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn authentication_ok_in_the_middle_of_scram_is_refused() {
+        let (port, _server) = fake_server(vec![
+            (auth_request(10, b"SCRAM-SHA-256\0\0"), true),
+            (auth_request(0, &[]), false),
+        ])
+        .await;
+        let e = log_in(port, ServerCredential::Password("top-secret".into()), false)
+            .await
+            .err()
+            .expect("an unproven server is refused");
+        assert!(e.to_string().contains("AuthenticationOk in the middle of SCRAM"), "{e}");
     }
 }

@@ -50,13 +50,13 @@ pub(crate) enum SessionError {
     TlsRequired,
     #[error("no user name in the startup packet")]
     NoUser,
-    #[error("replication connection (replication={0}) refused")]
+    #[error("replication connection (replication={0:?}) refused")]
     Replication(String),
     #[error("session could not move to {0}: {1}")]
     MoveFailed(&'static str, String),
     #[error("max_client_conn ({0}) reached")]
     TooManyClients(usize),
-    #[error("user \"{0}\" is unknown to pgcutover (not in auth_file, nor found by auth_query)")]
+    #[error("user {0:?} is unknown to pgcutover (not in auth_file, nor found by auth_query)")]
     UnknownUser(String),
     #[error("{0}")]
     Auth(AuthFailure),
@@ -76,9 +76,9 @@ pub(crate) enum SessionError {
     Pinned(String),
     #[error("transaction still open after the switchover's drain")]
     DrainCancelled,
-    #[error("database \"{0}\" is not replicated to the new server")]
+    #[error("database {0:?} is not replicated to the new server")]
     Unreplicated(String),
-    #[error("user \"{0}\" is not an admin console user")]
+    #[error("user {0:?} is not an admin console user")]
     NotAdmin(String),
 }
 

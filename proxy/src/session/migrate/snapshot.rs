@@ -86,10 +86,14 @@ fn add_row(snap: &mut Snapshot, body: &[u8]) -> Result<(), StepError> {
     match (text(0).as_str(), text(1)) {
         ("s", name) => state.settings.push((name, SettingReplay::Value(text(2)))),
         ("p", name) => snap.protocol_statements.push(name),
-        ("q", name) => {
-            let statement = prepare_statement(&name, &text(2));
-            state.sql_prepares.push((name, statement));
-        }
+        ("q", name) => match prepare_statement(&name, &text(2)) {
+            Some(statement) => state.sql_prepares.push((name, statement)),
+            // Replaying the whole text would run the client's other statements
+            // (its DML) a second time: the session cannot move.
+            None => snap
+                .pinned
+                .push("a prepared statement whose PREPARE cannot be told apart from the rest of its query"),
+        },
         ("l", channel) => state.channels.push(channel),
         ("x", kind) => snap.pinned.push(match kind.as_str() {
             "t" => "temporary tables",
@@ -102,14 +106,13 @@ fn add_row(snap: &mut Snapshot, body: &[u8]) -> Result<(), StepError> {
 }
 
 /// The PREPARE statement for `name` out of the query text the server kept, which
-/// is the client's whole Query (it may hold other statements).
-fn prepare_statement(name: &str, query: &str) -> String {
-    sql::effects(query.as_bytes())
-        .find_map(|e| match e {
-            Effect::Prepare { name: n, statement } if n.normalized() == name => {
-                Some(String::from_utf8_lossy(statement).into_owned())
-            }
-            _ => None,
-        })
-        .unwrap_or_else(|| query.to_owned())
+/// is the client's whole Query (it may hold other statements); `None` when the
+/// lexer cannot find it there (a name spelled in a way it does not decode).
+fn prepare_statement(name: &str, query: &str) -> Option<String> {
+    sql::effects(query.as_bytes()).find_map(|e| match e {
+        Effect::Prepare { name: n, statement } if n.normalized() == name => {
+            Some(String::from_utf8_lossy(statement).into_owned())
+        }
+        _ => None,
+    })
 }
