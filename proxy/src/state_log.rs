@@ -191,7 +191,9 @@ impl StateLog {
 
     /// The server's ParseComplete.
     pub(crate) fn on_parse_complete(&mut self) {
-        self.statements.parse_complete();
+        if !self.statements.parse_complete() {
+            self.make_opaque("prepared statements over the 16 MiB the proxy keeps per session");
+        }
     }
 
     /// A Close frame (header included).

@@ -12,10 +12,18 @@ use pgcutover_protocol::frame::HEADER_LEN;
 use pgcutover_protocol::frontend::{parse_parse, parse_target, Target};
 use std::collections::{HashMap, VecDeque};
 
+/// Most bytes of Parse frames kept per session. A client may prepare as much as its
+/// server holds, but the proxy holds every client's: past this the log keeps no
+/// more, and the session can neither move nor be reconnected (it is pinned, and
+/// the flip names why).
+pub const MAX_LOGGED_BYTES: usize = 16 << 20;
+
 /// Named statements the client prepared and has not closed.
 #[derive(Debug, Default)]
 pub struct StatementLog {
     parses: HashMap<String, Bytes>,
+    /// The bytes of `parses`' frames.
+    bytes: usize,
     /// Parses sent and not answered yet, oldest first.
     pending: VecDeque<PendingParse>,
     /// Messages sent that the server answers with ReadyForQuery (each ends a pipeline)...
@@ -51,15 +59,24 @@ impl StatementLog {
         });
     }
 
-    /// The server's ParseComplete: the oldest pending Parse succeeded.
-    pub(crate) fn parse_complete(&mut self) {
-        if let Some(PendingParse {
+    /// The server's ParseComplete: the oldest pending Parse succeeded. `false`
+    /// when the statement is not kept because the log is full.
+    pub(crate) fn parse_complete(&mut self) -> bool {
+        let Some(PendingParse {
             statement: Some((name, frame)),
             ..
         }) = self.pending.pop_front()
-        {
-            self.parses.insert(name, frame);
+        else {
+            return true;
+        };
+        let replaced = self.parses.get(&name).map_or(0, Bytes::len);
+        if self.bytes - replaced + frame.len() > MAX_LOGGED_BYTES {
+            self.forget(&name);
+            return false;
         }
+        self.bytes = self.bytes - replaced + frame.len();
+        self.parses.insert(name, frame);
+        true
     }
 
     /// The client sent a message the server answers with ReadyForQuery.
@@ -79,7 +96,7 @@ impl StatementLog {
     pub(crate) fn record_close(&mut self, frame: &[u8]) {
         let Some(body) = frame.get(HEADER_LEN..) else { return };
         if let Ok(Target::Statement(name)) = parse_target(body) {
-            self.parses.remove(name);
+            self.forget(name);
             // Closed before it was confirmed: its ParseComplete must not bring it back.
             for p in &mut self.pending {
                 if p.statement.as_ref().is_some_and(|(n, _)| n == name) {
@@ -91,17 +108,27 @@ impl StatementLog {
 
     /// Forgets `name` (DEALLOCATE).
     pub(crate) fn forget(&mut self, name: &str) {
-        self.parses.remove(name);
+        if let Some(frame) = self.parses.remove(name) {
+            self.bytes -= frame.len();
+        }
     }
 
     /// Forgets everything (DEALLOCATE ALL, DISCARD ALL).
     pub(crate) fn clear(&mut self) {
         self.parses.clear();
+        self.bytes = 0;
     }
 
     /// Keeps only the statements `keep` says yes to.
     pub(crate) fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
-        self.parses.retain(|name, _| keep(name));
+        let bytes = &mut self.bytes;
+        self.parses.retain(|name, frame| {
+            let kept = keep(name);
+            if !kept {
+                *bytes -= frame.len();
+            }
+            kept
+        });
     }
 
     /// Every statement, by name and Parse frame.
@@ -175,6 +202,30 @@ mod tests {
         pipeline(&mut log, &[BytesMut::from(&b"P\0"[..])], 1);
         log.record_close(b"");
         assert_eq!(log.len(), 1);
+    }
+
+    #[test]
+    fn the_log_keeps_at_most_its_budget_and_counts_what_it_frees() {
+        let mut log = StatementLog::default();
+        let body = "x".repeat(60_000);
+        let mut n = 0;
+        loop {
+            let frame = parse(&format!("s{n}"), &body);
+            log.record_parse(&frame);
+            if !log.parse_complete() {
+                break;
+            }
+            n += 1;
+            assert!(n < 1000, "the budget never ran out");
+        }
+        assert_eq!(log.len(), n, "the statement over the budget is not kept");
+        assert!(log.bytes <= MAX_LOGGED_BYTES);
+        // What is closed or deallocated makes room again.
+        log.forget("s0");
+        log.clear();
+        assert_eq!((log.len(), log.bytes), (0, 0));
+        log.record_parse(&parse("again", &body));
+        assert!(log.parse_complete());
     }
 
     #[test]

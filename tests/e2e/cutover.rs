@@ -716,6 +716,31 @@ async fn a_move_replays_a_prepare_alone_never_the_dml_sent_with_it() {
     );
 }
 
+/// The proxy keeps at most 16 MiB of a session's prepared statements (it holds
+/// every client's, where each server holds only its own): a session past that is
+/// pinned, and closed at the flip naming why, while the others move.
+#[tokio::test]
+async fn a_session_with_more_prepared_statements_than_the_proxy_keeps_is_closed_at_the_flip() {
+    use pgcutover_api::Side;
+    let (blue, green) = blue_green("select 1");
+    let proxy = RunningProxy::start(blue.config_with_green(&green, "")).await;
+    let (heavy, _, heavy_conn) = connect_listening(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB)).await;
+    let padding = "x".repeat(60_000);
+    let mut statements = Vec::new();
+    for i in 0..300 {
+        statements.push(heavy.prepare(&format!("select {i} /* {padding} */")).await.unwrap());
+    }
+    let light = connect(&proxy.conninfo(PLAIN_USER, PLAIN_PASSWORD, DB)).await.unwrap();
+    light.prepare("select 1").await.unwrap();
+    let flip = hold_drain_flip_resume(&proxy, Side::Green).await;
+    assert_eq!(flip.moved, 1, "{flip:?}");
+    let m = closed_with_57p01(heavy_conn).await;
+    assert!(m.contains("prepared statements too large to log"), "{m}");
+    let v: String = light.query_one("show server_version_num", &[]).await.unwrap().get(0);
+    assert_eq!(major(&v), 17);
+    drop(statements);
+}
+
 /// What a switchover does to one proxy, in-process: hold, drain (abort policy),
 /// flip to `target`, resume. Returns the flip's report.
 async fn hold_drain_flip_resume(
