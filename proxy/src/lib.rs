@@ -310,7 +310,7 @@ impl Proxy {
                             let shared = shared.clone();
                             tokio::spawn(async move {
                                 let _refusing = refusing;
-                                session::refuse::over_limit(&shared, tcp, slot).await;
+                                session::refuse::over_limit(&shared, tcp, peer, slot).await;
                             });
                         } else {
                             debug!(%peer, "connection closed at accept: max_client_conn reached and {MAX_REFUSING} refusals under way");

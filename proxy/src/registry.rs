@@ -12,13 +12,14 @@ use pgcutover_api::Side;
 use pgcutover_protocol::startup::encode_cancel_request;
 use pgcutover_protocol::CancelKey;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
+use tracing::{info, warn};
 
 /// How long forwarding one CancelRequest may take, connect included: a server
 /// that does not answer must not hold a client slot or stall a drain.
@@ -231,7 +232,18 @@ async fn forward_cancel(addr: SocketAddr, key: CancelKey) -> std::io::Result<()>
 pub struct SessionRegistry {
     sessions: Mutex<HashMap<CancelKey, Arc<SessionHandle>>>,
     changed: Arc<Changes>,
+    /// Cancel requests with a key no session has, per client address, in the
+    /// current window: someone guessing keys.
+    unknown_cancels: Mutex<HashMap<IpAddr, (u32, Instant)>>,
 }
+
+/// Unknown-key cancel requests an address may send per [`CANCEL_GUESS_WINDOW`];
+/// beyond them its cancel requests are dropped unread until the window ends.
+const CANCEL_GUESSES: u32 = 10;
+/// See [`CANCEL_GUESSES`].
+const CANCEL_GUESS_WINDOW: Duration = Duration::from_secs(10);
+/// Addresses tracked at most; when full, ended windows are forgotten first.
+const CANCEL_GUESSERS: usize = 10_000;
 
 /// Removes a session from the registry when the session ends.
 pub struct Registration {
@@ -259,6 +271,8 @@ pub enum CancelOutcome {
     DroppedIdle,
     /// No session has this key.
     UnknownKey,
+    /// Its address sent too many unknown keys lately: not even looked up.
+    Limited,
 }
 
 impl SessionRegistry {
@@ -311,11 +325,45 @@ impl SessionRegistry {
     }
 
     /// Forwards a client's CancelRequest to the session's current server.
-    pub async fn cancel(&self, key: CancelKey) -> std::io::Result<CancelOutcome> {
+    pub async fn cancel(&self, key: CancelKey, peer: IpAddr) -> std::io::Result<CancelOutcome> {
+        if self.guessing(peer, false) {
+            return Ok(CancelOutcome::Limited);
+        }
         let Some(handle) = self.lock().get(&key).cloned() else {
+            // The first unknown key of a window is logged; guessing is, once.
+            match self.guessing(peer, true) {
+                true => {
+                    warn!(%peer, "cancel requests with unknown keys: {CANCEL_GUESSES} in {CANCEL_GUESS_WINDOW:?}; dropping this address's cancels for the rest of that time")
+                }
+                false => info!(%peer, pid = key.pid, "cancel request with a key no session has"),
+            }
             return Ok(CancelOutcome::UnknownKey);
         };
         handle.send_cancel().await
+    }
+
+    /// Whether `peer` is over its unknown-key budget, counting one more unknown key
+    /// first when `failed`.
+    fn guessing(&self, peer: IpAddr, failed: bool) -> bool {
+        let mut guesses = self.unknown_cancels.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        if failed && guesses.len() >= CANCEL_GUESSERS && !guesses.contains_key(&peer) {
+            guesses.retain(|_, (_, since)| now.duration_since(*since) < CANCEL_GUESS_WINDOW);
+        }
+        let Some((count, since)) = guesses.get_mut(&peer).map(|(c, s)| (c, s)) else {
+            if failed && guesses.len() < CANCEL_GUESSERS {
+                guesses.insert(peer, (1, now));
+            }
+            return false;
+        };
+        if now.duration_since(*since) >= CANCEL_GUESS_WINDOW {
+            (*count, *since) = (0, now);
+        }
+        if failed {
+            *count += 1;
+            return *count == CANCEL_GUESSES;
+        }
+        *count >= CANCEL_GUESSES
     }
 
     /// Number of registered sessions.
@@ -353,6 +401,28 @@ mod tests {
             peer: addr,
         };
         registry.register(addr, CancelKey { pid: 7, secret: 1 }, Side::Blue, 0, identity)
+    }
+
+    #[tokio::test]
+    async fn an_address_guessing_cancel_keys_is_cut_off_and_no_other() {
+        let registry = Arc::new(SessionRegistry::default());
+        let session = register(&registry);
+        let guesser: IpAddr = "10.0.0.9".parse().unwrap();
+        for guess in 0..CANCEL_GUESSES {
+            let key = CancelKey {
+                pid: 7,
+                secret: session.client_key.secret.wrapping_add(1 + guess as i32),
+            };
+            let outcome = registry.cancel(key, guesser).await.unwrap();
+            assert!(matches!(outcome, CancelOutcome::UnknownKey), "{outcome:?}");
+        }
+        // Even the right key is no longer looked up for that address...
+        let outcome = registry.cancel(session.client_key, guesser).await.unwrap();
+        assert!(matches!(outcome, CancelOutcome::Limited), "{outcome:?}");
+        // ...while everyone else's cancels go on as before.
+        let other: IpAddr = "10.0.0.10".parse().unwrap();
+        let outcome = registry.cancel(session.client_key, other).await.unwrap();
+        assert!(matches!(outcome, CancelOutcome::DroppedIdle), "{outcome:?}");
     }
 
     #[test]

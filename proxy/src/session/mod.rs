@@ -68,7 +68,7 @@ pub(crate) async fn run(
             }
             Ok(Err(e)) => return goodbye(&mut client, e).await,
             Ok(Ok(Opening::Cancel(key))) => {
-                match shared.registry.cancel(key).await {
+                match shared.registry.cancel(key, peer.ip()).await {
                     Ok(outcome) => debug!(?outcome, pid = key.pid, "cancel request"),
                     Err(e) => warn!(pid = key.pid, "could not forward cancel request: {e}"),
                 }

@@ -22,7 +22,7 @@ const LINGER: Duration = Duration::from_secs(1);
 const CANCEL_LEN: usize = 16;
 
 /// Refuses `tcp`, or forwards its cancel.
-pub(crate) async fn over_limit(shared: &Shared, mut tcp: TcpStream, slot: ClientSlot) {
+pub(crate) async fn over_limit(shared: &Shared, mut tcp: TcpStream, peer: std::net::SocketAddr, slot: ClientSlot) {
     let mut head = [0u8; CANCEL_LEN];
     let mut got = 0;
     let read = async {
@@ -43,7 +43,7 @@ pub(crate) async fn over_limit(shared: &Shared, mut tcp: TcpStream, slot: Client
     if is_cancel {
         if let Ok(Some(StartupPacket::CancelRequest(key))) = decode_startup(&mut BytesMut::from(&head[..])) {
             drop(slot);
-            if let Err(e) = shared.registry.cancel(key).await {
+            if let Err(e) = shared.registry.cancel(key, peer.ip()).await {
                 debug!(pid = key.pid, "could not forward cancel request: {e}");
             }
         }
