@@ -32,6 +32,12 @@ pub struct ProxyConfig {
     pub client_login_timeout: HumanDuration,
     /// Time to connect and log into a server. Default `10s`.
     pub server_connect_timeout: HumanDuration,
+    /// TCP keepalive on server connections: idle time before the first probe;
+    /// probes follow every third of it, and after three unanswered ones (or data
+    /// unacknowledged for twice this long) the connection is given up, so a server
+    /// that vanished (a blackholed network, a host gone) ends its sessions within
+    /// about twice this. Default `30s`.
+    pub server_tcp_keepalive: HumanDuration,
     /// On SIGTERM/SIGINT, time sessions get to finish their transactions before
     /// they are closed with FATAL 57P01. Default `30s`.
     pub shutdown_timeout: HumanDuration,
@@ -73,6 +79,7 @@ impl Default for ProxyConfig {
             max_client_conn: 1000,
             client_login_timeout: HumanDuration(Duration::from_secs(15)),
             server_connect_timeout: HumanDuration(Duration::from_secs(10)),
+            server_tcp_keepalive: HumanDuration(Duration::from_secs(30)),
             shutdown_timeout: HumanDuration(Duration::from_secs(30)),
             max_message_bytes: pgcutover_protocol::frame::DEFAULT_MAX_MESSAGE_LEN,
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9187)),

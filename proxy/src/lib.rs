@@ -219,6 +219,7 @@ impl Proxy {
             timeout: config.proxy.server_connect_timeout.0,
             max_message_len: config.proxy.max_message_bytes,
             cleartext_password: config.proxy.server_cleartext_password,
+            keepalive: config.proxy.server_tcp_keepalive.0,
         };
         let listener = TcpListener::bind(config.proxy.listen)
             .await

@@ -9,6 +9,7 @@ mod cli;
 mod cutover;
 mod data_path;
 mod demo;
+mod faults;
 mod guarantees;
 mod orchestrator;
 mod reconnect;

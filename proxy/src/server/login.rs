@@ -39,6 +39,22 @@ pub struct LoginOptions {
     /// Whether a server that asks for the password in clear gets it
     /// (`[proxy] server_cleartext_password`).
     pub cleartext_password: bool,
+    /// Idle time before TCP keepalive probes (`[proxy] server_tcp_keepalive`).
+    pub keepalive: Duration,
+}
+
+/// A server that vanishes without closing (a blackholed network, a host that
+/// lost power) would hold its sessions forever: keepalive probes after
+/// `idle`, every third of it, three times; and data unacknowledged for twice
+/// `idle` gives up too.
+fn keep_alive(tcp: &TcpStream, idle: Duration) -> std::io::Result<()> {
+    let probes = socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval((idle / 3).max(Duration::from_secs(1)))
+        .with_retries(3);
+    let socket = socket2::SockRef::from(tcp);
+    socket.set_tcp_keepalive(&probes)?;
+    socket.set_tcp_user_timeout(Some(idle * 2))
 }
 
 /// A logged-in server connection, ready for queries.
@@ -159,6 +175,7 @@ async fn connect_inner(
         .await
         .map_err(connect_err)?;
     tcp.set_nodelay(true).map_err(connect_err)?;
+    keep_alive(&tcp, opts.keepalive).map_err(connect_err)?;
     let addr = tcp.peer_addr().map_err(connect_err)?;
     let stream = negotiate_tls(tcp, backend, &opts.tls).await?;
     let mut conn = Conn::new(stream, opts.max_message_len);
@@ -442,6 +459,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             max_message_len: 1 << 20,
             cleartext_password,
+            keepalive: Duration::from_secs(30),
         };
         let params = [
             ("user".to_owned(), "app".to_owned()),
@@ -472,6 +490,19 @@ mod tests {
             sent.windows(10).any(|w| w == b"top-secret"),
             "configured: sent {sent:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn server_connections_give_up_on_a_silent_server_within_twice_the_keepalive() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        keep_alive(&tcp, Duration::from_secs(30)).unwrap();
+        let socket = socket2::SockRef::from(&tcp);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), Duration::from_secs(30));
+        assert_eq!(socket.tcp_keepalive_interval().unwrap(), Duration::from_secs(10));
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), 3);
+        assert_eq!(socket.tcp_user_timeout().unwrap(), Some(Duration::from_secs(60)));
     }
 
     #[tokio::test]
