@@ -134,3 +134,58 @@ async fn the_server_going_away_during_a_hold_is_recovered_behind_it() {
         assert_eq!(name, format!("held-{i}"));
     }
 }
+
+/// This process's resident memory, in bytes.
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// A client that reads a 50 MB result at 10 kB/s: the proxy passes the server's
+/// backpressure on instead of buffering the result (its memory stays flat), other
+/// sessions are served as usual meanwhile, and when the slow client goes away its
+/// query ends on the server too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_of_a_large_result_costs_the_proxy_no_memory_and_nobody_else_time() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = Db::pg15();
+    let proxy =
+        RunningProxy::start(db.config("", &format!("auth_type = \"trust\"\nauth_file = {:?}", db.userlist()))).await;
+    let other = connect(&proxy.conninfo(PLAIN_USER, PLAIN_PASSWORD, DB)).await.unwrap();
+    let mut slow = raw_login(&proxy).await;
+    let before = resident_bytes();
+    let mut query = bytes::BytesMut::new();
+    pgcutover_protocol::build::query(
+        &mut query,
+        "select repeat('x', 1000) as big from generate_series(1, 50000) /* slow reader */",
+    );
+    slow.write_all(&query).await.unwrap();
+    let mut chunk = [0u8; 1024];
+    let mut read = 0usize;
+    let mut slowest = Duration::ZERO;
+    // 40 KB over 4 s: 10 kB/s, while another session works.
+    for _ in 0..40 {
+        read += slow.read(&mut chunk).await.unwrap();
+        let started = Instant::now();
+        other.simple_query("select 1").await.unwrap();
+        slowest = slowest.max(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let grown = resident_bytes().saturating_sub(before);
+    assert!(read >= 40 * 1024 - 1024, "read {read}");
+    assert!(grown < 16 << 20, "the proxy buffered the result: +{} MiB", grown >> 20);
+    assert!(slowest < Duration::from_secs(2), "the other session waited {slowest:?}");
+    drop(slow);
+    let running = "select count(*) from pg_stat_activity where query like '%slow reader%' and pid <> pg_backend_pid()";
+    wait_for(
+        "the slow reader's query to end on the server",
+        Duration::from_secs(15),
+        || db.sql(running) == "0",
+    )
+    .await;
+}
