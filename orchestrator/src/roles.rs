@@ -14,7 +14,8 @@ pub(crate) struct RolesCopied {
     pub skipped: Vec<String>,
 }
 
-/// Copies every role of blue (except predefined `pg_*`/`rds*` roles, green's admin
+/// Copies every role of blue (except predefined `pg_*` roles, RDS's own `rds_*`,
+/// `rdsadmin`, `rdstopmgr` and `rdsrepladmin`, green's admin
 /// login and green's bootstrap superuser) to green in one transaction.
 pub(crate) async fn copy_roles(
     blue: &Client,
@@ -44,7 +45,8 @@ async fn role_statements(
         .query(
             "SELECT rolname, rolsuper, rolinherit, rolcreaterole, rolcreatedb, rolcanlogin, rolreplication,
                     rolbypassrls, rolconnlimit, rolpassword, rolvaliduntil::text
-               FROM pg_authid WHERE rolname !~ '^(pg_|rds)' ORDER BY rolname",
+               FROM pg_authid WHERE rolname !~ '^(pg_|rds_)' AND rolname NOT IN ('rdsadmin', 'rdstopmgr', 'rdsrepladmin')
+              ORDER BY rolname",
             &[],
         )
         .await
@@ -144,8 +146,15 @@ async fn setting_statements(
         if !copied.contains(&role) {
             continue;
         }
-        // List settings (search_path, ...) are stored already quoted: pass them as written.
+        // List settings (search_path, ...) are stored already quoted: pass them as
+        // written, but only when they hold nothing but names, commas and double
+        // quotes (an extension's list setting may be stored raw, and this batch runs
+        // as green's superuser).
         let value = if key.ends_with("search_path") || key.ends_with("_preload_libraries") {
+            if !is_plain_list(&value) {
+                tracing::warn!(role = %role, setting = %key, "not copying a role setting whose value is not a plain list of names: {value:?}");
+                continue;
+            }
             value
         } else {
             quote_literal(&value)
@@ -157,4 +166,33 @@ async fn setting_statements(
         ));
     }
     Ok(())
+}
+
+/// A stored list setting made of names only: identifiers, double-quoted names
+/// without quotes or semicolons inside, commas and spaces.
+fn is_plain_list(value: &str) -> bool {
+    value
+        .chars()
+        .all(|c| c.is_alphanumeric() || matches!(c, '_' | '$' | '"' | ',' | ' ' | '.' | '-'))
+        && value.matches('"').count() % 2 == 0
+}
+
+#[cfg(test)]
+mod list_tests {
+    use super::is_plain_list;
+
+    #[test]
+    fn only_plain_lists_of_names_are_pasted() {
+        for ok in [
+            "\"$user\", public",
+            "app, extensions",
+            "pg_stat_statements,auto_explain",
+            "",
+        ] {
+            assert!(is_plain_list(ok), "{ok}");
+        }
+        for bad in ["public'; DROP ROLE x; --", "a;b", "\"unbalanced", "x\ny", "a\\b"] {
+            assert!(!is_plain_list(bad), "{bad}");
+        }
+    }
 }

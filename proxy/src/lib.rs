@@ -196,6 +196,9 @@ impl Proxy {
                 warn_if_others_can_read(what, file);
             }
         }
+        if config.auth.auth_type == pgcutover_config::AuthType::Trust && !config.proxy.listen.ip().is_loopback() {
+            warn!(listen = %config.proxy.listen, "auth_type = \"trust\" on a network address: anyone who reaches it logs in as any user in auth_file");
+        }
         let userlist = config.auth.auth_file.as_deref().map(Userlist::load).transpose()?;
         let auth_query = match &config.auth.auth_user {
             Some(user) => {
