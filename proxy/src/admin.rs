@@ -4,6 +4,7 @@
 //! token from `admin_token_file`. Every answer but `/metrics` is JSON.
 
 use crate::control::{Call, Caller, Control};
+use crate::guesses::Guesses;
 use crate::{Shared, StartError};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -138,7 +139,10 @@ impl AdminServer {
     /// Serves requests until the task is aborted.
     pub(crate) async fn serve(self, shared: Arc<Shared>) {
         info!(admin = %self.local_addr(), mutating = self.token.is_some(), https = self.tls.is_some(), "admin API ready");
-        let token = Arc::new(self.token);
+        let token = Arc::new(Gate {
+            token: self.token,
+            guesses: Guesses::new(TOKEN_GUESSES, TOKEN_GUESS_WINDOW),
+        });
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
             let Ok((tcp, peer)) = self.listener.accept().await else {
@@ -192,7 +196,7 @@ type Reply = Response<Full<Bytes>>;
 
 async fn handle(
     shared: Arc<Shared>,
-    token: Arc<Option<AdminToken>>,
+    gate: Arc<Gate>,
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Reply, Infallible> {
@@ -211,7 +215,18 @@ async fn handle(
             return Ok(error(StatusCode::METHOD_NOT_ALLOWED, message));
         }
     };
-    let authorized = authorize(&token, &req);
+    let presented = req.headers().contains_key(hyper::header::AUTHORIZATION);
+    if presented && gate.guesses.over(peer.ip()) {
+        let message = format!(
+            "too many wrong admin tokens from {}: refused for up to {TOKEN_GUESS_WINDOW:?}",
+            peer.ip()
+        );
+        return Ok(error(StatusCode::TOO_MANY_REQUESTS, message));
+    }
+    let authorized = authorize(&gate.token, &req);
+    if presented && authorized == Err(Refusal::WrongToken) && gate.guesses.failed(peer.ip()) {
+        warn!(%peer, "admin API: {TOKEN_GUESSES} wrong tokens within {TOKEN_GUESS_WINDOW:?}: this address is refused for the rest of that time");
+    }
     let run = req
         .headers()
         .get(RUN_HEADER)
@@ -421,6 +436,19 @@ impl Refusal {
             ),
         }
     }
+}
+
+/// Wrong tokens an address may present per [`TOKEN_GUESS_WINDOW`]; beyond them
+/// every request of its that carries a token is refused (429) until the window
+/// ends, the right token included: guessing gets nowhere.
+const TOKEN_GUESSES: u32 = 10;
+/// See [`TOKEN_GUESSES`].
+const TOKEN_GUESS_WINDOW: Duration = Duration::from_secs(60);
+
+/// The admin token and who has been guessing it.
+struct Gate {
+    token: Option<AdminToken>,
+    guesses: Guesses,
 }
 
 /// Whether the request carries the admin token.

@@ -8,6 +8,7 @@
 mod admin;
 pub mod auth;
 pub mod control;
+mod guesses;
 pub mod local;
 pub mod metrics;
 pub mod pump;

@@ -7,6 +7,7 @@
 //! the registry maps that key to whichever server connection the session has now, so
 //! a CancelRequest reaches the right backend after the session moved.
 
+use crate::guesses::Guesses;
 use bytes::BytesMut;
 use pgcutover_api::Side;
 use pgcutover_protocol::startup::encode_cancel_request;
@@ -15,7 +16,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
@@ -228,13 +229,13 @@ async fn forward_cancel(addr: SocketAddr, key: CancelKey) -> std::io::Result<()>
 }
 
 /// Every live session, by client cancel key.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SessionRegistry {
     sessions: Mutex<HashMap<CancelKey, Arc<SessionHandle>>>,
     changed: Arc<Changes>,
-    /// Cancel requests with a key no session has, per client address, in the
-    /// current window: someone guessing keys.
-    unknown_cancels: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    /// Cancel requests with a key no session has, per client address: someone
+    /// guessing keys.
+    unknown_cancels: Guesses,
 }
 
 /// Unknown-key cancel requests an address may send per [`CANCEL_GUESS_WINDOW`];
@@ -242,8 +243,6 @@ pub struct SessionRegistry {
 const CANCEL_GUESSES: u32 = 10;
 /// See [`CANCEL_GUESSES`].
 const CANCEL_GUESS_WINDOW: Duration = Duration::from_secs(10);
-/// Addresses tracked at most; when full, ended windows are forgotten first.
-const CANCEL_GUESSERS: usize = 10_000;
 
 /// Removes a session from the registry when the session ends.
 pub struct Registration {
@@ -273,6 +272,16 @@ pub enum CancelOutcome {
     UnknownKey,
     /// Its address sent too many unknown keys lately: not even looked up.
     Limited,
+}
+
+impl Default for SessionRegistry {
+    fn default() -> Self {
+        SessionRegistry {
+            sessions: Mutex::default(),
+            changed: Arc::default(),
+            unknown_cancels: Guesses::new(CANCEL_GUESSES, CANCEL_GUESS_WINDOW),
+        }
+    }
 }
 
 impl SessionRegistry {
@@ -326,12 +335,12 @@ impl SessionRegistry {
 
     /// Forwards a client's CancelRequest to the session's current server.
     pub async fn cancel(&self, key: CancelKey, peer: IpAddr) -> std::io::Result<CancelOutcome> {
-        if self.guessing(peer, false) {
+        if self.unknown_cancels.over(peer) {
             return Ok(CancelOutcome::Limited);
         }
         let Some(handle) = self.lock().get(&key).cloned() else {
             // The first unknown key of a window is logged; guessing is, once.
-            match self.guessing(peer, true) {
+            match self.unknown_cancels.failed(peer) {
                 true => {
                     warn!(%peer, "cancel requests with unknown keys: {CANCEL_GUESSES} in {CANCEL_GUESS_WINDOW:?}; dropping this address's cancels for the rest of that time")
                 }
@@ -340,30 +349,6 @@ impl SessionRegistry {
             return Ok(CancelOutcome::UnknownKey);
         };
         handle.send_cancel().await
-    }
-
-    /// Whether `peer` is over its unknown-key budget, counting one more unknown key
-    /// first when `failed`.
-    fn guessing(&self, peer: IpAddr, failed: bool) -> bool {
-        let mut guesses = self.unknown_cancels.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        if failed && guesses.len() >= CANCEL_GUESSERS && !guesses.contains_key(&peer) {
-            guesses.retain(|_, (_, since)| now.duration_since(*since) < CANCEL_GUESS_WINDOW);
-        }
-        let Some((count, since)) = guesses.get_mut(&peer).map(|(c, s)| (c, s)) else {
-            if failed && guesses.len() < CANCEL_GUESSERS {
-                guesses.insert(peer, (1, now));
-            }
-            return false;
-        };
-        if now.duration_since(*since) >= CANCEL_GUESS_WINDOW {
-            (*count, *since) = (0, now);
-        }
-        if failed {
-            *count += 1;
-            return *count == CANCEL_GUESSES;
-        }
-        *count >= CANCEL_GUESSES
     }
 
     /// Number of registered sessions.

@@ -151,3 +151,20 @@ async fn stalled_admin_callers_are_dropped_and_never_starve_clients() {
     let (code, status) = http(proxy.admin, "GET", "/status", None, "").await;
     assert_eq!((code, status["route"].as_str()), (200, Some("blue")), "{status}");
 }
+
+/// Guessing the admin token gets nowhere: after 10 wrong tokens from an address,
+/// every request of its that carries a token is refused for a minute, the right
+/// token included, while requests without one (`/status`, `/metrics`) go on.
+#[tokio::test]
+async fn an_address_guessing_the_admin_token_is_refused_even_the_right_one() {
+    let (_blue, _green, proxy) = proxy_with_green().await;
+    for i in 0..10 {
+        let (code, _) = http(proxy.admin, "POST", "/hold", Some(&format!("guess-{i:020}")), "").await;
+        assert_eq!(code, 401, "guess {i}");
+    }
+    let (code, reply) = http(proxy.admin, "POST", "/hold", Some(ADMIN_TOKEN), "").await;
+    assert_eq!(code, 429, "{reply}");
+    assert!(proxy.control.status_reply().held_ms.is_none(), "nothing was held");
+    let (code, _) = http(proxy.admin, "GET", "/status", None, "").await;
+    assert_eq!(code, 200);
+}

@@ -14,6 +14,11 @@ pub enum AuthFailure {
     /// Wrong password (or wrong SCRAM proof).
     #[error("password authentication failed for user {0:?}")]
     WrongPassword(String),
+    /// The stored secret is an md5 hash and the client must prove a SCRAM password:
+    /// the client saw an ordinary failed exchange (as PostgreSQL does it), the log
+    /// says why.
+    #[error("user {0:?} has an md5 secret, which cannot verify SCRAM-SHA-256: store the user's SCRAM-SHA-256 verifier or plain password in auth_file, or set auth_type = \"md5\"")]
+    Md5SecretForScram(String),
     /// The stored secret cannot serve the configured method.
     #[error("{message}")]
     Unusable {
@@ -58,11 +63,11 @@ pub async fn authenticate_client(
             scram_exchange(conn, user, verifier).await?;
             Ok(ServerCredential::Password(password.clone()))
         }
-        (AuthType::ScramSha256, Secret::Md5(_)) => Err(AuthFailure::Unusable {
-            message: format!("user \"{user}\" has an md5 secret, which cannot verify SCRAM-SHA-256"),
-            hint: "store the user's SCRAM-SHA-256 verifier or plain password in auth_file, or set auth_type = \"md5\""
-                .into(),
-        }),
+        (AuthType::ScramSha256, Secret::Md5(_)) => {
+            // Telling the client would tell anyone which kind of secret a user has.
+            let _ = scram_exchange(conn, user, Secret::mock_verifier(user)).await;
+            Err(AuthFailure::Md5SecretForScram(user.to_owned()))
+        }
         (AuthType::Md5, Secret::Plain(password)) => {
             let stored = pgcutover_protocol::md5::md5_secret(user, password);
             md5_exchange(conn, user, &stored).await?;

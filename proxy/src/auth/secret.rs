@@ -33,13 +33,18 @@ impl Secret {
     /// matches, with a salt fixed per name for this process, so that the exchange,
     /// its timing and the failure look like a known user's wrong password.
     pub fn mock(user: &str) -> Secret {
+        Secret::Scram(Secret::mock_verifier(user))
+    }
+
+    /// The verifier of [`Secret::mock`].
+    pub fn mock_verifier(user: &str) -> ScramSecret {
         static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
         let key = KEY.get_or_init(|| {
             let mut key = [0u8; 32];
             getrandom::fill(&mut key).expect("the OS random source is available");
             key
         });
-        Secret::Scram(ScramSecret::mock(user, key))
+        ScramSecret::mock(user, key)
     }
 
     /// What the proxy can log into a server with when the client did not run an

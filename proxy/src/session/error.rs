@@ -154,6 +154,11 @@ impl SessionError {
                 format!("password authentication failed for user \"{user}\""),
                 None,
             ),
+            SessionError::Auth(AuthFailure::Md5SecretForScram(user)) => fatal(
+                "28P01",
+                format!("password authentication failed for user \"{user}\""),
+                None,
+            ),
             SessionError::Auth(AuthFailure::Unusable { message, hint }) => fatal("28000", message, Some(hint)),
             SessionError::Auth(AuthFailure::Protocol(m)) => fatal("08P01", format!("pgcutover: {m}"), None),
             SessionError::Auth(AuthFailure::Wire(WireError::Frame(e))) => {
