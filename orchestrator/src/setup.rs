@@ -75,8 +75,11 @@ BEGIN
             RETURN;
         END IF;
     END IF;
+    -- String literals are kept out: a statement may carry a password
+    -- (CREATE USER MAPPING ... OPTIONS (password '...')), and the log is replicated
+    -- and shown by `pgcutover status`.
     INSERT INTO pgcutover.ddl_log (event, command_tag, object_identity, command)
-    VALUES (TG_EVENT, TG_TAG, objs, current_query());
+    VALUES (TG_EVENT, TG_TAG, objs, regexp_replace(current_query(), $re$'(''|[^'])*'$re$, '''***''', 'g'));
 END
 $fn$;
 "#;

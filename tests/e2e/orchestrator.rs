@@ -369,7 +369,8 @@ async fn orchestrator_copy_method_replicates_every_row_written_during_setup_and_
 
     blue.psql(
         DB,
-        "ALTER TABLE accounts ADD COLUMN nickname text; CREATE TEMP TABLE scratch (x int);",
+        "ALTER TABLE accounts ADD COLUMN nickname text; CREATE TEMP TABLE scratch (x int);
+         COMMENT ON COLUMN accounts.nickname IS 'it''s hunter2';",
     )
     .unwrap();
     // pgcutover.internal hides only the admin's DDL (here the role's grant), not an
@@ -394,8 +395,11 @@ async fn orchestrator_copy_method_replicates_every_row_written_during_setup_and_
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("2 DDL statement(s)"), "{text}");
+    assert!(text.contains("3 DDL statement(s)"), "{text}");
     assert!(text.contains("ALTER TABLE accounts ADD COLUMN nickname text"), "{text}");
+    // A literal (it may be a password) is not kept in the log that status shows.
+    assert!(text.contains("COMMENT ON COLUMN accounts.nickname IS '***'"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
     assert!(text.contains("CREATE TABLE hidden"), "{text}");
     assert!(!text.contains("scratch"), "temporary objects are not drift: {text}");
     let verdict = text.lines().last().unwrap();
