@@ -8,6 +8,8 @@
 mod admin;
 pub mod auth;
 pub mod control;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod guesses;
 pub mod local;
 pub mod metrics;
