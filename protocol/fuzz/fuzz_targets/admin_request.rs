@@ -10,8 +10,8 @@
 //!
 //! Checked: no panic; an error formats (the 400 reply quotes it); a body a type
 //! accepts is valid JSON (`serde_json::Value` parses it too), except for the
-//! string of a value the type ignores, whose UTF-8 and `\u` escapes serde_json does
-//! not check; the same value read through that `Value` is equal; an accepted request serialises, and its JSON
+//! value the type ignores, of which serde_json checks only the syntax (not a
+//! string's UTF-8 or `\u` surrogates, nor a number's range); the same value read through that `Value` is equal; an accepted request serialises, and its JSON
 //! parses back to an equal request (floats within 2 ulp: serde_json's default float
 //! parser is not always exact).
 #![no_main]
@@ -49,18 +49,27 @@ where
             return;
         }
     };
-    // serde_json checks less in the string of a value it ignores (an unknown field
-    // of `PhaseTime`, which does not deny them) than in one it keeps: not its UTF-8,
-    // not that a \u escape is a whole character. Such a body is accepted though it is
-    // not JSON (regressions/admin_request/); anything else a type accepts is JSON.
+    // serde_json checks only the syntax of a value it ignores (an unknown field of
+    // `PhaseTime`, which does not deny them), not what it keeps: a string's UTF-8,
+    // that a \u escape is a whole character, that a number fits an f64 (the nesting
+    // limit is listed too, in case it is not applied there either). Such a body is
+    // accepted though it is not JSON (regressions/admin_request/); anything else a
+    // type accepts is JSON.
     let value: serde_json::Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => {
             let why = e.to_string();
             assert!(
-                ["invalid unicode code point", "hex escape", "invalid escape", "control character"]
-                    .iter()
-                    .any(|m| why.contains(m)),
+                [
+                    "invalid unicode code point",
+                    "hex escape",
+                    "invalid escape",
+                    "control character",
+                    "number out of range",
+                    "recursion limit exceeded",
+                ]
+                .iter()
+                .any(|m| why.contains(m)),
                 "accepted a body that is not JSON: {why}"
             );
             return round_trip(&parsed, close);

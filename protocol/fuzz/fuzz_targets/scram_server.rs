@@ -53,7 +53,11 @@ fn material() -> &'static Material {
         // SaltedPassword = Hi(password, salt, i); ClientKey = HMAC(SaltedPassword, "Client Key").
         let salted = hi(PASSWORD.as_bytes(), SALT, ITERATIONS);
         let client_key = hmac(&salted, &[b"Client Key"]);
-        assert_eq!(sha256(&client_key), secret.stored_key, "harness and crate disagree on the keys");
+        assert_eq!(
+            sha256(&client_key),
+            secret.stored_key,
+            "harness and crate disagree on the keys"
+        );
         Material {
             secret,
             client_key,
@@ -63,7 +67,9 @@ fn material() -> &'static Material {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&flags, rest)) = data.split_first() else { return };
+    let Some((&flags, rest)) = data.split_first() else {
+        return;
+    };
     let m = material();
     let (first, final_part) = if flags & 4 != 0 {
         (rest, None)
@@ -82,7 +88,10 @@ fuzz_target!(|data: &[u8]| {
             black_box(e.to_string());
             assert_ne!(e, ScramError::UnexpectedState);
             assert_eq!(server.handle_client_first(first), Err(ScramError::UnexpectedState));
-            assert!(matches!(server.handle_client_final(b"c=biws"), Err(ScramError::UnexpectedState)));
+            assert!(matches!(
+                server.handle_client_final(b"c=biws"),
+                Err(ScramError::UnexpectedState)
+            ));
             return;
         }
     };
@@ -135,7 +144,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(keys.client_key, m.client_key, "recovered a wrong client key");
             assert_eq!(keys.server_key, m.secret.server_key);
             let signature = hmac(&m.secret.server_key, &[&auth_message(&message[..comma])]);
-            assert_eq!(server_final, [b"v=".as_slice(), BASE64.encode(signature).as_bytes()].concat());
+            assert_eq!(
+                server_final,
+                [b"v=".as_slice(), BASE64.encode(signature).as_bytes()].concat()
+            );
             black_box(format!("{keys:?}"));
         }
         Err(e) => {
@@ -149,7 +161,10 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    assert!(matches!(server.handle_client_final(&message), Err(ScramError::UnexpectedState)));
+    assert!(matches!(
+        server.handle_client_final(&message),
+        Err(ScramError::UnexpectedState)
+    ));
     assert_eq!(server.handle_client_first(first), Err(ScramError::UnexpectedState));
 });
 

@@ -31,7 +31,9 @@ const SERVER_PID: i32 = 4242;
 const CLIENT_PID: i32 = 7;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&config, mut rest)) = data.split_first() else { return };
+    let Some((&config, mut rest)) = data.split_first() else {
+        return;
+    };
     let max_message_len = match config & 3 {
         0 => DEFAULT_MAX_MESSAGE_LEN,
         1 => 8192,
@@ -74,7 +76,12 @@ fuzz_target!(|data: &[u8]| {
             Way::ClientToServer => (&input[0], &input[0]),
             Way::ServerToClient => (&input[1], &expected_s2c),
         };
-        assert!(s.ready <= s.buffered.len(), "{} ready of {} buffered", s.ready, s.buffered.len());
+        assert!(
+            s.ready <= s.buffered.len(),
+            "{} ready of {} buffered",
+            s.ready,
+            s.buffered.len()
+        );
         assert_eq!(s.forwarded + s.buffered.len(), s.fed, "bytes lost or invented");
         assert!(s.fed <= original.len());
         let (ready, waiting) = s.buffered.split_at(s.ready);
