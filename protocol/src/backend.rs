@@ -99,10 +99,11 @@ pub fn parse_parameter_status(body: &[u8]) -> Result<(&str, &str), ViewError> {
 pub fn parse_backend_key_data(body: &[u8]) -> Result<CancelKey, ViewError> {
     let mut c = Cursor::new(body, "BackendKeyData");
     let pid = c.i32()?;
-    let secret = c.i32()?;
-    if !c.is_empty() {
-        return Err(c.error("key longer than 4 bytes (protocol 3.2 was not requested)"));
-    }
+    // pgcutover asks servers for 3.0 (4-byte secrets); a longer one, which only a
+    // 3.2 server could send, is taken as long as it can be quoted back whole.
+    let secret = crate::startup::CancelSecret::from_wire(c.remaining())
+        .filter(|s| s.is_whole())
+        .ok_or_else(|| c.error("secret is not 4 to 32 bytes"))?;
     Ok(CancelKey { pid, secret })
 }
 
@@ -232,7 +233,7 @@ mod tests {
         assert!(parse_parameter_status(b"server_version\x0015.4").is_err());
         assert_eq!(
             parse_backend_key_data(b"\0\0\x30\x39\xff\xff\xff\xfe").unwrap(),
-            CancelKey { pid: 12345, secret: -2 }
+            CancelKey::short(12345, -2)
         );
         assert!(parse_backend_key_data(b"\0\0\x30\x39").is_err());
         assert_eq!(parse_ready_for_query(b"T").unwrap(), TransactionStatus::InTransaction);

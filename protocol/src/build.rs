@@ -128,7 +128,7 @@ pub fn parameter_status(out: &mut BytesMut, name: &str, value: &str) {
 pub fn backend_key_data(out: &mut BytesMut, key: CancelKey) {
     frame(out, crate::backend::BACKEND_KEY_DATA, |b| {
         b.put_i32(key.pid);
-        b.put_i32(key.secret);
+        b.put_slice(key.secret.held());
     });
 }
 
@@ -137,11 +137,12 @@ pub fn ready_for_query(out: &mut BytesMut, status: TransactionStatus) {
     frame(out, crate::backend::READY_FOR_QUERY, |b| b.put_u8(status.as_byte()));
 }
 
-/// Appends NegotiateProtocolVersion: the newest minor version pgcutover supports
-/// and the `_pq_.` options it did not recognise.
-pub fn negotiate_protocol_version(out: &mut BytesMut, minor: i32, unrecognized: &[&str]) {
+/// Appends NegotiateProtocolVersion: the version 3.`minor` the session will speak
+/// and the `_pq_.` options not recognised. The version goes out whole (major in the
+/// high half), as every PostgreSQL sends it and libpq 18 reads it.
+pub fn negotiate_protocol_version(out: &mut BytesMut, minor: u16, unrecognized: &[&str]) {
     frame(out, crate::backend::NEGOTIATE_PROTOCOL_VERSION, |b| {
-        b.put_i32(minor);
+        b.put_i32(3 << 16 | i32::from(minor));
         b.put_i32(unrecognized.len() as i32);
         for o in unrecognized {
             put_cstr(b, o.as_bytes());
@@ -296,7 +297,7 @@ mod tests {
         let mut out = BytesMut::new();
         ready_for_query(&mut out, TransactionStatus::Idle);
         authentication_ok(&mut out);
-        backend_key_data(&mut out, CancelKey { pid: 1, secret: 2 });
+        backend_key_data(&mut out, CancelKey::short(1, 2));
         assert_eq!(
             &out[..],
             b"Z\0\0\0\x05IR\0\0\0\x08\0\0\0\0K\0\0\0\x0c\0\0\0\x01\0\0\0\x02"

@@ -20,5 +20,5 @@ pub mod startup;
 mod view;
 
 pub use frame::{Frame, FrameError, FrameHeader};
-pub use startup::{CancelKey, StartupMessage, StartupPacket};
+pub use startup::{CancelKey, CancelSecret, StartupMessage, StartupPacket};
 pub use view::ViewError;

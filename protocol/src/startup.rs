@@ -3,8 +3,11 @@
 use crate::view::Cursor;
 use bytes::{BufMut, BytesMut};
 
-/// Protocol 3.0, the only version pgcutover speaks on both sides.
+/// Protocol 3.0, what pgcutover speaks to servers.
 pub const PROTOCOL_3_0: i32 = 3 << 16;
+/// The newest minor version of protocol 3 pgcutover speaks to clients: 3.2, whose
+/// only change is cancel secrets longer than 4 bytes.
+pub const NEWEST_MINOR: u16 = 2;
 /// Code of an SSLRequest.
 pub const SSL_REQUEST_CODE: i32 = 1234 << 16 | 5679;
 /// Code of a GSSENCRequest.
@@ -13,6 +16,86 @@ pub const GSSENC_REQUEST_CODE: i32 = 1234 << 16 | 5680;
 pub const CANCEL_REQUEST_CODE: i32 = 1234 << 16 | 5678;
 /// PostgreSQL's own cap on a startup packet (MAX_STARTUP_PACKET_LENGTH).
 pub const MAX_STARTUP_PACKET_LEN: usize = 10_000;
+/// PostgreSQL 18's cap on a cancel secret (MAX_CANCEL_KEY_LENGTH): a CancelRequest
+/// with a longer one is malformed, a shorter one is just a key to look up.
+pub const MAX_CANCEL_SECRET_WIRE_LEN: usize = 256;
+
+/// The secret half of a cancel key: 4 bytes under protocol 3.0, up to 256 under
+/// 3.2. Held inline (no allocation): secrets longer than [`CancelSecret::MAX`]
+/// bytes are never issued by pgcutover or by PostgreSQL 18 (which issues 32), so
+/// they are kept as a 32-byte prefix plus their length, and can match nothing.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CancelSecret {
+    /// The length on the wire.
+    len: u16,
+    /// The first `min(len, MAX)` bytes; the rest are zero, so that equality and
+    /// hashing over the whole array mean equality of secrets.
+    bytes: [u8; CancelSecret::MAX],
+}
+
+impl CancelSecret {
+    /// The longest secret held whole: what PostgreSQL 18 issues under 3.2.
+    pub const MAX: usize = 32;
+    /// The protocol 3.0 length.
+    pub const SHORT: usize = 4;
+
+    /// A protocol 3.0 secret.
+    pub fn short(secret: i32) -> CancelSecret {
+        let mut bytes = [0; CancelSecret::MAX];
+        bytes[..4].copy_from_slice(&secret.to_be_bytes());
+        CancelSecret { len: 4, bytes }
+    }
+
+    /// A secret as it appears on the wire; `None` unless 4 to 256 bytes.
+    pub fn from_wire(wire: &[u8]) -> Option<CancelSecret> {
+        if !(CancelSecret::SHORT..=MAX_CANCEL_SECRET_WIRE_LEN).contains(&wire.len()) {
+            return None;
+        }
+        let mut bytes = [0; CancelSecret::MAX];
+        let held = wire.len().min(CancelSecret::MAX);
+        bytes[..held].copy_from_slice(&wire[..held]);
+        Some(CancelSecret {
+            len: wire.len() as u16,
+            bytes,
+        })
+    }
+
+    /// A secret of `len` (4 to 32) bytes filled by `fill`.
+    pub fn generate(len: usize, fill: impl FnOnce(&mut [u8])) -> CancelSecret {
+        let len = len.clamp(CancelSecret::SHORT, CancelSecret::MAX);
+        let mut bytes = [0; CancelSecret::MAX];
+        fill(&mut bytes[..len]);
+        CancelSecret { len: len as u16, bytes }
+    }
+
+    /// Its length on the wire.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Never true: a secret has at least 4 bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Its bytes; for a secret longer than [`CancelSecret::MAX`], only those held.
+    pub fn held(&self) -> &[u8] {
+        &self.bytes[..self.len().min(CancelSecret::MAX)]
+    }
+
+    /// Whether it can be sent on as it came (every secret pgcutover issues or a
+    /// server gives it is).
+    pub fn is_whole(&self) -> bool {
+        self.len() <= CancelSecret::MAX
+    }
+}
+
+impl std::fmt::Debug for CancelSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A secret is a credential for cancelling: never in a log.
+        write!(f, "CancelSecret({} bytes)", self.len)
+    }
+}
 
 /// A backend's identity for cancellation: what BackendKeyData carries and what a
 /// CancelRequest quotes back.
@@ -21,7 +104,17 @@ pub struct CancelKey {
     /// The backend process id.
     pub pid: i32,
     /// The secret key.
-    pub secret: i32,
+    pub secret: CancelSecret,
+}
+
+impl CancelKey {
+    /// A protocol 3.0 key.
+    pub fn short(pid: i32, secret: i32) -> CancelKey {
+        CancelKey {
+            pid,
+            secret: CancelSecret::short(secret),
+        }
+    }
 }
 
 /// The StartupMessage proper: protocol version and parameters.
@@ -72,6 +165,9 @@ pub enum StartupError {
     /// The body does not have the promised shape.
     #[error("malformed startup packet: {0}")]
     Malformed(&'static str),
+    /// A CancelRequest whose secret is not 4 to 256 bytes (PostgreSQL closes it unanswered).
+    #[error("invalid length of query cancel packet: secret of {0} bytes (must be 4 to {MAX_CANCEL_SECRET_WIRE_LEN})")]
+    InvalidCancelLength(usize),
 }
 
 /// Splits the first startup packet off `buf`; `Ok(None)` until it is complete.
@@ -103,12 +199,9 @@ fn parse_startup_body(body: &[u8]) -> Result<StartupPacket, StartupError> {
         SSL_REQUEST_CODE => Ok(StartupPacket::SslRequest),
         GSSENC_REQUEST_CODE => Ok(StartupPacket::GssEncRequest),
         CANCEL_REQUEST_CODE => {
-            let pid = c.i32().map_err(malformed)?;
-            let secret = c.i32().map_err(malformed)?;
-            if !c.is_empty() {
-                // Protocol 3.2 allows longer keys; pgcutover always issues 4-byte ones.
-                return Err(StartupError::Malformed("cancel key is not 4 bytes"));
-            }
+            let pid = c.i32().map_err(|_| StartupError::InvalidCancelLength(0))?;
+            let rest = c.remaining();
+            let secret = CancelSecret::from_wire(rest).ok_or(StartupError::InvalidCancelLength(rest.len()))?;
             Ok(StartupPacket::CancelRequest(CancelKey { pid, secret }))
         }
         _ => {
@@ -155,10 +248,10 @@ pub fn encode_ssl_request(out: &mut BytesMut) {
 
 /// Appends a CancelRequest for `key`.
 pub fn encode_cancel_request(key: CancelKey, out: &mut BytesMut) {
-    out.put_i32(16);
+    out.put_i32(12 + key.secret.held().len() as i32);
     out.put_i32(CANCEL_REQUEST_CODE);
     out.put_i32(key.pid);
-    out.put_i32(key.secret);
+    out.put_slice(key.secret.held());
 }
 
 fn put_cstr(out: &mut BytesMut, s: &str) {
@@ -205,10 +298,47 @@ mod tests {
         let mut buf = BytesMut::from(&b"\0\0\0\x08\x04\xd2\x16\x30"[..]);
         assert_eq!(decode_startup(&mut buf).unwrap(), Some(StartupPacket::GssEncRequest));
         let mut buf = BytesMut::new();
-        encode_cancel_request(CancelKey { pid: 42, secret: -7 }, &mut buf);
+        encode_cancel_request(CancelKey::short(42, -7), &mut buf);
+        assert_eq!(&buf[..], b"\0\0\0\x10\x04\xd2\x16\x2e\0\0\0\x2a\xff\xff\xff\xf9");
         assert_eq!(
             decode_startup(&mut buf).unwrap(),
-            Some(StartupPacket::CancelRequest(CancelKey { pid: 42, secret: -7 }))
+            Some(StartupPacket::CancelRequest(CancelKey::short(42, -7)))
+        );
+    }
+
+    #[test]
+    fn cancel_secrets_of_protocol_3_2() {
+        let long = CancelKey {
+            pid: 9,
+            secret: CancelSecret::generate(32, |b| b.fill(0xab)),
+        };
+        let mut buf = BytesMut::new();
+        encode_cancel_request(long, &mut buf);
+        assert_eq!(buf.len(), 12 + 32);
+        assert_eq!(
+            decode_startup(&mut buf).unwrap(),
+            Some(StartupPacket::CancelRequest(long))
+        );
+        // A 32-byte secret that starts like a 4-byte one is another key.
+        assert_ne!(CancelSecret::from_wire(&[0xab; 4]), Some(long.secret));
+        assert_ne!(CancelSecret::from_wire(&[0xab; 33]), Some(long.secret));
+        assert!(!CancelSecret::from_wire(&[0xab; 256]).unwrap().is_whole());
+        for bad in [0usize, 3, 257] {
+            let mut packet = BytesMut::new();
+            packet.put_i32(12 + bad as i32);
+            packet.put_i32(CANCEL_REQUEST_CODE);
+            packet.put_i32(9);
+            packet.put_slice(&vec![1; bad]);
+            assert_eq!(decode_startup(&mut packet), Err(StartupError::InvalidCancelLength(bad)));
+        }
+        let mut no_pid = BytesMut::from(&b"\0\0\0\x0a\x04\xd2\x16\x2e\0\0"[..]);
+        assert!(matches!(
+            decode_startup(&mut no_pid),
+            Err(StartupError::InvalidCancelLength(_))
+        ));
+        assert_eq!(
+            format!("{:?}", long),
+            "CancelKey { pid: 9, secret: CancelSecret(32 bytes) }"
         );
     }
 

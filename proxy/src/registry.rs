@@ -11,7 +11,7 @@ use crate::guesses::Guesses;
 use bytes::BytesMut;
 use pgcutover_api::Side;
 use pgcutover_protocol::startup::encode_cancel_request;
-use pgcutover_protocol::CancelKey;
+use pgcutover_protocol::{CancelKey, CancelSecret};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -291,14 +291,15 @@ impl SessionRegistry {
     }
 
     /// Registers a session whose first server connection is `server_key` at `addr`
-    /// on `target`; the client is given that pid and a fresh random secret.
+    /// on `target`; the client is given that pid and a fresh random secret of
+    /// `secret_len` bytes (4, or 32 under protocol 3.2).
     pub fn register(
         self: &Arc<Self>,
-        addr: SocketAddr,
-        server_key: CancelKey,
+        (addr, server_key): (SocketAddr, CancelKey),
         target: Side,
         epoch: u64,
         identity: SessionIdentity,
+        secret_len: usize,
     ) -> Registration {
         let handle = Arc::new(SessionHandle {
             identity,
@@ -315,11 +316,12 @@ impl SessionRegistry {
         });
         let mut sessions = self.lock();
         let client_key = loop {
-            let mut secret = [0u8; 4];
-            getrandom::fill(&mut secret).expect("the OS random source is available");
+            let secret = CancelSecret::generate(secret_len, |bytes| {
+                getrandom::fill(bytes).expect("the OS random source is available")
+            });
             let key = CancelKey {
                 pid: server_key.pid,
-                secret: i32::from_ne_bytes(secret),
+                secret,
             };
             if !sessions.contains_key(&key) {
                 break key;
@@ -378,14 +380,54 @@ impl SessionRegistry {
 mod tests {
     use super::*;
 
-    fn register(registry: &Arc<SessionRegistry>) -> Registration {
+    fn register_with(registry: &Arc<SessionRegistry>, secret_len: usize) -> Registration {
         let addr: SocketAddr = "127.0.0.1:5432".parse().unwrap();
         let identity = SessionIdentity {
             user: "u".into(),
             database: "d".into(),
             peer: addr,
         };
-        registry.register(addr, CancelKey { pid: 7, secret: 1 }, Side::Blue, 0, identity)
+        registry.register((addr, CancelKey::short(7, 1)), Side::Blue, 0, identity, secret_len)
+    }
+
+    fn register(registry: &Arc<SessionRegistry>) -> Registration {
+        register_with(registry, CancelSecret::SHORT)
+    }
+
+    /// Its secret with one bit of byte `i` flipped.
+    fn flipped(key: CancelKey, i: usize) -> CancelKey {
+        let mut wire = key.secret.held().to_vec();
+        let byte = (i / 8) % wire.len();
+        wire[byte] ^= 1 << (i % 8);
+        CancelKey {
+            secret: CancelSecret::from_wire(&wire).unwrap(),
+            ..key
+        }
+    }
+
+    #[tokio::test]
+    async fn protocol_3_2_sessions_get_32_byte_secrets_and_only_the_whole_one_matches() {
+        let registry = Arc::new(SessionRegistry::default());
+        let long = register_with(&registry, CancelSecret::MAX);
+        let short = register(&registry);
+        assert_eq!(long.client_key.secret.len(), 32);
+        assert_eq!(short.client_key.secret.len(), 4);
+        let peer: IpAddr = "10.0.0.9".parse().unwrap();
+        // A 4-byte prefix of the long secret, or the long one with a bit flipped
+        // anywhere in it, is another key.
+        let prefix = CancelKey {
+            secret: CancelSecret::from_wire(&long.client_key.secret.held()[..4]).unwrap(),
+            ..long.client_key
+        };
+        assert_eq!(registry.cancel(prefix, peer).await.unwrap(), CancelOutcome::UnknownKey);
+        assert_eq!(
+            registry.cancel(flipped(long.client_key, 31), peer).await.unwrap(),
+            CancelOutcome::UnknownKey
+        );
+        assert_eq!(
+            registry.cancel(long.client_key, peer).await.unwrap(),
+            CancelOutcome::DroppedIdle
+        );
     }
 
     #[tokio::test]
@@ -394,10 +436,7 @@ mod tests {
         let session = register(&registry);
         let guesser: IpAddr = "10.0.0.9".parse().unwrap();
         for guess in 0..CANCEL_GUESSES {
-            let key = CancelKey {
-                pid: 7,
-                secret: session.client_key.secret.wrapping_add(1 + guess as i32),
-            };
+            let key = flipped(session.client_key, guess as usize);
             let outcome = registry.cancel(key, guesser).await.unwrap();
             assert!(matches!(outcome, CancelOutcome::UnknownKey), "{outcome:?}");
         }
@@ -415,8 +454,7 @@ mod tests {
         let registry = Arc::new(SessionRegistry::default());
         let r = register(&registry);
         let green: SocketAddr = "127.0.0.2:5433".parse().unwrap();
-        r.handle
-            .set_server(green, CancelKey { pid: 9, secret: 3 }, Side::Green, 4);
+        r.handle.set_server(green, CancelKey::short(9, 3), Side::Green, 4);
         let s = r.handle.status();
         assert_eq!(
             (s.side, s.epoch, s.server.0, s.server.1.pid),

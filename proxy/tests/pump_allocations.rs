@@ -63,8 +63,7 @@ fn pump_allocates_nothing_per_message_in_the_steady_state() {
         let (mut server, proxy_server_side) = socket_pair(&listener).await;
         let registry = Arc::new(SessionRegistry::default());
         let registration = registry.register(
-            listener.local_addr().unwrap(),
-            CancelKey { pid: 1, secret: 2 },
+            (listener.local_addr().unwrap(), CancelKey::short(1, 2)),
             Side::Blue,
             0,
             SessionIdentity {
@@ -72,6 +71,7 @@ fn pump_allocates_nothing_per_message_in_the_steady_state() {
                 database: "d".into(),
                 peer: listener.local_addr().unwrap(),
             },
+            4,
         );
         let mut pump = Pump::new(
             BytesMut::new(),

@@ -12,6 +12,7 @@ mod demo;
 mod faults;
 mod guarantees;
 mod orchestrator;
+mod protocol_versions;
 mod reconnect;
 mod support;
 mod switchover;

@@ -89,13 +89,24 @@ impl Db {
         )
     }
 
+    /// PostgreSQL 18 with the test roles, the plain user on `trust` so that raw
+    /// sockets can log in directly and be compared with the proxy byte for byte.
+    pub fn pg18() -> Db {
+        let bin = Binaries::pg18().expect("PostgreSQL 18 binaries (run scripts/setup.sh)");
+        Db::start_with_hba(&bin, &[], &[format!("host all {PLAIN_USER} 127.0.0.1/32 trust")])
+    }
+
     fn start(bin: &Binaries) -> Db {
         Db::start_with(bin, &[])
     }
 
     fn start_with(bin: &Binaries, settings: &[(&str, &str)]) -> Db {
+        Db::start_with_hba(bin, settings, &[])
+    }
+
+    fn start_with_hba(bin: &Binaries, settings: &[(&str, &str)], hba: &[String]) -> Db {
         let mut options = ClusterOptions {
-            hba_prepend: vec![format!("host all {MD5_USER} 127.0.0.1/32 md5")],
+            hba_prepend: [hba, &[format!("host all {MD5_USER} 127.0.0.1/32 md5")]].concat(),
             ..Default::default()
         };
         for (k, v) in settings {

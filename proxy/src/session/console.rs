@@ -13,7 +13,7 @@ use pgcutover_config::AuthType;
 use pgcutover_protocol::backend::TransactionStatus;
 use pgcutover_protocol::build::{self, ProxyError, Severity};
 use pgcutover_protocol::frontend;
-use pgcutover_protocol::{CancelKey, StartupMessage};
+use pgcutover_protocol::{CancelKey, CancelSecret, StartupMessage};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -59,7 +59,14 @@ pub(super) async fn serve(
         build::parameter_status(&mut client.wbuf, name, value);
     }
     // Nothing here can be cancelled.
-    build::backend_key_data(&mut client.wbuf, CancelKey { pid: 0, secret: 0 });
+    let nothing = CancelSecret::generate(super::opening::cancel_secret_len(startup), |_| ());
+    build::backend_key_data(
+        &mut client.wbuf,
+        CancelKey {
+            pid: 0,
+            secret: nothing,
+        },
+    );
     build::ready_for_query(&mut client.wbuf, TransactionStatus::Idle);
     if client.flush().await.is_err() {
         return;

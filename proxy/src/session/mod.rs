@@ -202,9 +202,14 @@ async fn login(
         database: database.to_owned(),
         peer,
     };
-    let registration = shared
-        .registry
-        .register(server.addr, server.key, route.target, route.epoch, identity);
+    let secret_len = opening::cancel_secret_len(startup);
+    let registration = shared.registry.register(
+        (server.addr, server.key),
+        route.target,
+        route.epoch,
+        identity,
+        secret_len,
+    );
     build::authentication_ok(&mut client.wbuf);
     client.wbuf.extend_from_slice(&server.login_messages);
     build::backend_key_data(&mut client.wbuf, registration.client_key);

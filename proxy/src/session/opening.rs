@@ -7,7 +7,7 @@ use crate::wire::{Conn, WireError};
 use crate::Shared;
 use pgcutover_config::TlsMode;
 use pgcutover_protocol::build;
-use pgcutover_protocol::startup::StartupError;
+use pgcutover_protocol::startup::{CancelSecret, StartupError, NEWEST_MINOR};
 use pgcutover_protocol::{CancelKey, StartupMessage, StartupPacket};
 
 /// What the client opened the connection for.
@@ -21,10 +21,13 @@ pub(super) enum Opening {
 /// Reads startup packets until a StartupMessage or CancelRequest, upgrading the
 /// connection to TLS on the way when asked and allowed.
 pub(super) async fn open(shared: &Shared, client: &mut Conn) -> Result<Opening, SessionError> {
-    // As PostgreSQL: a length out of range gets no answer (its COMMERROR), an
+    // As PostgreSQL: a length out of range, of a packet or of a cancel secret,
+    // gets no answer (its COMMERROR), an
     // unknown protocol version FATAL 0A000, a malformed body FATAL 08P01.
     let bad = |e: WireError| match e {
-        WireError::Startup(e @ StartupError::InvalidLength(_)) => SessionError::Unanswered(e.to_string()),
+        WireError::Startup(e @ (StartupError::InvalidLength(_) | StartupError::InvalidCancelLength(_))) => {
+            SessionError::Unanswered(e.to_string())
+        }
         WireError::Startup(e @ StartupError::UnsupportedProtocol { .. }) => {
             SessionError::UnsupportedProtocol(e.to_string())
         }
@@ -70,8 +73,23 @@ pub(super) async fn open(shared: &Shared, client: &mut Conn) -> Result<Opening, 
     }
 }
 
-/// Protocol 3.2+ and `_pq_.` options are answered with NegotiateProtocolVersion:
-/// pgcutover speaks 3.0 (its cancel keys are 4 bytes), which every client accepts.
+/// The minor version of protocol 3 a client is served: what it asked for, up to
+/// 3.2. As PostgreSQL 18 does, 3.1 (never released) is served like 3.0.
+pub(super) fn negotiated_minor(startup: &StartupMessage) -> u16 {
+    startup.minor.min(NEWEST_MINOR)
+}
+
+/// The length of the cancel secret a client is given: 32 bytes under 3.2, as
+/// PostgreSQL 18 issues, else 4.
+pub(super) fn cancel_secret_len(startup: &StartupMessage) -> usize {
+    match negotiated_minor(startup) {
+        0 | 1 => CancelSecret::SHORT,
+        _ => CancelSecret::MAX,
+    }
+}
+
+/// A version newer than 3.2, or `_pq_.` options (none is known), is answered with
+/// NegotiateProtocolVersion, exactly as PostgreSQL 18 answers them.
 pub(super) fn negotiate_protocol_version(client: &mut Conn, startup: &StartupMessage) {
     let unrecognized: Vec<&str> = startup
         .params
@@ -79,7 +97,7 @@ pub(super) fn negotiate_protocol_version(client: &mut Conn, startup: &StartupMes
         .filter(|(k, _)| k.starts_with("_pq_."))
         .map(|(k, _)| k.as_str())
         .collect();
-    if startup.minor > 0 || !unrecognized.is_empty() {
-        build::negotiate_protocol_version(&mut client.wbuf, 0, &unrecognized);
+    if startup.minor > NEWEST_MINOR || !unrecognized.is_empty() {
+        build::negotiate_protocol_version(&mut client.wbuf, negotiated_minor(startup), &unrecognized);
     }
 }

