@@ -12,6 +12,14 @@ use pgcutover_protocol::frontend;
 /// 63 bytes, but a client may send more) and its terminator.
 const MAX_INSPECTED_CLOSE: usize = 1024;
 
+/// Largest NotificationResponse read to rewrite its pid: PostgreSQL's payload cap
+/// (8000 bytes) plus a channel name, with room to spare. A larger one cannot come
+/// from PostgreSQL and passes unread.
+const MAX_INSPECTED_NOTIFICATION: usize = 16 * 1024;
+/// Largest unsolicited ErrorResponse read to see whether it is a FATAL. A longer one
+/// passes unread: the close that follows it ends the session all the same.
+const MAX_INSPECTED_ERROR: usize = 64 * 1024;
+
 /// Client to server: counts what will be answered, logs named statements, and
 /// holds new transactions back while the gate is closed.
 pub(super) struct ClientSide<'a> {
@@ -85,12 +93,15 @@ impl Inspector for ServerSide<'_> {
         !self.tx.server_leaving
     }
 
-    fn wants_body(&self, tag: u8, _body_len: usize) -> bool {
+    fn wants_body(&self, tag: u8, body_len: usize) -> bool {
+        // Each bounded: a server that declares a huge message of one of these kinds
+        // must not make the proxy buffer it whole (up to max_message_bytes per session).
         match tag {
-            backend::READY_FOR_QUERY => true,
-            backend::NOTIFICATION_RESPONSE => self.pid_rewrite.is_some(),
+            // Any other length is malformed; unread, it fails to parse and ends the session.
+            backend::READY_FOR_QUERY => body_len == 1,
+            backend::NOTIFICATION_RESPONSE => self.pid_rewrite.is_some() && body_len <= MAX_INSPECTED_NOTIFICATION,
             // Unsolicited: the server is about to close the connection.
-            backend::ERROR_RESPONSE => self.tx.idle(),
+            backend::ERROR_RESPONSE => self.tx.idle() && body_len <= MAX_INSPECTED_ERROR,
             _ => false,
         }
     }
@@ -180,6 +191,27 @@ mod tests {
             "replay cannot recreate a statement it never read"
         );
         assert!(log.statements().is_empty());
+    }
+
+    #[test]
+    fn server_messages_are_read_whole_only_when_small() {
+        let (mut tx, mut log) = (tx(), StateLog::default());
+        let mut side = ServerSide {
+            tx: &mut tx,
+            log: &mut log,
+            pid_rewrite: Some(PidRewrite {
+                server_pid: 2,
+                client_pid: 1,
+            }),
+        };
+        assert!(side.wants_body(backend::READY_FOR_QUERY, 1));
+        assert!(!side.wants_body(backend::READY_FOR_QUERY, 100 << 20));
+        assert!(side.wants_body(backend::NOTIFICATION_RESPONSE, 8000 + 64));
+        assert!(!side.wants_body(backend::NOTIFICATION_RESPONSE, 100 << 20));
+        assert!(side.wants_body(backend::ERROR_RESPONSE, 4096));
+        assert!(!side.wants_body(backend::ERROR_RESPONSE, 100 << 20));
+        // A ReadyForQuery of the wrong size, passed unread, still ends the session.
+        assert!(side.on_frame(backend::READY_FOR_QUERY, &mut []).is_err());
     }
 
     #[test]
