@@ -316,7 +316,7 @@ async fn serve(shared: &Shared, endpoint: Endpoint, authorized: bool, run: Optio
 
 /// The body as `T`, or a 400 that shows the expected form.
 fn parse_body<T: DeserializeOwned>(body: &[u8], example: &str) -> Result<T, Box<Reply>> {
-    serde_json::from_slice(body).map_err(|e| {
+    pgcutover_api::parse_request(body).map_err(|e| {
         let message = format!("expected a JSON body like {example}: {e}");
         Box::new(error(StatusCode::BAD_REQUEST, message))
     })

@@ -137,7 +137,8 @@ fn apply_rewrite(stream: &mut [u8], max_message_len: usize) {
         if end > stream.len() {
             return;
         }
-        if tag == NOTIFICATION_RESPONSE && len >= 8 {
+        // Larger notifications pass unread (MAX_INSPECTED_NOTIFICATION in pump/inspect.rs).
+        if tag == NOTIFICATION_RESPONSE && len >= 8 && len - 4 <= 16 * 1024 {
             let pid = &mut stream[at + HEADER_LEN..at + HEADER_LEN + 4];
             if i32::from_be_bytes([pid[0], pid[1], pid[2], pid[3]]) == SERVER_PID {
                 pid.copy_from_slice(&CLIENT_PID.to_be_bytes());
