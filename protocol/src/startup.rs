@@ -246,7 +246,8 @@ pub fn encode_ssl_request(out: &mut BytesMut) {
     out.put_i32(SSL_REQUEST_CODE);
 }
 
-/// Appends a CancelRequest for `key`.
+/// Appends a CancelRequest for `key`: exact for every secret pgcutover issues or a
+/// server gives it ([`CancelSecret::is_whole`]).
 pub fn encode_cancel_request(key: CancelKey, out: &mut BytesMut) {
     out.put_i32(12 + key.secret.held().len() as i32);
     out.put_i32(CANCEL_REQUEST_CODE);

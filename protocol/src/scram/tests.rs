@@ -742,3 +742,22 @@ fn errors_display_human_readable_messages() {
         "SCRAM authentication failed: invalid client proof"
     );
 }
+
+#[test]
+fn one_trailing_comma_after_the_proof_is_accepted_as_postgresql_does() {
+    // PostgreSQL's read_attr_value consumes the comma after a value, so
+    // "...,p=<proof>," passes its end-of-message check; a second one does not
+    // (protocol/fuzz/regressions/scram_server/trailing_comma_after_the_proof).
+    for (suffix, accepted) in [(&b","[..], true), (b",,", false), (b",x", false)] {
+        let mut server = ScramServer::new(pg_secret("secret"), &[7; 18]);
+        let mut client = ScramClient::new(ScramCredential::Password("secret".into()), &[9; 18]);
+        let server_first = server.handle_client_first(&client.client_first()).unwrap();
+        let mut client_final = client.handle_server_first(&server_first).unwrap();
+        client_final.extend_from_slice(suffix);
+        assert_eq!(
+            server.handle_client_final(&client_final).is_ok(),
+            accepted,
+            "{suffix:?}"
+        );
+    }
+}
