@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
+mod systemd;
+
 /// Zero-downtime PostgreSQL blue/green switchover.
 ///
 /// Applications connect to the pgcutover proxy instead of the database; pgcutover
@@ -319,6 +321,8 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         };
         proxy.set_switchover_runner(Arc::new(runner));
     }
+    // Listening (bind) and routed where the journal says (follow): ready for clients.
+    systemd::notify(&format!("READY=1\nSTATUS=serving on {}", proxy.local_addr()));
     proxy.run(shutdown_signal()).await;
     // A switchover this proxy runs drives its peers too: stopping it mid-hold would
     // leave them held and blue fenced until a recovery.
@@ -587,6 +591,7 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
     }
+    systemd::notify("STOPPING=1\nSTATUS=draining: sessions close at their next transaction boundary");
 }
 
 fn targets(config: &ConfigArg) -> anyhow::Result<Targets> {

@@ -113,19 +113,28 @@ async fn sigterm_lets_transactions_finish_then_closes_everyone_with_57p01() {
         ),
     );
     let log = std::fs::File::create(db.dir.0.join("proxy.log")).unwrap();
+    // Started as systemd starts a Type=notify unit: it must say READY=1 once it
+    // accepts clients, and STOPPING=1 when SIGTERM starts the drain.
+    let notify_path = db.dir.0.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let next_notification = || {
+        let mut buf = [0u8; 512];
+        let n = notify.recv(&mut buf).expect("a notification to NOTIFY_SOCKET");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
     let mut child = pgcutover()
         .args(["proxy", "--config"])
         .arg(&config)
+        .env("NOTIFY_SOCKET", &notify_path)
         .stderr(Stdio::from(log))
         .spawn()
         .unwrap();
     let conninfo =
         format!("host=127.0.0.1 port={port} user={PLAIN_USER} password={PLAIN_PASSWORD} dbname={DB} connect_timeout=5");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "proxy did not start listening");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let ready = next_notification();
+    assert_eq!(ready, format!("READY=1\nSTATUS=serving on 127.0.0.1:{port}"));
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("listening once it said READY=1");
     let open = || async {
         let (c, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await.unwrap();
         (c, tokio::spawn(conn))
@@ -150,6 +159,7 @@ async fn sigterm_lets_transactions_finish_then_closes_everyone_with_57p01() {
         .unwrap()
         .success());
 
+    assert!(next_notification().starts_with("STOPPING=1\n"));
     // The idle session is closed at once with 57P01.
     let e = tokio::time::timeout(Duration::from_secs(2), idle_conn)
         .await
