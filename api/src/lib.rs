@@ -6,6 +6,7 @@
 //! | endpoint | request | reply |
 //! |---|---|---|
 //! | `GET /status` | | [`StatusReply`] |
+//! | `GET /ready` | | [`ReadyReply`] (200 or 503) |
 //! | `POST /prepare` | [`PrepareRequest`] | [`PrepareReply`] |
 //! | `POST /hold` | [`HoldRequest`] (optional) | [`HoldReply`] |
 //! | `POST /drain` | | [`HoldReply`] |
@@ -36,6 +37,20 @@ use serde::{Deserialize, Serialize};
 pub fn parse_request<T: DeserializeOwned>(body: &[u8]) -> Result<T, serde_json::Error> {
     let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)?;
     T::deserialize(serde_json::Value::Object(object))
+}
+
+/// `GET /ready`: whether the proxy should be given new clients: HTTP 200 when it
+/// should, 503 while it shuts down or cannot reach the server its route points at
+/// (a switchover's hold does not count: held clients wait at the proxy).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadyReply {
+    /// Whether it is ready.
+    pub ready: bool,
+    /// Where new sessions go.
+    pub route: Side,
+    /// Why it is not ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// `GET /status`: where a proxy routes and what its sessions are doing.

@@ -14,8 +14,8 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use pgcutover_api::{
-    ErrorReply, HoldReply, HoldRequest, PhaseUpdate, PrepareReply, PrepareRequest, RouteReply, RouteRequest,
-    SwitchoverRequest, RUN_HEADER,
+    ErrorReply, HoldReply, HoldRequest, PhaseUpdate, PrepareReply, PrepareRequest, ReadyReply, RouteReply,
+    RouteRequest, SwitchoverRequest, RUN_HEADER,
 };
 use pgcutover_config::{AdminToken, Config, HumanDuration};
 use serde::de::DeserializeOwned;
@@ -54,6 +54,7 @@ pub(crate) struct AdminServer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Endpoint {
     Status,
+    Ready,
     Metrics,
     Prepare,
     Hold,
@@ -70,12 +71,13 @@ enum Unroutable {
     WrongMethod(&'static str),
 }
 
-const ENDPOINTS: &str = "GET /status, GET /metrics, POST /switchover, POST /prepare, POST /hold, POST /drain, POST /route, POST /resume, POST /phase";
+const ENDPOINTS: &str = "GET /status, GET /ready, GET /metrics, POST /switchover, POST /prepare, POST /hold, POST /drain, POST /route, POST /resume, POST /phase";
 
 impl Endpoint {
     fn parse(method: &Method, path: &str) -> Result<Endpoint, Unroutable> {
         let (endpoint, wants) = match path {
             "/status" => (Endpoint::Status, Method::GET),
+            "/ready" => (Endpoint::Ready, Method::GET),
             "/metrics" => (Endpoint::Metrics, Method::GET),
             "/prepare" => (Endpoint::Prepare, Method::POST),
             "/hold" => (Endpoint::Hold, Method::POST),
@@ -98,7 +100,7 @@ impl Endpoint {
     }
 
     fn mutates(self) -> bool {
-        !matches!(self, Endpoint::Status | Endpoint::Metrics)
+        !matches!(self, Endpoint::Status | Endpoint::Ready | Endpoint::Metrics)
     }
 
     /// The call a switchover's lease guards (see [`crate::control::lease`]).
@@ -109,7 +111,7 @@ impl Endpoint {
             Endpoint::Drain => Some(Call::Drain),
             Endpoint::Route => Some(Call::Route),
             Endpoint::Resume => Some(Call::Resume),
-            Endpoint::Status | Endpoint::Metrics | Endpoint::Phase | Endpoint::Switchover => None,
+            Endpoint::Status | Endpoint::Ready | Endpoint::Metrics | Endpoint::Phase | Endpoint::Switchover => None,
         }
     }
 }
@@ -273,6 +275,7 @@ async fn serve(shared: &Shared, endpoint: Endpoint, authorized: bool, run: Optio
             }
             json(StatusCode::OK, &status)
         }
+        Endpoint::Ready => ready(shared),
         Endpoint::Metrics => metrics(shared),
         Endpoint::Prepare => match parse_body::<PrepareRequest>(body, "{\"target\": \"green\"}") {
             Ok(r) => prepare(shared, r).await,
@@ -322,8 +325,36 @@ fn parse_body<T: DeserializeOwned>(body: &[u8], example: &str) -> Result<T, Box<
     })
 }
 
+/// 200 while this proxy should be given new clients, else 503 with the reason
+/// (see `health.rs`); a load balancer's or Kubernetes' readiness probe.
+fn ready(shared: &Shared) -> Reply {
+    let route = shared.control.route().target;
+    match shared.health.check(route) {
+        Ok(()) => json(
+            StatusCode::OK,
+            &ReadyReply {
+                ready: true,
+                route,
+                reason: None,
+            },
+        ),
+        Err(why) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &ReadyReply {
+                ready: false,
+                route,
+                reason: Some(why.to_string()),
+            },
+        ),
+    }
+}
+
 fn metrics(shared: &Shared) -> Reply {
-    let text = shared.metrics.render(&shared.registry, shared.control.is_held());
+    let text = shared.metrics.render(
+        &shared.registry,
+        shared.control.is_held(),
+        shared.control.route().target,
+    );
     let mut r = Response::new(Full::new(Bytes::from(text)));
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,

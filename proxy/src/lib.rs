@@ -11,6 +11,7 @@ pub mod control;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod guesses;
+pub mod health;
 pub mod local;
 pub mod metrics;
 pub mod pump;
@@ -109,6 +110,7 @@ pub(crate) struct Shared {
     registry: Arc<SessionRegistry>,
     control: Arc<Control>,
     metrics: Arc<Metrics>,
+    health: health::Health,
     clients: AtomicUsize,
     /// Runs `POST /switchover`: installed by the binary, which owns the orchestrator.
     switchover: std::sync::OnceLock<Arc<dyn SwitchoverRunner>>,
@@ -243,6 +245,7 @@ impl Proxy {
         });
         let registry = Arc::new(SessionRegistry::default());
         let metrics = Arc::new(Metrics::new());
+        metrics.set_max_client_conn(config.proxy.max_client_conn);
         let control = Control::new(
             registry.clone(),
             config.switchover.clone(),
@@ -264,6 +267,7 @@ impl Proxy {
                 registry,
                 control,
                 metrics,
+                health: health::Health::default(),
                 clients: AtomicUsize::new(0),
                 switchover: std::sync::OnceLock::new(),
             }),
@@ -300,6 +304,7 @@ impl Proxy {
             shared,
         } = self;
         let admin_task = tokio::spawn(admin.serve(shared.clone()));
+        let probes = tokio::spawn(health::probe_servers(shared.clone()));
         info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), blue = %shared.blue.url.host_port(), "pgcutover proxy ready");
         let (phase_tx, phase_rx) = watch::channel(ShutdownPhase::Running);
         let mut sessions = JoinSet::new();
@@ -333,7 +338,9 @@ impl Proxy {
             }
         }
         drop(listener);
-        admin_task.abort();
+        // The admin API stays up while sessions drain (a peer's switchover may still
+        // call it; GET /ready now says no), and goes with the last session.
+        shared.health.shutting_down();
         // An operator's hold must not keep sessions from reaching the boundary they
         // close at. A switchover's is left to it (its run may be this process's, and
         // goes on): resuming would start transactions on a fenced source; held
@@ -357,6 +364,8 @@ impl Proxy {
                 sessions.abort_all();
             }
         }
+        probes.abort();
+        admin_task.abort();
         info!("pgcutover proxy stopped");
     }
 }

@@ -47,6 +47,9 @@ pub struct Metrics {
     pub messages_to_client: Counter,
     replication_lag_bytes: Family<DatabaseLabels, Gauge>,
     ddl_drift: Family<DatabaseLabels, Gauge>,
+    server_up: Family<Labels, Gauge>,
+    route: Family<Labels, Gauge>,
+    max_client_conn: Gauge,
 }
 
 impl Default for Metrics {
@@ -88,6 +91,9 @@ impl Metrics {
             messages_to_client: bytes(&messages_family, "to_client"),
             replication_lag_bytes: Family::default(),
             ddl_drift: Family::default(),
+            server_up: Family::default(),
+            route: Family::default(),
+            max_client_conn: Gauge::default(),
             registry: Mutex::new(Registry::default()),
         };
         // name, help, metric: the exported names are `pgcutover_<name>` (+ `_total` for counters).
@@ -113,6 +119,9 @@ impl Metrics {
             "messages_proxied", "Protocol messages forwarded, by direction", messages_family;
             "replication_lag_bytes", "Bytes of blue's WAL the subscription has not confirmed, per database (-1: no slot; set by the replication monitor)", m.replication_lag_bytes;
             "ddl_drift", "DDL statements run on blue since replication began, per database (set by the replication monitor)", m.ddl_drift;
+            "server_up", "1 if the server accepted a TCP connection at the last probe (every 5 s), by target", m.server_up;
+            "route", "1 for the target new transactions are routed to, 0 for the other", m.route;
+            "max_client_conn", "The configured [proxy] max_client_conn", m.max_client_conn;
         }
         *m.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = registry;
         m
@@ -159,13 +168,25 @@ impl Metrics {
         self.switchovers.get_or_create(&[("outcome", outcome)]).inc();
     }
 
+    /// Records a probe of `target`'s server.
+    pub fn server_up(&self, target: Side, up: bool) {
+        self.server_up
+            .get_or_create(&[("target", target.name())])
+            .set(up as i64);
+    }
+
+    /// Exports the configured client limit, for alerts on clients near it.
+    pub fn set_max_client_conn(&self, limit: usize) {
+        self.max_client_conn.set(limit as i64);
+    }
+
     /// Counts a session pinned by `reason`.
     pub fn pinned(&self, reason: &'static str) {
         self.pinned_sessions.get_or_create(&[("reason", reason)]).inc();
     }
 
     /// The text exposition, with session gauges computed from `sessions` now.
-    pub fn render(&self, sessions: &SessionRegistry, held: bool) -> String {
+    pub fn render(&self, sessions: &SessionRegistry, held: bool, route: Side) -> String {
         let handles = sessions.handles();
         let in_transaction = handles.iter().filter(|h| h.in_transaction()).count() as i64;
         let idle = handles.len() as i64 - in_transaction;
@@ -182,6 +203,11 @@ impl Metrics {
         self.in_flight.set(in_transaction);
         self.held_clients.set(if held { idle } else { 0 });
         self.held.set(held as i64);
+        for target in [Side::Blue, Side::Green] {
+            self.route
+                .get_or_create(&[("target", target.name())])
+                .set((target == route) as i64);
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(
@@ -205,7 +231,7 @@ mod tests {
         m.bytes_to_server.inc_by(10);
         m.drain_seconds.observe(0.004);
         m.set_replication_status("app", 4096, 2);
-        let text = m.render(&SessionRegistry::default(), true);
+        let text = m.render(&SessionRegistry::default(), true, Side::Green);
         for needle in [
             "pgcutover_client_connections{state=\"idle\"} 0",
             "pgcutover_server_connections{target=\"green\"} 0",
@@ -221,6 +247,8 @@ mod tests {
             "pgcutover_messages_proxied_total{direction=\"to_client\"} 0",
             "pgcutover_replication_lag_bytes{database=\"app\"} 4096",
             "pgcutover_ddl_drift{database=\"app\"} 2",
+            "pgcutover_route{target=\"green\"} 1",
+            "pgcutover_route{target=\"blue\"} 0",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

@@ -168,3 +168,67 @@ async fn an_address_guessing_the_admin_token_is_refused_even_the_right_one() {
     let (code, _) = http(proxy.admin, "GET", "/status", None, "").await;
     assert_eq!(code, 200);
 }
+
+/// Polls `GET /ready` until it answers `code`; returns the body.
+async fn ready_becomes(proxy: &RunningProxy, code: u16, limit: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (got, body) = http(proxy.admin, "GET", "/ready", None, "").await;
+        if got == code {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GET /ready still {got} after {limit:?}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `GET /ready` (the readiness probe, no token): 503 naming the server while the
+/// route's server does not accept connections, 200 once it does, still 200 while
+/// held (held clients wait at the proxy), and 503 while the proxy drains at shutdown.
+#[tokio::test]
+async fn ready_follows_the_routes_server_and_shutdown_but_not_a_hold() {
+    let db = Db::pg15();
+    // Blue first points at a port where nothing listens.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    let mut config = db.default_config();
+    config.blue.url.port = port;
+    let proxy = RunningProxy::start(config).await;
+    let down = ready_becomes(&proxy, 503, Duration::from_secs(10)).await;
+    assert_eq!(
+        (down["ready"].as_bool(), down["route"].as_str()),
+        (Some(false), Some("blue"))
+    );
+    assert!(down["reason"].as_str().unwrap().contains("blue server"), "{down}");
+    let (_, metrics) = http_text(proxy.admin, "GET", "/metrics", None, "").await;
+    assert!(metrics.contains("pgcutover_server_up{target=\"blue\"} 0"), "{metrics}");
+    assert!(metrics.contains("pgcutover_max_client_conn "), "{metrics}");
+
+    // Something accepts connections there now: ready within a probe interval.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let accepting = tokio::spawn(async move { while listener.accept().await.is_ok() {} });
+    let up = ready_becomes(&proxy, 200, Duration::from_secs(15)).await;
+    assert_eq!(up, serde_json::json!({"ready": true, "route": "blue"}));
+    assert!(proxy.control.hold());
+    let (code, held) = http(proxy.admin, "GET", "/ready", None, "").await;
+    assert_eq!(code, 200, "a hold does not make the proxy unready: {held}");
+    proxy.control.resume();
+    accepting.abort();
+
+    // Shutting down with a transaction open: unready while it drains.
+    let mut proxy = RunningProxy::start(db.default_config()).await;
+    let c = connect(&proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB)).await.unwrap();
+    c.batch_execute("begin; select 1").await.unwrap();
+    ready_becomes(&proxy, 200, Duration::from_secs(5)).await;
+    proxy.shut_down();
+    let draining = ready_becomes(&proxy, 503, Duration::from_secs(5)).await;
+    assert!(
+        draining["reason"].as_str().unwrap().contains("shutting down"),
+        "{draining}"
+    );
+    c.batch_execute("commit").await.unwrap();
+}

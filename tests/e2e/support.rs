@@ -298,6 +298,13 @@ impl RunningProxy {
 }
 
 impl RunningProxy {
+    /// Starts its graceful shutdown, as SIGTERM does to the binary.
+    pub fn shut_down(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+
     /// A mutating admin call with the test token (configs from `config_with_green`).
     pub async fn post(&self, path: &str, body: &str) -> (u16, serde_json::Value) {
         http(self.admin, "POST", path, Some(ADMIN_TOKEN), body).await
