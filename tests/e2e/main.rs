@@ -9,6 +9,7 @@ mod cli;
 mod cutover;
 mod data_path;
 mod demo;
+mod deploy;
 mod faults;
 mod guarantees;
 mod orchestrator;
