@@ -313,8 +313,15 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         follower.follow().await;
         journal = Some(tokio::spawn(follower.watch()));
         monitor = Some(replication_monitor(&proxy, targets.clone(), &config));
+        let token = AdminToken::load_optional(config.proxy.admin_token_file.as_deref())?;
+        switchover::check_peers(
+            &config.proxy.peers,
+            token.as_ref(),
+            config.proxy.admin_tls_ca_file.as_deref(),
+        )
+        .map_err(|e| anyhow::anyhow!("[proxy] peers: {e}"))?;
         let runner = Runner {
-            proxies: proxies(Some(proxy.control()), &config)?,
+            local: proxy.control(),
             targets,
             config,
             runs: runs.clone(),
@@ -390,7 +397,7 @@ impl JournalFollower {
     /// Finishes or undoes a run that died, with this proxy and its peers: the first
     /// proxy to take the run lock does it, the others find it done.
     async fn recover(&self) {
-        let proxies = match proxies(Some(self.control.clone()), &self.config) {
+        let proxies = match proxies(Some(self.control.clone()), &self.config).await {
             Ok(p) => p,
             Err(e) => return tracing::error!("cannot recover the switchover that died: {e}"),
         };
@@ -432,7 +439,8 @@ fn replication_monitor(proxy: &Proxy, targets: Targets, config: &Config) -> toki
 struct Runner {
     config: Config,
     targets: Targets,
-    proxies: Vec<Arc<dyn ProxyControl>>,
+    /// This proxy; its peers are resolved at the start of each run.
+    local: Arc<pgcutover_proxy::control::Control>,
     /// How many runs are under way: the proxy's shutdown waits for them.
     runs: Arc<tokio::sync::watch::Sender<usize>>,
 }
@@ -459,10 +467,18 @@ const RUN_FINISH_LIMIT: Duration = Duration::from_secs(120);
 
 impl SwitchoverRunner for Runner {
     fn run(&self, dry_run: bool, timeout: Option<Duration>) -> pgcutover_api::BoxFuture<'static, Report> {
-        let (config, targets, proxies) = (self.config.clone(), self.targets.clone(), self.proxies.clone());
+        let (config, targets, local) = (self.config.clone(), self.targets.clone(), self.local.clone());
         let running = Running::start(&self.runs);
         Box::pin(async move {
             let _running = running;
+            let proxies = match proxies(Some(local), &config).await {
+                Ok(p) => p,
+                Err(e) => {
+                    let mut report = Report::new(Direction::Forward);
+                    report.reason = Some(format!("{e:#}"));
+                    return report;
+                }
+            };
             let opts = SwitchoverOptions {
                 direction: Direction::Forward,
                 timeout: timeout.unwrap_or(config.switchover.timeout.0),
@@ -475,7 +491,7 @@ impl SwitchoverRunner for Runner {
 
 /// Every proxy a switchover drives: this process's (when it runs one) or the one at
 /// [proxy] admin_listen, then [proxy] peers.
-fn proxies(
+async fn proxies(
     local: Option<Arc<pgcutover_proxy::control::Control>>,
     config: &Config,
 ) -> anyhow::Result<Vec<Arc<dyn ProxyControl>>> {
@@ -491,10 +507,17 @@ fn proxies(
             ));
         }
     }
-    for url in &config.proxy.peers {
-        let peer = RemoteProxy::new(url, token.clone(), ca).map_err(|e| anyhow::anyhow!("[proxy] peers: {e}"))?;
-        proxies.push(Arc::new(peer));
+    // Resolved now, at the start of this run: DNS names stand for whoever is there.
+    let peers = switchover::resolve_peers(&config.proxy.peers, config.proxy.admin_listen, token.as_ref(), ca)
+        .await
+        .map_err(|e| anyhow::anyhow!("[proxy] peers: {e}"))?;
+    if !config.proxy.peers.is_empty() {
+        tracing::info!(
+            peers = %peers.iter().map(|p| p.url()).collect::<Vec<_>>().join(", "),
+            "switchover peers"
+        );
     }
+    proxies.extend(peers.into_iter().map(|p| Arc::new(p) as Arc<dyn ProxyControl>));
     Ok(proxies)
 }
 
@@ -508,7 +531,7 @@ async fn run_switchover(args: SwitchoverArgs, direction: Direction) -> anyhow::R
             "the proxies' mutating admin calls need a token: set [proxy] admin_token_file (the same file the proxies use)"
         );
     }
-    let proxies = proxies(None, &config)?;
+    let proxies = proxies(None, &config).await?;
     let opts = SwitchoverOptions {
         direction,
         timeout: args.timeout.map(|t| t.0).unwrap_or(config.switchover.timeout.0),
@@ -539,7 +562,7 @@ async fn run_switchover(args: SwitchoverArgs, direction: Direction) -> anyhow::R
 async fn run_recover(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config.config)?;
     let targets = Targets::from_config(&config)?;
-    let proxies = proxies(None, &config)?;
+    let proxies = proxies(None, &config).await?;
     let progress = if args.json {
         Progress::quiet()
     } else {

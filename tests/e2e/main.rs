@@ -13,6 +13,7 @@ mod deploy;
 mod faults;
 mod guarantees;
 mod orchestrator;
+mod peers;
 mod protocol_versions;
 mod reconnect;
 mod support;

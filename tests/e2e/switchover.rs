@@ -642,6 +642,15 @@ pub(crate) async fn proxy_process_with_env(
     admin_port: u16,
     env: &[(&str, &str)],
 ) -> (KillOnDrop, std::net::SocketAddr) {
+    proxy_process_at(file, format!("127.0.0.1:{admin_port}").parse().unwrap(), env).await
+}
+
+/// [`proxy_process_with_env`] for a proxy whose admin API is at `admin`.
+pub(crate) async fn proxy_process_at(
+    file: &std::path::Path,
+    admin: std::net::SocketAddr,
+    env: &[(&str, &str)],
+) -> (KillOnDrop, std::net::SocketAddr) {
     let process = KillOnDrop(
         std::process::Command::new(env!("CARGO_BIN_EXE_pgcutover"))
             .args(["proxy", "-c", file.to_str().unwrap()])
@@ -651,7 +660,6 @@ pub(crate) async fn proxy_process_with_env(
             .unwrap(),
     );
     let mut process = process;
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     for _ in 0..200 {
         // Exited: it could not bind (another test's process took the port), and
         // whatever answers there is not this proxy.

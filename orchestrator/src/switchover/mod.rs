@@ -12,6 +12,7 @@
 
 pub use crate::{reverse_subscription_name, REVERSE_PUBLICATION};
 pub use error::{Guardrail, SwitchoverError};
+pub use peers::{check_peers, resolve_peers, PeerSpec};
 pub use pgcutover_api::{BoxFuture, ProxyControl, ProxyError};
 pub use pgcutover_api::{Direction, Outcome, PhaseTime, Report};
 pub use phase::{IllegalTransition, Phase};
@@ -28,6 +29,7 @@ mod flip;
 mod hold;
 mod lease;
 mod machine;
+mod peers;
 mod phase;
 mod preflight;
 mod proof;

@@ -15,6 +15,7 @@ use pgcutover_config::{load_certs, provider, AdminToken, ServerTls};
 use rustls_pki_types::ServerName;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,8 +31,12 @@ const QUICK_CALL: Duration = Duration::from_secs(5);
 
 /// Another proxy instance, through its admin API.
 pub struct RemoteProxy {
-    /// `host:port` of its admin API.
+    /// `host:port` of its admin API, as named (the Host header).
     authority: String,
+    /// Where to connect when the name was resolved already (a `dns+` peer's
+    /// address); else `authority` is resolved at each call.
+    connect_to: Option<SocketAddr>,
+    /// How it is named in messages.
     url: String,
     token: Option<AdminToken>,
     /// For `https://`: the connector (trusting `admin_tls_ca_file`) and the name the
@@ -44,6 +49,27 @@ impl RemoteProxy {
     /// its certificate signed by a CA in `ca_file`, or `http://host:port` on a
     /// loopback address (a token sent in clear across a network could be taken).
     pub fn new(url: &str, token: Option<AdminToken>, ca_file: Option<&Path>) -> Result<RemoteProxy, String> {
+        RemoteProxy::build(url, None, token, ca_file)
+    }
+
+    /// The proxy at `addr`, one of the addresses `url`'s name resolved to: the
+    /// certificate must still carry the name, and the token may go in clear only
+    /// to a loopback address.
+    pub fn at(
+        url: &str,
+        addr: SocketAddr,
+        token: Option<AdminToken>,
+        ca_file: Option<&Path>,
+    ) -> Result<RemoteProxy, String> {
+        RemoteProxy::build(url, Some(addr), token, ca_file)
+    }
+
+    fn build(
+        url: &str,
+        connect_to: Option<SocketAddr>,
+        token: Option<AdminToken>,
+        ca_file: Option<&Path>,
+    ) -> Result<RemoteProxy, String> {
         let (https, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
             (Some(rest), _) => (true, rest),
             (None, Some(rest)) => (false, rest),
@@ -74,7 +100,8 @@ impl RemoteProxy {
             let name = ServerTls::server_name(host).map_err(|e| format!("peer {url:?}: {e}"))?;
             Some((TlsConnector::from(Arc::new(config)), name))
         } else {
-            if token.is_some() && !is_loopback(host) {
+            let loopback = connect_to.map_or_else(|| is_loopback(host), |a| a.ip().is_loopback());
+            if token.is_some() && !loopback {
                 return Err(format!(
                     "peer {url:?}: the admin token would cross the network in plain text; serve that proxy's admin API over TLS (admin_tls_cert_file) and use https://"
                 ));
@@ -82,12 +109,22 @@ impl RemoteProxy {
             None
         };
         let scheme = if https { "https" } else { "http" };
+        let url = match connect_to {
+            Some(addr) => format!("{scheme}://{authority} at {addr}"),
+            None => format!("{scheme}://{authority}"),
+        };
         Ok(RemoteProxy {
             authority: authority.to_owned(),
-            url: format!("{scheme}://{authority}"),
+            connect_to,
+            url,
             token,
             tls,
         })
+    }
+
+    /// How it is named in messages: its URL, and the address it was resolved to.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// One admin call; `ok` lists the statuses whose body may be a `T`. Any other
@@ -162,7 +199,11 @@ impl RemoteProxy {
             request = request.header(RUN_HEADER, run);
         }
         let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
-        let tcp = TcpStream::connect(&self.authority).await.map_err(|e| e.to_string())?;
+        let tcp = match self.connect_to {
+            Some(addr) => TcpStream::connect(addr).await,
+            None => TcpStream::connect(&self.authority).await,
+        }
+        .map_err(|e| e.to_string())?;
         match &self.tls {
             None => send(tcp, request).await,
             Some((connector, name)) => {
