@@ -106,6 +106,21 @@ enum Command {
     /// version 17, blue fenced). Exits 0 only when every check holds. Everything it
     /// started is stopped and removed at the end, on error and on Ctrl-C.
     Demo(DemoArgs),
+
+    /// Ask a running proxy whether it is ready for new clients (GET /ready on its
+    /// admin API): exits 0 when ready, 1 with the reason when not or unreachable.
+    /// For container HEALTHCHECKs and scripts; plain HTTP (a loopback admin API).
+    Ready(ReadyArgs),
+}
+
+#[derive(clap::Args)]
+struct ReadyArgs {
+    /// The proxy's admin API address.
+    #[arg(long, default_value = "127.0.0.1:9187", env = "PGCUTOVER_READY_ADMIN")]
+    admin: String,
+    /// Give up after this long.
+    #[arg(long, default_value = "3s")]
+    timeout: HumanDuration,
 }
 
 #[derive(clap::Args)]
@@ -270,6 +285,7 @@ fn main() -> ExitCode {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Demo(args) => run_demo(args).await,
+            Command::Ready(args) => run_ready(args).await,
         }
     });
     match result {
@@ -615,6 +631,47 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
     }
     systemd::notify("STOPPING=1\nSTATUS=draining: sessions close at their next transaction boundary");
+}
+
+/// `pgcutover ready`: GET /ready, one HTTP/1.0 request (no client library needed
+/// for a health check).
+async fn run_ready(args: ReadyArgs) -> anyhow::Result<ExitCode> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ask = async {
+        let mut s = tokio::net::TcpStream::connect(&args.admin).await?;
+        s.write_all(format!("GET /ready HTTP/1.0\r\nHost: {}\r\n\r\n", args.admin).as_bytes())
+            .await?;
+        let mut reply = Vec::new();
+        s.take(64 * 1024).read_to_end(&mut reply).await?;
+        Ok::<_, std::io::Error>(reply)
+    };
+    let reply = match tokio::time::timeout(args.timeout.0, ask).await {
+        Err(_) => anyhow::bail!(
+            "the admin API at {} did not answer within {:?}",
+            args.admin,
+            args.timeout.0
+        ),
+        Ok(Err(e)) => anyhow::bail!("cannot reach the admin API at {}: {e}", args.admin),
+        Ok(Ok(r)) => String::from_utf8_lossy(&r).into_owned(),
+    };
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+    let status = head.split(' ').nth(1).unwrap_or("");
+    let ready: Option<pgcutover_api::ReadyReply> = serde_json::from_str(body).ok();
+    match (status, ready) {
+        ("200", Some(r)) if r.ready => {
+            println!("ready (routing to {})", r.route);
+            Ok(ExitCode::SUCCESS)
+        }
+        (_, Some(r)) => {
+            println!("not ready: {}", r.reason.unwrap_or_else(|| "no reason given".into()));
+            Ok(ExitCode::FAILURE)
+        }
+        _ => anyhow::bail!(
+            "{} answered GET /ready with {:?}: is it a pgcutover admin API?",
+            args.admin,
+            head.lines().next().unwrap_or("")
+        ),
+    }
 }
 
 fn targets(config: &ConfigArg) -> anyhow::Result<Targets> {

@@ -169,6 +169,21 @@ async fn an_address_guessing_the_admin_token_is_refused_even_the_right_one() {
     assert_eq!(code, 200);
 }
 
+/// Runs `pgcutover ready --admin <admin>`: (exit status 0, its first output line).
+async fn pgcutover_ready(admin: std::net::SocketAddr) -> (bool, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgcutover"))
+        .args(["ready", "--admin", &admin.to_string()])
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text.lines().next().unwrap_or_default().to_owned())
+}
+
 /// Polls `GET /ready` until it answers `code`; returns the body.
 async fn ready_becomes(proxy: &RunningProxy, code: u16, limit: Duration) -> serde_json::Value {
     let deadline = Instant::now() + limit;
@@ -211,8 +226,16 @@ async fn ready_follows_the_routes_server_and_shutdown_but_not_a_hold() {
     // Something accepts connections there now: ready within a probe interval.
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     let accepting = tokio::spawn(async move { while listener.accept().await.is_ok() {} });
+    let down_cli = pgcutover_ready(proxy.admin).await;
     let up = ready_becomes(&proxy, 200, Duration::from_secs(15)).await;
     assert_eq!(up, serde_json::json!({"ready": true, "route": "blue"}));
+    // `pgcutover ready` (the image's HEALTHCHECK) says the same with its exit code.
+    let up_cli = pgcutover_ready(proxy.admin).await;
+    assert_eq!(up_cli, (true, "ready (routing to blue)".to_owned()));
+    assert!(
+        !down_cli.0 && down_cli.1.starts_with("not ready: the blue server"),
+        "{down_cli:?}"
+    );
     assert!(proxy.control.hold());
     let (code, held) = http(proxy.admin, "GET", "/ready", None, "").await;
     assert_eq!(code, 200, "a hold does not make the proxy unready: {held}");
