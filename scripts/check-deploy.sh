@@ -6,10 +6,14 @@
 #   prometheus  promtool check rules, promtool test rules
 #   grafana     the dashboard's JSON shape, and every panel query through
 #               promtool check rules (template variables substituted)
+#   helm        helm lint --strict and helm template (helm-python-sdk: no helm CLI
+#               exists for this machine), with the default and with test values,
+#               through kubernetes-validate --strict (1.30 and 1.37; WARN fails)
 #   yaml        yamllint --strict on every YAML file under deploy/
 #
 # Installs what is missing, idempotently: prometheus (for promtool; from apt, its
-# service not started) and yamllint (PyPI, in a venv under the cache dir). That
+# service not started), and yamllint, kubernetes-validate and helm-python-sdk (PyPI,
+# in a venv under the cache dir). That
 # every metric the rules and the dashboard name is exported by a running proxy is
 # checked by the tests (tests/e2e/deploy.rs).
 #
@@ -57,11 +61,15 @@ apt_install() {
 command -v systemd-analyze >/dev/null 2>&1 || apt_install systemd || die "systemd-analyze missing (apt-get install systemd)"
 command -v promtool >/dev/null 2>&1 || apt_install prometheus || die "promtool missing (apt-get install prometheus)"
 VENV="$CACHE_DIR/deploy-venv"
-if ! "$VENV/bin/yamllint" --version >/dev/null 2>&1; then
-    log "installing yamllint into $VENV"
+PY_TOOLS=('yamllint==1.38.0' 'kubernetes-validate==1.37.0' 'helm-python-sdk==0.2.2')
+if ! "$VENV/bin/yamllint" --version >/dev/null 2>&1 || ! "$VENV/bin/kubernetes-validate" --version >/dev/null 2>&1 \
+    || ! "$VENV/bin/python" -c 'import helm_python' >/dev/null 2>&1; then
+    log "installing ${PY_TOOLS[*]} into $VENV (PyPI; kubernetes-validate and the Helm SDK are about 400 MB)"
     mkdir -p "$CACHE_DIR"
-    python3 -m venv "$VENV" || { apt_install python3-venv && python3 -m venv "$VENV"; } || die "cannot create a Python venv in $VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check 'yamllint==1.38.0' || die "pip install yamllint failed: this machine must reach PyPI"
+    [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV" || { apt_install python3-venv && python3 -m venv "$VENV"; } \
+        || die "cannot create a Python venv in $VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "${PY_TOOLS[@]}" \
+        || die "pip install ${PY_TOOLS[*]} failed: this machine must reach PyPI"
 fi
 PY="$VENV/bin/python"
 
@@ -149,6 +157,12 @@ EOF
 }
 check "deploy/grafana/pgcutover.json: shape" dashboard_queries
 check "deploy/grafana/pgcutover.json: every panel query parses (promtool check rules)" promtool check rules "$TMP/dashboard-rules.yml"
+
+# ------------------------------------------------------------------ helm
+# helm lint --strict, helm template with the default and with test values, and
+# kubernetes-validate --strict on the output (deploy/helm/check-chart.py says how).
+check "deploy/helm/pgcutover: lint, render, kubernetes-validate --strict, promises" \
+    "$PY" deploy/helm/check-chart.py "$VENV/bin/kubernetes-validate" "$VENV/bin/yamllint"
 
 # ------------------------------------------------------------------ yaml
 mapfile -t yamls < <(find deploy -name '*.yml' -o -name '*.yaml' | grep -v '/templates/' | sort)
