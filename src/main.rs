@@ -165,8 +165,9 @@ struct ReplicateArgs {
     /// "invalid record length at X/Y") line gives the start LSN.
     #[arg(long, value_name = "FILE")]
     clone_log: Option<PathBuf>,
-    /// Clone method: the start LSN (X/Y) when neither Aurora's
-    /// aurora_volume_logical_start_lsn() nor --clone-log gives it.
+    /// Clone method: the start LSN (X/Y). Given, it is used as is, before --clone-log
+    /// and Aurora's aurora_volume_logical_start_lsn() (read it before upgrading an
+    /// Aurora clone, as AWS's guide does, and pass it here).
     #[arg(long, value_name = "LSN", value_parser = parse_lsn)]
     start_lsn: Option<pgcutover_orchestrator::Lsn>,
     /// Return once the subscription exists instead of waiting for the initial copy.

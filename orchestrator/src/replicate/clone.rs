@@ -349,23 +349,14 @@ async fn enable(green: &Client, db: &str, name: &str, progress: &Progress) -> Re
     }
 }
 
+/// The clone's start LSN: what the operator gave (`--start-lsn`, then `--clone-log`)
+/// before what green says (Aurora's function, which a clone upgraded since may no
+/// longer answer for the storage point it was cloned at).
 async fn find_start(green: &Client, db: &str, opts: &ReplicateOptions) -> Result<CloneStart, OrchestratorError> {
-    let aurora: bool = green
-        .query_one("SELECT to_regproc('aurora_volume_logical_start_lsn') IS NOT NULL", &[])
-        .await
-        .ctx(Side::Green, db, "looking for aurora_volume_logical_start_lsn()")?
-        .get(0);
-    if aurora {
-        let lsn: String = green
-            .query_one("SELECT aurora_volume_logical_start_lsn()::text", &[])
-            .await
-            .ctx(Side::Green, db, "reading aurora_volume_logical_start_lsn()")?
-            .get(0);
+    if let Some(lsn) = opts.start_lsn {
         return Ok(CloneStart {
-            lsn: lsn
-                .parse()
-                .map_err(|e: String| OrchestratorError::refused(e, "report this"))?,
-            source: "aurora_volume_logical_start_lsn()".into(),
+            lsn,
+            source: "--start-lsn".into(),
         });
     }
     if let Some(path) = &opts.clone_log {
@@ -385,10 +376,22 @@ async fn find_start(green: &Client, db: &str, opts: &ReplicateOptions) -> Result
             )
         });
     }
-    if let Some(lsn) = opts.start_lsn {
+    let aurora: bool = green
+        .query_one("SELECT to_regproc('aurora_volume_logical_start_lsn') IS NOT NULL", &[])
+        .await
+        .ctx(Side::Green, db, "looking for aurora_volume_logical_start_lsn()")?
+        .get(0);
+    if aurora {
+        let lsn: String = green
+            .query_one("SELECT aurora_volume_logical_start_lsn()::text", &[])
+            .await
+            .ctx(Side::Green, db, "reading aurora_volume_logical_start_lsn()")?
+            .get(0);
         return Ok(CloneStart {
-            lsn,
-            source: "--start-lsn".into(),
+            lsn: lsn
+                .parse()
+                .map_err(|e: String| OrchestratorError::refused(e, "report this"))?,
+            source: "aurora_volume_logical_start_lsn()".into(),
         });
     }
     Err(OrchestratorError::refused(
