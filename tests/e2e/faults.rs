@@ -201,34 +201,11 @@ const IN_NETNS: &str = "PGCUTOVER_TEST_IN_NETNS";
 /// a child of `unshare -n` (root only; loopback only).
 #[test]
 fn a_blackholed_server_connection_ends_or_recovers_within_the_keepalive_bound() {
-    if !std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
-    {
+    if !is_root() {
         eprintln!("SKIPPED: dropping packets needs a network namespace of its own, which needs root");
         return;
     }
-    let out = std::process::Command::new("unshare")
-        .arg("-n")
-        .arg(std::env::current_exe().unwrap())
-        .args([
-            "faults::blackholed_inside_a_network_namespace",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env(IN_NETNS, "1")
-        .output()
-        .expect("unshare (util-linux) runs");
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{log}");
-    assert!(out.status.success(), "the namespaced half failed:\n{log}");
-    assert!(log.contains("1 passed"), "the namespaced half did not run:\n{log}");
+    run_in_namespaces(&["-n"], "faults::blackholed_inside_a_network_namespace", IN_NETNS);
 }
 
 /// Runs `ip` with these arguments, in this process's network namespace.

@@ -9,7 +9,7 @@
 //! listen on different addresses at the same port.
 
 use crate::support::*;
-use crate::switchover::{assert_all_on, proxy_process_at, replicated};
+use crate::switchover::{assert_all_on, post_switchover_completes, proxy_process_at, replicated, serial_writer};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,34 +19,15 @@ const NAME: &str = "pgcutover-peers.test";
 
 #[test]
 fn proxies_found_through_dns_move_together_and_a_new_one_joins_the_next_run() {
-    if !std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
-    {
+    if !is_root() {
         eprintln!("SKIPPED: a private /etc/hosts needs a mount namespace, which needs root");
         return;
     }
-    let out = std::process::Command::new("unshare")
-        .args(["-m", "--propagation", "private"])
-        .arg(std::env::current_exe().unwrap())
-        .args([
-            "peers::dns_peers_inside_a_mount_namespace",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env(IN_MOUNT_NS, "1")
-        .output()
-        .expect("unshare (util-linux) runs");
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    run_in_namespaces(
+        &["-m", "--propagation", "private"],
+        "peers::dns_peers_inside_a_mount_namespace",
+        IN_MOUNT_NS,
     );
-    eprintln!("{log}");
-    assert!(out.status.success(), "the namespaced half failed:\n{log}");
-    assert!(log.contains("1 passed"), "the namespaced half did not run:\n{log}");
 }
 
 /// Writes `hosts` as the namespace's /etc/hosts, in place (the bind mount holds the inode).
@@ -58,33 +39,14 @@ fn set_hosts(path: &std::path::Path, addrs: &[&str]) {
     std::fs::write(path, text).unwrap();
 }
 
-/// A client of the proxy at `listen` inserting rows until `stop`: the ids it was
-/// acknowledged, and every error it got.
-fn writer(listen: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(Vec<i32>, Vec<String>)> {
-    tokio::spawn(async move {
-        let (host, port) = listen.split_once(':').unwrap();
-        let c = connect(&format!(
-            "host={host} port={port} user={SCRAM_USER} password='{}' dbname={DB} connect_timeout=10",
-            SCRAM_PASSWORD.replace('\'', "\\'")
-        ))
-        .await
-        .unwrap();
-        let (mut ids, mut errors) = (Vec::new(), Vec::new());
-        for _ in 0..20_000 {
-            if stop.load(Ordering::Relaxed) {
-                break;
-            }
-            match c
-                .query_one("insert into items (note) values ('via dns peers') returning id", &[])
-                .await
-            {
-                Ok(row) => ids.push(row.get(0)),
-                Err(e) => errors.push(e.to_string()),
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        (ids, errors)
-    })
+/// A writer through the proxy at `listen` (see [`serial_writer`]).
+fn writer(listen: &str, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(Vec<i32>, Vec<String>)> {
+    let (host, port) = listen.split_once(':').unwrap();
+    let conninfo = format!(
+        "host={host} port={port} user={SCRAM_USER} password='{}' dbname={DB} connect_timeout=10",
+        SCRAM_PASSWORD.replace('\'', "\\'")
+    );
+    serial_writer(conninfo, stop)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,17 +95,9 @@ async fn dns_peers_inside_a_mount_namespace() {
 
     // Run 1: started on the first proxy, which finds the other two through the name.
     let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = listens.iter().map(|l| writer(l.clone(), stop.clone())).collect();
+    let writers: Vec<_> = listens.iter().map(|l| writer(l, stop.clone())).collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (code, report) = http(
-        admins[0],
-        "POST",
-        "/switchover",
-        Some(ADMIN_TOKEN),
-        "{\"timeout\": \"20s\"}",
-    )
-    .await;
-    assert_eq!((code, report["outcome"].as_str()), (200, Some("completed")), "{report}");
+    post_switchover_completes(admins[0]).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     let acknowledged = Mutex::new(Vec::new());
@@ -168,7 +122,7 @@ async fn dns_peers_inside_a_mount_namespace() {
 
     // Run 2, the way back, from the CLI: it drives every proxy the name stands for now.
     let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = listens.iter().map(|l| writer(l.clone(), stop.clone())).collect();
+    let writers: Vec<_> = listens.iter().map(|l| writer(l, stop.clone())).collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let cli_config = blue.dir.write(
         "cli.toml",

@@ -500,3 +500,32 @@ pub fn scram_conninfo(port: u16) -> String {
         SCRAM_PASSWORD.replace('\'', "\\'")
     )
 }
+
+/// Whether the tests run as root (namespaces of their own need it).
+pub fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// Runs this binary's ignored test `test` again in namespaces of its own
+/// (`unshare <namespaces>`), with `flag=1` in its environment so that it knows it
+/// is inside; asserts that it ran and passed, and shows its output.
+pub fn run_in_namespaces(namespaces: &[&str], test: &str, flag: &str) {
+    let out = std::process::Command::new("unshare")
+        .args(namespaces)
+        .arg(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--ignored", "--nocapture"])
+        .env(flag, "1")
+        .output()
+        .expect("unshare (util-linux) runs");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{log}");
+    assert!(out.status.success(), "{test} in its namespaces failed:\n{log}");
+    assert!(log.contains("1 passed"), "{test} did not run:\n{log}");
+}
