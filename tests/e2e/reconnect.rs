@@ -15,6 +15,17 @@ fn backend_count(db: &Db, pid: i32) -> String {
     db.sql(&format!("select count(*) from pg_stat_activity where pid = {pid}"))
 }
 
+/// The session's backend pid, once nothing of the client's is in flight:
+/// tokio-postgres closes the statement `query_one` prepared (Close + Sync) in the
+/// background once it is dropped, and a server that goes away while that crosses
+/// its FATAL ends the session (the documented rule); one more round trip on the
+/// same connection waits for it.
+async fn backend_pid(client: &tokio_postgres::Client) -> i32 {
+    let pid = client.query_one("select pg_backend_pid()", &[]).await.unwrap().get(0);
+    client.batch_execute("").await.unwrap();
+    pid
+}
+
 async fn metrics(proxy: &RunningProxy) -> String {
     http_text(proxy.admin, "GET", "/metrics", None, "").await.1
 }
@@ -51,7 +62,7 @@ async fn a_session_whose_server_restarts_while_idle_carries_on_with_its_state() 
         .unwrap_err();
     client.batch_execute("SET lock_timeout = '7s'").await.unwrap();
     let named = client.prepare("select $1::int * 3").await.unwrap();
-    let pid: i32 = client.query_one("select pg_backend_pid()", &[]).await.unwrap().get(0);
+    let pid = backend_pid(&client).await;
 
     // A fast shutdown tells every backend "terminating connection due to
     // administrator command", as pg_terminate_backend does; the server that comes
@@ -115,7 +126,7 @@ async fn a_targeted_termination_ends_the_session_as_it_would_directly() {
             .batch_execute("SET application_name = 'terminated'")
             .await
             .unwrap();
-        let pid: i32 = client.query_one("select pg_backend_pid()", &[]).await.unwrap().get(0);
+        let pid = backend_pid(&client).await;
         assert_eq!(blue.sql(&format!("select pg_terminate_backend({pid})")), "t");
         let e = tokio::time::timeout(Duration::from_secs(10), conn)
             .await
@@ -176,12 +187,7 @@ async fn inside_a_transaction_or_with_state_it_cannot_follow_the_client_gets_the
         .unwrap();
     let mut pids = Vec::new();
     for c in [&in_tx, &with_temp] {
-        pids.push(
-            c.query_one("select pg_backend_pid()", &[])
-                .await
-                .unwrap()
-                .get::<_, i32>(0),
-        );
+        pids.push(backend_pid(c).await);
     }
     for pid in &pids {
         assert_eq!(blue.sql(&format!("select pg_terminate_backend({pid})")), "t");
