@@ -183,10 +183,13 @@ async fn a_real_prometheus_sees_the_hold_rise_and_fall_and_the_switchover_counte
             .expect("/usr/bin/prometheus (scripts/setup.sh installs it)"),
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(prometheus).await.is_err() {
+    // Listening is not ready: it answers 503 until its storage is open.
+    while tokio::net::TcpStream::connect(prometheus).await.is_err()
+        || http_text(prometheus, "GET", "/-/ready", None, "").await.0 != 200
+    {
         assert!(
             std::time::Instant::now() < deadline,
-            "Prometheus did not start: {:?}",
+            "Prometheus did not get ready: {:?}",
             std::fs::read_to_string(blue.dir.0.join("prometheus.log"))
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
