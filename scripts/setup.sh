@@ -143,6 +143,22 @@ if [ ! -x /usr/bin/prometheus ] || [ ! -x /usr/bin/promtool ]; then
 else
     log "Prometheus present: $(/usr/bin/prometheus --version 2>&1 | head -n1)"
 fi
+
+# ---------------------------------------------------------------- moto (AWS RDS API)
+# The AWS tests run `pgcutover aws ...` against moto's RDS in server mode, on a
+# loopback port of their own; no test talks to AWS.
+AWS_VENV="$CACHE_DIR/aws-venv"
+MOTO_VERSION="${MOTO_VERSION:-5.2.5}"
+if ! "$AWS_VENV/bin/moto_server" --help >/dev/null 2>&1; then
+    log "moto $MOTO_VERSION missing: installing into $AWS_VENV (PyPI)"
+    mkdir -p "$CACHE_DIR"
+    python3 -m venv "$AWS_VENV" || { apt_install python3-venv && python3 -m venv "$AWS_VENV"; } \
+        || die "cannot create a Python venv in $AWS_VENV"
+    "$AWS_VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" \
+        || die "pip install moto[server]==$MOTO_VERSION failed: this machine must reach PyPI"
+else
+    log "moto present: $AWS_VENV/bin/moto_server"
+fi
 fi # PG17_ONLY
 
 # ---------------------------------------------------------------- PostgreSQL 17/18 (npm)

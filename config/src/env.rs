@@ -3,7 +3,7 @@
 
 /// Environment variable prefix for overrides.
 pub const ENV_PREFIX: &str = "PGCUTOVER_";
-const SECTIONS: &[&str] = &["proxy", "auth", "blue", "green", "replication", "switchover"];
+const SECTIONS: &[&str] = &["proxy", "auth", "blue", "green", "replication", "switchover", "aws"];
 
 /// `PGCUTOVER_PROXY_LISTEN=…` sets `[proxy] listen`. The value is read as a TOML
 /// value when it parses as one (numbers, booleans, arrays), else as a string.

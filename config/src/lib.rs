@@ -9,6 +9,7 @@
 
 mod admin_token;
 mod auth;
+mod aws;
 mod duration;
 mod env;
 mod proxy;
@@ -19,6 +20,7 @@ mod targets;
 
 pub use admin_token::{AdminToken, AdminTokenError, MIN_ADMIN_TOKEN_LEN};
 pub use auth::{AuthConfig, AuthType};
+pub use aws::AwsConfig;
 pub use duration::HumanDuration;
 pub use env::ENV_PREFIX;
 pub use proxy::{ProxyConfig, ServerTlsMode, TlsMode};
@@ -50,6 +52,9 @@ pub struct Config {
     /// Bounds of hold, drain and flip.
     #[serde(default)]
     pub switchover: SwitchoverConfig,
+    /// Where blue lives on AWS, for `pgcutover aws ...`.
+    #[serde(default)]
+    pub aws: AwsConfig,
 }
 
 /// A configuration that cannot be used, with what to change.

@@ -33,7 +33,7 @@ pub use error::{pg_message, OrchestratorError};
 pub use lsn::Lsn;
 pub use progress::Progress;
 pub use quote::{quote_ident, quote_literal};
-pub use replicate::{parse_clone_log, replicate, CloneStart, ReplicateOptions};
+pub use replicate::{aurora_start_lsn, parse_clone_log, replicate, CloneStart, ReplicateOptions};
 pub use setup::suppress_ddl_capture;
 pub use status::{replication_status, DatabaseStatus, Status};
 pub use targets::{connect, Side, Targets};

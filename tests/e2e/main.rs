@@ -4,6 +4,7 @@
 
 mod admin_api;
 mod auth;
+mod aws;
 mod bad_input;
 mod cli;
 mod cutover;

@@ -349,6 +349,23 @@ async fn enable(green: &Client, db: &str, name: &str, progress: &Progress) -> Re
     }
 }
 
+/// Aurora's `aurora_volume_logical_start_lsn()` on green (its admin database): the
+/// storage point of a fast clone, which AWS's guide reads before upgrading it.
+pub async fn aurora_start_lsn(targets: &Targets) -> Result<Lsn, OrchestratorError> {
+    let (db, green) = targets.connect_admin(Side::Green).await?;
+    let lsn: String = green
+        .query_one("SELECT aurora_volume_logical_start_lsn()::text", &[])
+        .await
+        .ctx(
+            Side::Green,
+            &db,
+            "reading aurora_volume_logical_start_lsn() (is green an Aurora clone?)",
+        )?
+        .get(0);
+    lsn.parse()
+        .map_err(|e: String| OrchestratorError::refused(e, "report this"))
+}
+
 /// The clone's start LSN: what the operator gave (`--start-lsn`, then `--clone-log`)
 /// before what green says (Aurora's function, which a clone upgraded since may no
 /// longer answer for the storage point it was cloned at).

@@ -20,7 +20,7 @@ use pgcutover_config::ReplicationMethod;
 use std::path::PathBuf;
 use std::time::Instant;
 
-pub use clone::{parse_clone_log, CloneStart};
+pub use clone::{aurora_start_lsn, parse_clone_log, CloneStart};
 pub(crate) use subscription::state_name;
 
 /// What `replicate` was asked to do.

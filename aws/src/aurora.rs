@@ -1,0 +1,893 @@
+//! `pgcutover aws prepare-green` for Aurora PostgreSQL: AWS's logical-replication
+//! major upgrade with a fast clone, every console step as an API call.
+//!
+//! 1. blue's cluster parameter group has `rds.logical_replication = 1` (a custom
+//!    group is modified, a default one replaced by one made from blue's family; a
+//!    reboot of blue's writer makes it take effect, only with `--allow-reboot`);
+//! 2. the publication and the slot on blue (`replicate --prepare-clone`), before
+//!    the clone, so that the slot's start is older than the clone;
+//! 3. the clone (`RestoreDBClusterToPointInTime`, copy-on-write) and its writer;
+//! 4. the clone's start LSN (`aurora_volume_logical_start_lsn()`), read before the
+//!    upgrade as AWS's guide says;
+//! 5. the major-version upgrade, with cluster (and instance) parameter groups of
+//!    the new family, awaited until the engine version is the target's;
+//! 6. replication from the start LSN (`replicate`, clone method), unless
+//!    `--no-attach`.
+//!
+//! The plan is made from read-only calls first; `--dry-run` prints it and stops.
+//! Everything created is tagged with the run id and blue's name, which is what
+//! `pgcutover aws cleanup` deletes by. Re-running continues: what exists (tagged
+//! by pgcutover) is not created again.
+
+use crate::wait::{wait_until, Backoff, Clock, Poll};
+use crate::AwsError;
+use aws_sdk_rds::types::{ApplyMethod, Parameter, Tag};
+use aws_sdk_rds::Client;
+use pgcutover_config::AwsConfig;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+/// The tag every resource pgcutover creates carries: the run that created it.
+pub const RUN_TAG: &str = "pgcutover:run";
+/// The tag naming the blue cluster a resource was made for.
+pub const SOURCE_TAG: &str = "pgcutover:source";
+/// The only engine this command handles.
+const AURORA_POSTGRESQL: &str = "aurora-postgresql";
+
+/// A boxed future, for the database steps the caller supplies.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The SQL steps, which the orchestrator owns: given by the caller.
+pub trait Database: Send + Sync {
+    /// `replicate --prepare-clone`: the publication and the slot on blue.
+    fn prepare_clone(&self) -> BoxFuture<'_, Result<(), String>>;
+    /// `SELECT aurora_volume_logical_start_lsn()` on green at `host:port`.
+    fn start_lsn(&self, host: &str, port: u16) -> BoxFuture<'_, Result<String, String>>;
+    /// `replicate` with the clone method from `lsn`, green at `host:port`.
+    fn attach(&self, host: &str, port: u16, lsn: &str) -> BoxFuture<'_, Result<(), String>>;
+}
+
+/// How `prepare-green` runs.
+#[derive(Debug, Clone)]
+pub struct PrepareOptions {
+    /// Print the plan of API calls and change nothing.
+    pub dry_run: bool,
+    /// Reboot blue's writer when its parameter group needs it (an outage of blue).
+    pub allow_reboot: bool,
+    /// Stop after the AWS steps (green upgraded, its start LSN read).
+    pub no_attach: bool,
+    /// The id every created resource is tagged with.
+    pub run_id: String,
+    /// The longest any one wait may take (a clone of a large cluster, an upgrade).
+    pub wait_limit: Duration,
+    /// How often waits poll.
+    pub backoff: Backoff,
+}
+
+/// What `prepare-green` did or would do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// `CreateDBClusterParameterGroup`.
+    CreateParameterGroup {
+        /// Its name.
+        name: String,
+        /// Its family (`aurora-postgresql15`).
+        family: String,
+        /// For which side.
+        side: &'static str,
+    },
+    /// `ModifyDBClusterParameterGroup`: `rds.logical_replication = 1` (pending-reboot).
+    EnableLogicalReplication {
+        /// The group.
+        group: String,
+    },
+    /// `ModifyDBCluster`: blue uses this cluster parameter group.
+    UseParameterGroup {
+        /// Blue's cluster.
+        cluster: String,
+        /// The group.
+        group: String,
+    },
+    /// `RebootDBInstance` of blue's writer, then wait until its parameters are in sync.
+    RebootWriter {
+        /// The writer instance.
+        instance: String,
+        /// Whether `--allow-reboot` permits it.
+        allowed: bool,
+    },
+    /// SQL on blue: the publication and the slot.
+    PrepareClone,
+    /// `RestoreDBClusterToPointInTime` (copy-on-write, latest restorable time).
+    Clone {
+        /// Blue's cluster.
+        source: String,
+        /// Green's cluster.
+        green: String,
+    },
+    /// `CreateDBInstance`: green's writer (a clone starts with none).
+    CreateWriter {
+        /// The instance.
+        instance: String,
+        /// Its class.
+        class: String,
+    },
+    /// Wait until green and its writer are available.
+    WaitAvailable,
+    /// SQL on green: `aurora_volume_logical_start_lsn()`.
+    ReadStartLsn,
+    /// `ModifyDBCluster` on green: the major-version upgrade.
+    Upgrade {
+        /// Green's cluster.
+        green: String,
+        /// The target engine version.
+        version: String,
+        /// The cluster parameter group of the new family.
+        cluster_group: String,
+        /// The instance parameter group, when configured.
+        instance_group: Option<String>,
+    },
+    /// Wait until green is available at the target version.
+    WaitUpgraded {
+        /// The target engine version.
+        version: String,
+    },
+    /// `replicate` (clone method) from the start LSN.
+    Attach,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::CreateParameterGroup { name, family, side } => write!(
+                f,
+                "CreateDBClusterParameterGroup {name} (family {family}) for {side}, tagged"
+            ),
+            Step::EnableLogicalReplication { group } => write!(
+                f,
+                "ModifyDBClusterParameterGroup {group}: rds.logical_replication = 1 (pending-reboot)"
+            ),
+            Step::UseParameterGroup { cluster, group } => {
+                write!(f, "ModifyDBCluster {cluster}: DBClusterParameterGroupName = {group}")
+            }
+            Step::RebootWriter { instance, allowed: true } => write!(
+                f,
+                "RebootDBInstance {instance} (blue's writer: an outage of blue), then wait for its parameters to be in sync"
+            ),
+            Step::RebootWriter { instance, allowed: false } => write!(
+                f,
+                "RebootDBInstance {instance} is needed for rds.logical_replication to take effect: not without --allow-reboot"
+            ),
+            Step::PrepareClone => write!(f, "SQL on blue: publication and slot (replicate --prepare-clone)"),
+            Step::Clone { source, green } => write!(
+                f,
+                "RestoreDBClusterToPointInTime {green} from {source} (RestoreType = copy-on-write, latest restorable time), tagged"
+            ),
+            Step::CreateWriter { instance, class } => {
+                write!(f, "CreateDBInstance {instance} ({class}), green's writer, tagged")
+            }
+            Step::WaitAvailable => write!(f, "wait until green and its writer are available"),
+            Step::ReadStartLsn => write!(f, "SQL on green: SELECT aurora_volume_logical_start_lsn() (before the upgrade)"),
+            Step::Upgrade {
+                green,
+                version,
+                cluster_group,
+                instance_group,
+            } => {
+                write!(
+                    f,
+                    "ModifyDBCluster {green}: EngineVersion = {version}, AllowMajorVersionUpgrade, DBClusterParameterGroupName = {cluster_group}"
+                )?;
+                if let Some(g) = instance_group {
+                    write!(f, ", DBInstanceParameterGroupName = {g}")?;
+                }
+                write!(f, ", ApplyImmediately")
+            }
+            Step::WaitUpgraded { version } => {
+                write!(f, "wait until green is available at engine version {version}")
+            }
+            Step::Attach => write!(f, "replicate (clone method) from the start LSN"),
+        }
+    }
+}
+
+/// The steps of one run, made before anything changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The steps, in order.
+    pub steps: Vec<Step>,
+    /// Green's cluster and writer.
+    pub green: String,
+    /// Green's writer instance.
+    pub writer: String,
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, step) in self.steps.iter().enumerate() {
+            writeln!(f, "{:>2}. {step}", i + 1)?;
+        }
+        Ok(())
+    }
+}
+
+/// What `prepare-green` leaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Green {
+    /// Green's cluster.
+    pub cluster: String,
+    /// Its writer endpoint.
+    pub endpoint: String,
+    /// Its port.
+    pub port: u16,
+    /// The clone's start LSN.
+    pub start_lsn: String,
+    /// Whether replication was started.
+    pub attached: bool,
+}
+
+/// What the plan is made from: blue as RDS describes it.
+#[derive(Debug, Clone)]
+struct Blue {
+    engine_version: String,
+    family: String,
+    group: String,
+    pending_reboot: bool,
+    writer: String,
+    writer_class: String,
+    subnet_group: Option<String>,
+    security_groups: Vec<String>,
+}
+
+fn tags(run_id: &str, source: &str) -> Vec<Tag> {
+    vec![
+        Tag::builder().key(RUN_TAG).value(run_id).build(),
+        Tag::builder().key(SOURCE_TAG).value(source).build(),
+    ]
+}
+
+fn major(version: &str) -> Option<u32> {
+    version.split('.').next()?.parse().ok()
+}
+
+async fn describe_blue(rds: &Client, id: &str) -> Result<Blue, AwsError> {
+    let out = rds
+        .describe_db_clusters()
+        .db_cluster_identifier(id)
+        .send()
+        .await
+        .map_err(|e| AwsError::api(format!("DescribeDBClusters {id}"), e))?;
+    let cluster = out
+        .db_clusters()
+        .first()
+        .ok_or_else(|| AwsError::refused(format!("no cluster {id}"), "check [aws] source_cluster and region"))?;
+    if cluster.engine() != Some(AURORA_POSTGRESQL) {
+        return Err(AwsError::refused(
+            format!("{id} is {}, not {AURORA_POSTGRESQL}", cluster.engine().unwrap_or("of no engine")),
+            "prepare-green clones Aurora PostgreSQL clusters; for RDS for PostgreSQL instances use the snapshot procedure in the README",
+        ));
+    }
+    let writer = cluster
+        .db_cluster_members()
+        .iter()
+        .find(|m| m.is_cluster_writer() == Some(true))
+        .and_then(|m| m.db_instance_identifier())
+        .ok_or_else(|| AwsError::refused(format!("{id} has no writer instance"), "add one, or wait for it"))?
+        .to_owned();
+    let pending_reboot = cluster
+        .db_cluster_members()
+        .iter()
+        .any(|m| m.db_cluster_parameter_group_status() == Some("pending-reboot"));
+    let group = cluster.db_cluster_parameter_group().unwrap_or_default().to_owned();
+    // The family of blue's group; when the group cannot be described (moto lists no
+    // default groups), the one its engine version implies.
+    let family = match rds
+        .describe_db_cluster_parameter_groups()
+        .db_cluster_parameter_group_name(&group)
+        .send()
+        .await
+    {
+        Ok(groups) => groups
+            .db_cluster_parameter_groups()
+            .first()
+            .and_then(|g| g.db_parameter_group_family())
+            .map(str::to_owned),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_db_parameter_group_not_found_fault()) =>
+        {
+            None
+        }
+        Err(e) => return Err(AwsError::api(format!("DescribeDBClusterParameterGroups {group}"), e)),
+    }
+    .unwrap_or_else(|| {
+        format!(
+            "{AURORA_POSTGRESQL}{}",
+            major(cluster.engine_version().unwrap_or("")).unwrap_or(0)
+        )
+    });
+    let instance = rds
+        .describe_db_instances()
+        .db_instance_identifier(&writer)
+        .send()
+        .await
+        .map_err(|e| AwsError::api(format!("DescribeDBInstances {writer}"), e))?;
+    let writer_class = instance
+        .db_instances()
+        .first()
+        .and_then(|i| i.db_instance_class())
+        .unwrap_or("db.r6g.large")
+        .to_owned();
+    Ok(Blue {
+        engine_version: cluster.engine_version().unwrap_or_default().to_owned(),
+        family,
+        group,
+        pending_reboot,
+        writer,
+        writer_class,
+        subnet_group: cluster.db_subnet_group().map(str::to_owned),
+        security_groups: cluster
+            .vpc_security_groups()
+            .iter()
+            .filter_map(|g| g.vpc_security_group_id().map(str::to_owned))
+            .collect(),
+    })
+}
+
+async fn logical_replication_on(rds: &Client, group: &str) -> Result<bool, AwsError> {
+    let params = match rds
+        .describe_db_cluster_parameters()
+        .db_cluster_parameter_group_name(group)
+        .send()
+        .await
+    {
+        Ok(p) => p,
+        // A group that does not exist yet (a dry run's) sets nothing.
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_db_parameter_group_not_found_fault()) =>
+        {
+            return Ok(false)
+        }
+        Err(e) => return Err(AwsError::api(format!("DescribeDBClusterParameters {group}"), e)),
+    };
+    Ok(params
+        .parameters()
+        .iter()
+        .any(|p| p.parameter_name() == Some("rds.logical_replication") && p.parameter_value() == Some("1")))
+}
+
+/// Green's cluster as RDS describes it, if it exists: refused when pgcutover did
+/// not make it (it would be taken over, or deleted by cleanup).
+async fn describe_green(
+    rds: &Client,
+    green: &str,
+    source: &str,
+) -> Result<Option<aws_sdk_rds::types::DbCluster>, AwsError> {
+    match rds.describe_db_clusters().db_cluster_identifier(green).send().await {
+        Ok(out) => {
+            let Some(c) = out.db_clusters().first().cloned() else {
+                return Ok(None);
+            };
+            let ours = c
+                .tag_list()
+                .iter()
+                .any(|t| t.key() == Some(SOURCE_TAG) && t.value() == Some(source));
+            if !ours {
+                return Err(AwsError::refused(
+                    format!("a cluster named {green} exists and pgcutover did not create it for {source}"),
+                    "set [aws] green_cluster to another name",
+                ));
+            }
+            Ok(Some(c))
+        }
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_db_cluster_not_found_fault()) => Ok(None),
+        Err(e) => Err(AwsError::api(format!("DescribeDBClusters {green}"), e)),
+    }
+}
+
+async fn cluster_group_exists(rds: &Client, name: &str) -> Result<bool, AwsError> {
+    match rds
+        .describe_db_cluster_parameter_groups()
+        .db_cluster_parameter_group_name(name)
+        .send()
+        .await
+    {
+        Ok(out) => Ok(!out.db_cluster_parameter_groups().is_empty()),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_db_parameter_group_not_found_fault()) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(AwsError::api(format!("DescribeDBClusterParameterGroups {name}"), e)),
+    }
+}
+
+/// Makes the plan: read-only calls only.
+pub async fn plan(rds: &Client, config: &AwsConfig, opts: &PrepareOptions) -> Result<Plan, AwsError> {
+    if config.source_instance.is_some() && config.source_cluster.is_none() {
+        return Err(AwsError::Config(
+            "source_instance (RDS for PostgreSQL) is not supported by prepare-green yet: use the snapshot procedure in the README, or an Aurora source_cluster".into(),
+        ));
+    }
+    let source = config
+        .source_cluster
+        .as_deref()
+        .ok_or_else(|| AwsError::Config("source_cluster is not set: the Aurora cluster blue runs on".into()))?;
+    let version = config
+        .target_engine_version
+        .as_deref()
+        .ok_or_else(|| AwsError::Config("target_engine_version is not set, e.g. \"17.4\"".into()))?;
+    let target_major = major(version).ok_or_else(|| {
+        AwsError::Config(format!(
+            "target_engine_version {version:?} is not a version like \"17.4\""
+        ))
+    })?;
+    let blue = describe_blue(rds, source).await?;
+    match major(&blue.engine_version) {
+        Some(m) if m >= target_major => {
+            return Err(AwsError::refused(
+                format!(
+                    "{source} runs {} already; target_engine_version is {version}",
+                    blue.engine_version
+                ),
+                "set target_engine_version to a newer major version",
+            ))
+        }
+        _ => {}
+    }
+    let green = config
+        .green_cluster
+        .clone()
+        .unwrap_or_else(|| format!("{source}-green"));
+    let writer = format!("{green}-writer");
+    let mut steps = Vec::new();
+
+    // 1. Logical replication on blue.
+    let mut needs_reboot = blue.pending_reboot;
+    let wanted = match &config.source_cluster_parameter_group {
+        Some(g) => g.clone(),
+        None if blue.group.starts_with("default.") => format!("pgcutover-{source}-{}", blue.family),
+        None => blue.group.clone(),
+    };
+    if wanted != blue.group && !cluster_group_exists(rds, &wanted).await? {
+        steps.push(Step::CreateParameterGroup {
+            name: wanted.clone(),
+            family: blue.family.clone(),
+            side: "blue",
+        });
+        steps.push(Step::EnableLogicalReplication { group: wanted.clone() });
+    } else if !logical_replication_on(rds, &wanted).await? {
+        steps.push(Step::EnableLogicalReplication { group: wanted.clone() });
+        needs_reboot = true;
+    }
+    if wanted != blue.group {
+        steps.push(Step::UseParameterGroup {
+            cluster: source.to_owned(),
+            group: wanted.clone(),
+        });
+        needs_reboot = true;
+    }
+    if needs_reboot {
+        steps.push(Step::RebootWriter {
+            instance: blue.writer.clone(),
+            allowed: opts.allow_reboot,
+        });
+    }
+
+    // 2-3. The slot, then the clone and its writer.
+    let existing = describe_green(rds, &green, source).await?;
+    if existing.is_none() {
+        steps.push(Step::PrepareClone);
+        steps.push(Step::Clone {
+            source: source.to_owned(),
+            green: green.clone(),
+        });
+    }
+    let has_writer = existing.as_ref().is_some_and(|c| {
+        c.db_cluster_members()
+            .iter()
+            .any(|m| m.db_instance_identifier() == Some(&writer))
+    });
+    if !has_writer {
+        steps.push(Step::CreateWriter {
+            instance: writer.clone(),
+            class: config.green_instance_class.clone().unwrap_or(blue.writer_class.clone()),
+        });
+    }
+    steps.push(Step::WaitAvailable);
+
+    // 4-5. The start LSN, then the upgrade.
+    let upgraded = existing
+        .as_ref()
+        .and_then(|c| c.engine_version())
+        .is_some_and(|v| v == version);
+    if !upgraded {
+        steps.push(Step::ReadStartLsn);
+        let family = format!("{AURORA_POSTGRESQL}{target_major}");
+        let cluster_group = match &config.target_cluster_parameter_group {
+            Some(g) => g.clone(),
+            None => {
+                let name = format!("pgcutover-{green}-{family}");
+                if !cluster_group_exists(rds, &name).await? {
+                    steps.push(Step::CreateParameterGroup {
+                        name: name.clone(),
+                        family,
+                        side: "green",
+                    });
+                    steps.push(Step::EnableLogicalReplication { group: name.clone() });
+                }
+                name
+            }
+        };
+        steps.push(Step::Upgrade {
+            green: green.clone(),
+            version: version.to_owned(),
+            cluster_group,
+            instance_group: config.target_instance_parameter_group.clone(),
+        });
+    }
+    steps.push(Step::WaitUpgraded {
+        version: version.to_owned(),
+    });
+    if !opts.no_attach {
+        steps.push(Step::Attach);
+    }
+    Ok(Plan { steps, green, writer })
+}
+
+/// Carries out `plan`, reporting each step through `progress`.
+pub async fn execute(
+    rds: &Client,
+    config: &AwsConfig,
+    plan: &Plan,
+    opts: &PrepareOptions,
+    db: &dyn Database,
+    clock: &dyn Clock,
+    progress: &(dyn Fn(String) + Send + Sync),
+) -> Result<Green, AwsError> {
+    let source = config.source_cluster.as_deref().unwrap_or_default();
+    // A reboot it may not do would stop the run halfway: refuse before the first change.
+    if let Some(Step::RebootWriter {
+        instance,
+        allowed: false,
+    }) = plan
+        .steps
+        .iter()
+        .find(|s| matches!(s, Step::RebootWriter { allowed: false, .. }))
+    {
+        return Err(AwsError::refused(
+            format!("blue's writer {instance} must reboot for rds.logical_replication = 1 to take effect (a short outage of blue); nothing was changed"),
+            "run again with --allow-reboot, or set the parameter group and reboot in a maintenance window yourself, then run again",
+        ));
+    }
+    let blue = describe_blue(rds, source).await?;
+    let tags = tags(&opts.run_id, source);
+    let mut start_lsn: Option<String> = None;
+    for step in &plan.steps {
+        progress(format!("{step}"));
+        match step {
+            Step::CreateParameterGroup { name, family, side } => {
+                rds.create_db_cluster_parameter_group()
+                    .db_cluster_parameter_group_name(name)
+                    .db_parameter_group_family(family)
+                    .description(format!("pgcutover: {side} of {source}, with rds.logical_replication"))
+                    .set_tags(Some(tags.clone()))
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::api(format!("CreateDBClusterParameterGroup {name}"), e))?;
+            }
+            Step::EnableLogicalReplication { group } => {
+                rds.modify_db_cluster_parameter_group()
+                    .db_cluster_parameter_group_name(group)
+                    .parameters(
+                        Parameter::builder()
+                            .parameter_name("rds.logical_replication")
+                            .parameter_value("1")
+                            .apply_method(ApplyMethod::PendingReboot)
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::api(format!("ModifyDBClusterParameterGroup {group}"), e))?;
+            }
+            Step::UseParameterGroup { cluster, group } => {
+                rds.modify_db_cluster()
+                    .db_cluster_identifier(cluster)
+                    .db_cluster_parameter_group_name(group)
+                    .apply_immediately(true)
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::api(format!("ModifyDBCluster {cluster}"), e))?;
+            }
+            Step::RebootWriter { instance, .. } => {
+                rds.reboot_db_instance()
+                    .db_instance_identifier(instance)
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::api(format!("RebootDBInstance {instance}"), e))?;
+                wait_until(clock, "blue's parameters", opts.wait_limit, opts.backoff, || async {
+                    let b = describe_blue(rds, source).await?;
+                    Ok(match b.pending_reboot {
+                        false => Poll::Ready(()),
+                        true => Poll::Pending("pending-reboot".into()),
+                    })
+                })
+                .await?;
+            }
+            Step::PrepareClone => db.prepare_clone().await.map_err(AwsError::Database)?,
+            Step::Clone { source, green } => {
+                let mut restore = rds
+                    .restore_db_cluster_to_point_in_time()
+                    .db_cluster_identifier(green)
+                    .source_db_cluster_identifier(source)
+                    .restore_type("copy-on-write")
+                    .use_latest_restorable_time(true)
+                    .db_cluster_parameter_group_name(&blue.group)
+                    .set_tags(Some(tags.clone()));
+                if let Some(subnets) = &blue.subnet_group {
+                    restore = restore.db_subnet_group_name(subnets);
+                }
+                for sg in &blue.security_groups {
+                    restore = restore.vpc_security_group_ids(sg);
+                }
+                restore
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::api(format!("RestoreDBClusterToPointInTime {green}"), e))?;
+            }
+            Step::CreateWriter { instance, class } => {
+                rds.create_db_instance()
+                    .db_instance_identifier(instance)
+                    .db_cluster_identifier(&plan.green)
+                    .engine(AURORA_POSTGRESQL)
+                    .db_instance_class(class)
+                    .set_tags(Some(tags.clone()))
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::api(format!("CreateDBInstance {instance}"), e))?;
+            }
+            Step::WaitAvailable => {
+                wait_available(rds, &plan.green, &plan.writer, None, clock, opts).await?;
+            }
+            Step::ReadStartLsn => {
+                let (host, port) = endpoint(rds, &plan.green).await?;
+                let lsn = db.start_lsn(&host, port).await.map_err(AwsError::Database)?;
+                progress(format!("green's start LSN: {lsn}"));
+                start_lsn = Some(lsn);
+            }
+            Step::Upgrade {
+                green,
+                version,
+                cluster_group,
+                instance_group,
+            } => {
+                rds.modify_db_cluster()
+                    .db_cluster_identifier(green)
+                    .engine_version(version)
+                    .allow_major_version_upgrade(true)
+                    .apply_immediately(true)
+                    .db_cluster_parameter_group_name(cluster_group)
+                    .set_db_instance_parameter_group_name(instance_group.clone())
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::api(format!("ModifyDBCluster {green} (upgrade to {version})"), e))?;
+            }
+            Step::WaitUpgraded { version } => {
+                wait_available(rds, &plan.green, &plan.writer, Some(version), clock, opts).await?;
+            }
+            Step::Attach => {
+                let (host, port) = endpoint(rds, &plan.green).await?;
+                let lsn = start_lsn.as_deref().ok_or_else(|| {
+                    AwsError::refused(
+                        "green was upgraded before its start LSN was read",
+                        "recreate green (pgcutover aws cleanup, then prepare-green), or run replicate --start-lsn with the LSN you read before the upgrade",
+                    )
+                })?;
+                db.attach(&host, port, lsn).await.map_err(AwsError::Database)?;
+            }
+        }
+    }
+    let (endpoint, port) = endpoint(rds, &plan.green).await?;
+    Ok(Green {
+        cluster: plan.green.clone(),
+        endpoint,
+        port,
+        start_lsn: start_lsn.unwrap_or_default(),
+        attached: plan.steps.contains(&Step::Attach),
+    })
+}
+
+async fn endpoint(rds: &Client, green: &str) -> Result<(String, u16), AwsError> {
+    let out = rds
+        .describe_db_clusters()
+        .db_cluster_identifier(green)
+        .send()
+        .await
+        .map_err(|e| AwsError::api(format!("DescribeDBClusters {green}"), e))?;
+    let c = out
+        .db_clusters()
+        .first()
+        .ok_or_else(|| AwsError::refused(format!("{green} is gone"), "run prepare-green again"))?;
+    let host = c.endpoint().ok_or_else(|| {
+        AwsError::refused(
+            format!("{green} has no endpoint yet"),
+            "run prepare-green again once it is available",
+        )
+    })?;
+    Ok((host.to_owned(), c.port().unwrap_or(5432) as u16))
+}
+
+/// States after which waiting is pointless.
+const FAILED: &[&str] = &[
+    "failed",
+    "deleting",
+    "deleted",
+    "incompatible-restore",
+    "incompatible-parameters",
+    "inaccessible-encryption-credentials",
+];
+
+/// Waits until green and its writer are `available` (and, with `version`, green
+/// runs it: a cluster still says `available` for a moment after the upgrade's
+/// modify, at the old version).
+pub async fn wait_available(
+    rds: &Client,
+    green: &str,
+    writer: &str,
+    version: Option<&str>,
+    clock: &dyn Clock,
+    opts: &PrepareOptions,
+) -> Result<(), AwsError> {
+    let what = match version {
+        Some(v) => format!("green ({green}) at {v}"),
+        None => format!("green ({green}) and its writer"),
+    };
+    wait_until(clock, &what, opts.wait_limit, opts.backoff, || async {
+        let out = rds
+            .describe_db_clusters()
+            .db_cluster_identifier(green)
+            .send()
+            .await
+            .map_err(|e| AwsError::api(format!("DescribeDBClusters {green}"), e))?;
+        let Some(c) = out.db_clusters().first() else {
+            return Ok(Poll::Pending("not listed yet".into()));
+        };
+        let status = c.status().unwrap_or("unknown");
+        if FAILED.contains(&status) {
+            return Err(AwsError::refused(
+                format!("{green} is {status}"),
+                "see its events in the RDS console; pgcutover aws cleanup removes what this run created",
+            ));
+        }
+        if status != "available" {
+            return Ok(Poll::Pending(status.to_owned()));
+        }
+        if let Some(v) = version {
+            let now = c.engine_version().unwrap_or("unknown");
+            if now != v {
+                return Ok(Poll::Pending(format!("available at {now}, not yet {v}")));
+            }
+        }
+        let inst = rds
+            .describe_db_instances()
+            .db_instance_identifier(writer)
+            .send()
+            .await
+            .map_err(|e| AwsError::api(format!("DescribeDBInstances {writer}"), e))?;
+        let status = inst
+            .db_instances()
+            .first()
+            .and_then(|i| i.db_instance_status())
+            .unwrap_or("unknown");
+        if FAILED.contains(&status) {
+            return Err(AwsError::refused(
+                format!("{writer} is {status}"),
+                "see its events in the RDS console",
+            ));
+        }
+        Ok(match status {
+            "available" => Poll::Ready(()),
+            other => Poll::Pending(format!("writer {other}")),
+        })
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wait::tests::FakeClock;
+    use aws_sdk_rds::operation::describe_db_clusters::DescribeDbClustersOutput;
+    use aws_sdk_rds::operation::describe_db_instances::DescribeDbInstancesOutput;
+    use aws_sdk_rds::types::{DbCluster, DbInstance};
+    use aws_smithy_mocks::{mock, mock_client, RuleMode};
+
+    fn cluster(status: &str, version: &str) -> DescribeDbClustersOutput {
+        DescribeDbClustersOutput::builder()
+            .db_clusters(
+                DbCluster::builder()
+                    .db_cluster_identifier("shop-green")
+                    .status(status)
+                    .engine(AURORA_POSTGRESQL)
+                    .engine_version(version)
+                    .build(),
+            )
+            .build()
+    }
+
+    fn opts() -> PrepareOptions {
+        PrepareOptions {
+            dry_run: false,
+            allow_reboot: false,
+            no_attach: true,
+            run_id: "run-1".into(),
+            wait_limit: Duration::from_secs(7200),
+            backoff: Backoff::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_is_awaited_until_the_version_changes_not_just_available() {
+        // Right after the modify: available at the old version, then upgrading,
+        // then available at the new one.
+        let clusters = mock!(Client::describe_db_clusters)
+            .sequence()
+            .output(|| cluster("available", "15.8"))
+            .output(|| cluster("upgrading", "15.8"))
+            .output(|| cluster("available", "17.4"))
+            .build();
+        let instances = mock!(Client::describe_db_instances).then_output(|| {
+            DescribeDbInstancesOutput::builder()
+                .db_instances(DbInstance::builder().db_instance_status("available").build())
+                .build()
+        });
+        let rds = mock_client!(aws_sdk_rds, RuleMode::MatchAny, [&clusters, &instances]);
+        let clock = FakeClock::default();
+        wait_available(&rds, "shop-green", "shop-green-writer", Some("17.4"), &clock, &opts())
+            .await
+            .unwrap();
+        assert_eq!(clusters.num_calls(), 3);
+        assert_eq!(clock.sleeps.lock().unwrap().len(), 2, "two pauses, no real sleeping");
+    }
+
+    #[tokio::test]
+    async fn a_failed_green_ends_the_wait_with_what_to_do() {
+        let clusters = mock!(Client::describe_db_clusters).then_output(|| cluster("incompatible-parameters", "15.8"));
+        let rds = mock_client!(aws_sdk_rds, [&clusters]);
+        let e = wait_available(&rds, "shop-green", "w", None, &FakeClock::default(), &opts())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("shop-green is incompatible-parameters"), "{e}");
+        assert!(e.to_string().contains("pgcutover aws cleanup"), "{e}");
+    }
+
+    #[test]
+    fn every_step_reads_as_the_api_call_it_is() {
+        let plan = Plan {
+            green: "shop-green".into(),
+            writer: "shop-green-writer".into(),
+            steps: vec![
+                Step::RebootWriter {
+                    instance: "shop-1".into(),
+                    allowed: false,
+                },
+                Step::Upgrade {
+                    green: "shop-green".into(),
+                    version: "17.4".into(),
+                    cluster_group: "g17".into(),
+                    instance_group: Some("i17".into()),
+                },
+            ],
+        };
+        let text = plan.to_string();
+        assert!(text.contains(" 1. RebootDBInstance shop-1 is needed"), "{text}");
+        assert!(text.contains("not without --allow-reboot"), "{text}");
+        assert!(
+            text.contains(" 2. ModifyDBCluster shop-green: EngineVersion = 17.4, AllowMajorVersionUpgrade, DBClusterParameterGroupName = g17, DBInstanceParameterGroupName = i17, ApplyImmediately"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,203 @@
+//! `pgcutover aws cleanup`: deletes what prepare-green created for this blue, found
+//! by its tags, never an untagged resource, never blue itself.
+
+use crate::aurora::{RUN_TAG, SOURCE_TAG};
+use crate::wait::{wait_until, Backoff, Clock, Poll};
+use crate::AwsError;
+use aws_sdk_rds::types::Tag;
+use aws_sdk_rds::Client;
+use std::fmt;
+use std::time::Duration;
+
+/// One resource a run created.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Tagged {
+    /// A DB instance (deleted first: a cluster with members cannot be).
+    Instance(String),
+    /// A DB cluster.
+    Cluster(String),
+    /// A DB cluster parameter group (deleted last; kept while a cluster uses it).
+    ClusterParameterGroup(String),
+}
+
+impl fmt::Display for Tagged {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Tagged::Instance(id) => write!(f, "DB instance {id}"),
+            Tagged::Cluster(id) => write!(f, "DB cluster {id}"),
+            Tagged::ClusterParameterGroup(id) => write!(f, "DB cluster parameter group {id}"),
+        }
+    }
+}
+
+fn matches(tags: &[Tag], source: &str, run: Option<&str>) -> bool {
+    let has = |k: &str, v: &str| tags.iter().any(|t| t.key() == Some(k) && t.value() == Some(v));
+    has(SOURCE_TAG, source) && run.is_none_or(|r| has(RUN_TAG, r))
+}
+
+/// Everything tagged for `source` (and `run`, when given), in deletion order.
+pub async fn find(rds: &Client, source: &str, run: Option<&str>) -> Result<Vec<Tagged>, AwsError> {
+    let mut found = Vec::new();
+    let mut marker = None;
+    loop {
+        let out = rds
+            .describe_db_instances()
+            .set_marker(marker)
+            .send()
+            .await
+            .map_err(|e| AwsError::api("DescribeDBInstances", e))?;
+        for i in out.db_instances() {
+            if matches(i.tag_list(), source, run) {
+                found.extend(i.db_instance_identifier().map(|id| Tagged::Instance(id.to_owned())));
+            }
+        }
+        marker = out.marker().map(str::to_owned);
+        if marker.is_none() {
+            break;
+        }
+    }
+    let mut marker = None;
+    loop {
+        let out = rds
+            .describe_db_clusters()
+            .set_marker(marker)
+            .send()
+            .await
+            .map_err(|e| AwsError::api("DescribeDBClusters", e))?;
+        for c in out.db_clusters() {
+            // Blue is never ours to delete, whatever its tags say.
+            if c.db_cluster_identifier() != Some(source) && matches(c.tag_list(), source, run) {
+                found.extend(c.db_cluster_identifier().map(|id| Tagged::Cluster(id.to_owned())));
+            }
+        }
+        marker = out.marker().map(str::to_owned);
+        if marker.is_none() {
+            break;
+        }
+    }
+    let mut marker = None;
+    loop {
+        let out = rds
+            .describe_db_cluster_parameter_groups()
+            .set_marker(marker)
+            .send()
+            .await
+            .map_err(|e| AwsError::api("DescribeDBClusterParameterGroups", e))?;
+        for g in out.db_cluster_parameter_groups() {
+            let (Some(name), Some(arn)) = (g.db_cluster_parameter_group_name(), g.db_cluster_parameter_group_arn())
+            else {
+                continue;
+            };
+            if name.starts_with("default.") {
+                continue;
+            }
+            let tags = rds
+                .list_tags_for_resource()
+                .resource_name(arn)
+                .send()
+                .await
+                .map_err(|e| AwsError::api(format!("ListTagsForResource {arn}"), e))?;
+            if matches(tags.tag_list(), source, run) {
+                found.push(Tagged::ClusterParameterGroup(name.to_owned()));
+            }
+        }
+        marker = out.marker().map(str::to_owned);
+        if marker.is_none() {
+            break;
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// What became of each resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deleted {
+    /// Gone.
+    Deleted(Tagged),
+    /// Still used (blue's parameter group): kept, with why.
+    Kept(Tagged, String),
+}
+
+/// Deletes `items` in order (instances, then clusters, each awaited, then
+/// parameter groups).
+pub async fn delete(
+    rds: &Client,
+    items: &[Tagged],
+    clock: &dyn Clock,
+    limit: Duration,
+    backoff: Backoff,
+    progress: &(dyn Fn(String) + Send + Sync),
+) -> Result<Vec<Deleted>, AwsError> {
+    let mut done = Vec::new();
+    for item in items {
+        progress(format!("deleting {item}"));
+        match item {
+            Tagged::Instance(id) => {
+                rds.delete_db_instance()
+                    .db_instance_identifier(id)
+                    .skip_final_snapshot(true)
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::api(format!("DeleteDBInstance {id}"), e))?;
+                wait_until(clock, &format!("deletion of {id}"), limit, backoff, || async {
+                    match rds.describe_db_instances().db_instance_identifier(id).send().await {
+                        Ok(out) => Ok(match out.db_instances().first().and_then(|i| i.db_instance_status()) {
+                            None => Poll::Ready(()),
+                            Some(s) => Poll::Pending(s.to_owned()),
+                        }),
+                        Err(e) if e.as_service_error().is_some_and(|s| s.is_db_instance_not_found_fault()) => {
+                            Ok(Poll::Ready(()))
+                        }
+                        Err(e) => Err(AwsError::api(format!("DescribeDBInstances {id}"), e)),
+                    }
+                })
+                .await?;
+            }
+            Tagged::Cluster(id) => {
+                rds.delete_db_cluster()
+                    .db_cluster_identifier(id)
+                    .skip_final_snapshot(true)
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::api(format!("DeleteDBCluster {id}"), e))?;
+                wait_until(clock, &format!("deletion of {id}"), limit, backoff, || async {
+                    match rds.describe_db_clusters().db_cluster_identifier(id).send().await {
+                        Ok(out) => Ok(match out.db_clusters().first().and_then(|c| c.status()) {
+                            None => Poll::Ready(()),
+                            Some(s) => Poll::Pending(s.to_owned()),
+                        }),
+                        Err(e) if e.as_service_error().is_some_and(|s| s.is_db_cluster_not_found_fault()) => {
+                            Ok(Poll::Ready(()))
+                        }
+                        Err(e) => Err(AwsError::api(format!("DescribeDBClusters {id}"), e)),
+                    }
+                })
+                .await?;
+            }
+            Tagged::ClusterParameterGroup(name) => {
+                match rds
+                    .delete_db_cluster_parameter_group()
+                    .db_cluster_parameter_group_name(name)
+                    .send()
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(e)
+                        if e.as_service_error()
+                            .is_some_and(|s| s.is_invalid_db_parameter_group_state_fault()) =>
+                    {
+                        done.push(Deleted::Kept(
+                            item.clone(),
+                            "still in use (blue's, with rds.logical_replication = 1): detach it from blue first".into(),
+                        ));
+                        continue;
+                    }
+                    Err(e) => return Err(AwsError::api(format!("DeleteDBClusterParameterGroup {name}"), e)),
+                }
+            }
+        }
+        done.push(Deleted::Deleted(item.clone()));
+    }
+    Ok(done)
+}

@@ -1,0 +1,21 @@
+//! pgcutover's AWS steps, through `aws-sdk-rds`: `prepare-green` makes green from
+//! blue on Aurora PostgreSQL (parameter groups, the fast clone, its writer, the
+//! major-version upgrade) around the orchestrator's SQL steps, and `cleanup`
+//! deletes what it made, by tag. Waits are our own poll loop on a [`Clock`], so
+//! tests run them without sleeping.
+
+#![warn(missing_docs)]
+
+mod aurora;
+mod cleanup;
+mod client;
+mod error;
+mod wait;
+
+pub use aurora::{
+    execute, plan, wait_available, BoxFuture, Database, Green, Plan, PrepareOptions, Step, RUN_TAG, SOURCE_TAG,
+};
+pub use cleanup::{delete, find, Deleted, Tagged};
+pub use client::connect;
+pub use error::AwsError;
+pub use wait::{wait_until, Backoff, Clock, Poll, SystemClock};

@@ -1,0 +1,191 @@
+//! `pgcutover aws prepare-green` and `pgcutover aws cleanup` against moto's RDS in
+//! server mode (loopback; no test talks to AWS), with the SQL on local PostgreSQL:
+//! blue's publication and slot on a real PostgreSQL 15, and green's start LSN read
+//! from a PostgreSQL 17 that stands in for the clone (moto has no database behind
+//! its endpoints; `PGCUTOVER_TEST_AWS_GREEN_URL` points the SQL there).
+
+use crate::support::*;
+use std::process::Command;
+use std::time::Duration;
+
+/// moto's RDS on a free loopback port, stopped on drop.
+struct Moto {
+    url: String,
+    _process: crate::switchover::KillOnDrop,
+}
+
+fn aws_venv() -> std::path::PathBuf {
+    pg_harness::cache_dir().join("aws-venv")
+}
+
+impl Moto {
+    async fn start() -> Moto {
+        let port = pg_harness::free_port();
+        let process = crate::switchover::KillOnDrop(
+            Command::new(aws_venv().join("bin/moto_server"))
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("moto_server (scripts/setup.sh installs it)"),
+        );
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        wait_for("moto to listen", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(addr).is_ok()
+        })
+        .await;
+        Moto {
+            url: format!("http://127.0.0.1:{port}"),
+            _process: process,
+        }
+    }
+
+    /// Runs boto3 against moto: the AWS state a test starts from, or reads back.
+    fn boto3(&self, script: &str) -> String {
+        let out = Command::new(aws_venv().join("bin/python"))
+            .args(["-c", &format!("import boto3, json\nrds = boto3.client('rds', endpoint_url='{}', region_name='us-east-1')\n{script}", self.url)])
+            .envs(aws_env())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "boto3: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+fn aws_env() -> [(&'static str, &'static str); 3] {
+    [
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ]
+}
+
+fn pgcutover(args: &[&str], config: &std::path::Path, green_url: &str) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pgcutover"))
+        .args(args)
+        .arg("-c")
+        .arg(config)
+        .envs(aws_env())
+        .env("PGCUTOVER_TEST_AWS_GREEN_URL", green_url)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepare_green_clones_upgrades_and_reads_the_lsn_then_cleanup_deletes_only_what_it_made() {
+    let moto = Moto::start().await;
+    moto.boto3(
+        "rds.create_db_cluster(DBClusterIdentifier='shop', Engine='aurora-postgresql', EngineVersion='15.4', MasterUsername='admin', MasterUserPassword='password1234')
+rds.create_db_instance(DBInstanceIdentifier='shop-1', DBClusterIdentifier='shop', Engine='aurora-postgresql', DBInstanceClass='db.r6g.large')
+rds.create_db_cluster(DBClusterIdentifier='untouched', Engine='aurora-postgresql', EngineVersion='15.4', MasterUsername='admin', MasterUserPassword='password1234')",
+    );
+    let blue = Db::pg15();
+    // Green's SQL side: what the clone's aurora_volume_logical_start_lsn() answers.
+    let green = Db::pg17();
+    green.sql("create function aurora_volume_logical_start_lsn() returns pg_lsn language sql as $$ select '0/1A2B3C4D'::pg_lsn $$");
+    let green_url = green
+        .cluster
+        .url(pg_harness::SUPERUSER, pg_harness::SUPERUSER_PASSWORD, DB);
+    let config = blue.dir.write(
+        "aws.toml",
+        &format!(
+            "[blue]\nurl = \"{}\"\n[proxy]\nserver_tls_mode = \"disable\"\n[auth]\nauth_file = {:?}\n[replication]\ndatabases = [\"{DB}\"]\n[aws]\nendpoint_url = \"{}\"\nregion = \"us-east-1\"\nsource_cluster = \"shop\"\ntarget_engine_version = \"17.4\"\n",
+            blue.cluster.url(pg_harness::SUPERUSER, pg_harness::SUPERUSER_PASSWORD, DB),
+            blue.userlist(),
+            moto.url
+        ),
+    );
+
+    // The dry run: the whole plan, made from read-only calls, and no change.
+    let (ok, dry) = pgcutover(&["aws", "prepare-green", "--dry-run"], &config, &green_url);
+    eprintln!("{dry}");
+    assert!(ok, "{dry}");
+    for line in [
+        "CreateDBClusterParameterGroup pgcutover-shop-aurora-postgresql15 (family aurora-postgresql15) for blue",
+        "ModifyDBClusterParameterGroup pgcutover-shop-aurora-postgresql15: rds.logical_replication = 1 (pending-reboot)",
+        "ModifyDBCluster shop: DBClusterParameterGroupName = pgcutover-shop-aurora-postgresql15",
+        "RebootDBInstance shop-1 is needed for rds.logical_replication to take effect: not without --allow-reboot",
+        "SQL on blue: publication and slot (replicate --prepare-clone)",
+        "RestoreDBClusterToPointInTime shop-green from shop (RestoreType = copy-on-write, latest restorable time), tagged",
+        "CreateDBInstance shop-green-writer (db.r6g.large), green's writer, tagged",
+        "SQL on green: SELECT aurora_volume_logical_start_lsn() (before the upgrade)",
+        "ModifyDBCluster shop-green: EngineVersion = 17.4, AllowMajorVersionUpgrade, DBClusterParameterGroupName = pgcutover-shop-green-aurora-postgresql17, ApplyImmediately",
+        "wait until green is available at engine version 17.4",
+        "replicate (clone method) from the start LSN",
+        "dry run: nothing was changed",
+    ] {
+        assert!(dry.contains(line), "no {line:?} in:\n{dry}");
+    }
+    let clusters = "print(sorted(c['DBClusterIdentifier'] for c in rds.describe_db_clusters()['DBClusters']))";
+    assert_eq!(moto.boto3(clusters), "['shop', 'untouched']");
+
+    // Without --allow-reboot: refused before the first change.
+    let (ok, refused) = pgcutover(&["aws", "prepare-green", "--no-attach"], &config, &green_url);
+    assert!(!ok, "{refused}");
+    assert!(
+        refused.contains("must reboot")
+            && refused.contains("nothing was changed")
+            && refused.contains("--allow-reboot"),
+        "{refused}"
+    );
+    assert_eq!(moto.boto3(clusters), "['shop', 'untouched']");
+
+    // The run: every AWS step, blue's slot, green's start LSN.
+    let (ok, run) = pgcutover(
+        &["aws", "prepare-green", "--allow-reboot", "--no-attach"],
+        &config,
+        &green_url,
+    );
+    assert!(ok, "{run}");
+    assert!(run.contains("green's start LSN: 0/1A2B3C4D"), "{run}");
+    assert!(run.contains("pgcutover replicate --start-lsn 0/1A2B3C4D"), "{run}");
+    let green_cluster = moto.boto3(
+        "c = rds.describe_db_clusters(DBClusterIdentifier='shop-green')['DBClusters'][0]
+print(json.dumps([c['EngineVersion'], sorted(t['Key'] for t in c['TagList']), [m['DBInstanceIdentifier'] for m in c['DBClusterMembers']]]))",
+    );
+    assert_eq!(
+        green_cluster,
+        r#"["17.4", ["pgcutover:run", "pgcutover:source"], ["shop-green-writer"]]"#
+    );
+    assert_eq!(
+        moto.boto3(
+            "print(rds.describe_db_clusters(DBClusterIdentifier='shop')['DBClusters'][0]['DBClusterParameterGroup'])"
+        ),
+        "pgcutover-shop-aurora-postgresql15"
+    );
+    assert_eq!(
+        blue.sql("select count(*) from pg_replication_slots where slot_name = 'pgcutover_app'"),
+        "1"
+    );
+
+    // Again: what exists is not made twice.
+    let (ok, again) = pgcutover(
+        &["aws", "prepare-green", "--dry-run", "--no-attach"],
+        &config,
+        &green_url,
+    );
+    assert!(ok, "{again}");
+    assert!(
+        !again.contains("RestoreDBClusterToPointInTime") && !again.contains("EngineVersion = 17.4"),
+        "{again}"
+    );
+
+    // Cleanup: what the run tagged, nothing else.
+    let (ok, cleaned) = pgcutover(&["aws", "cleanup", "--yes"], &config, &green_url);
+    assert!(ok, "{cleaned}");
+    assert!(cleaned.contains("deleted DB instance shop-green-writer"), "{cleaned}");
+    assert!(cleaned.contains("deleted DB cluster shop-green"), "{cleaned}");
+    assert!(
+        cleaned.contains("DB cluster parameter group pgcutover-shop-green-aurora-postgresql17"),
+        "{cleaned}"
+    );
+    assert_eq!(moto.boto3(clusters), "['shop', 'untouched']");
+}
