@@ -22,6 +22,8 @@
 # Environment: IMAGE (default localhost/pgcutover:<version>), PGCUTOVER_CACHE_DIR.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=lib/smoke-postgres.sh
+. scripts/lib/smoke-postgres.sh
 ROOT=$(pwd)
 
 log() { printf '[image] %s\n' "$*"; }
@@ -121,9 +123,7 @@ podman image inspect --format '{{json .Config.Healthcheck}}' "$IMAGE" | grep -q 
 [ "$smoke" -eq 1 ] || exit 0
 
 # ------------------------------------------------------------------ smoke test
-PG=/usr/lib/postgresql/15/bin
 [ -x "$PG/postgres" ] || die "PostgreSQL 15 missing: run scripts/setup.sh"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 pg_port=$(free_port)
 proxy_port=$(free_port)
 admin_port=$(free_port)
@@ -132,35 +132,14 @@ chmod 0755 "$work"
 container="pgcutover-smoke-$$"
 cleanup() {
     podman rm -f "$container" >/dev/null 2>&1 || true
-    [ ! -d "$work/pg" ] || runuser -u postgres -- "$PG/pg_ctl" -D "$work/pg" -m immediate stop >/dev/null 2>&1 || true
+    smoke_postgres_stop "$work"
     rm -rf "$work"
     cleanup_context
 }
 trap cleanup EXIT
 
 log "smoke: PostgreSQL 15 on 127.0.0.1:$pg_port"
-mkdir "$work/pg" && chown postgres "$work/pg"
-echo smoke-superuser > "$work/pwfile" && chown postgres "$work/pwfile"
-runuser -u postgres -- "$PG/initdb" -D "$work/pg" -A scram-sha-256 -U postgres --pwfile="$work/pwfile" >/dev/null
-runuser -u postgres -- "$PG/pg_ctl" -D "$work/pg" -l "$work/pg/log" -w \
-    -o "-p $pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$work/pg" start >/dev/null
-export PGPASSWORD=smoke-superuser
-"$PG/psql" -q -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres \
-    -c "create role app login password 'smoke-app-password'" -c "create database app owner app" >/dev/null
-
-mkdir "$work/etc"
-cat > "$work/etc/pgcutover.toml" <<EOF
-[proxy]
-listen = "127.0.0.1:$proxy_port"
-admin_listen = "127.0.0.1:$admin_port"
-server_tls_mode = "disable"
-[auth]
-auth_file = "/etc/pgcutover/userlist.txt"
-[blue]
-url = "postgres://127.0.0.1:$pg_port/app"
-EOF
-printf '"app" "smoke-app-password"\n' > "$work/etc/userlist.txt"
-chmod 0755 "$work/etc" && chmod 0644 "$work/etc/"*
+smoke_postgres "$work" "$pg_port" "$proxy_port" "$admin_port"
 
 log "smoke: podman run $IMAGE (read-only, host network)"
 # Without systemd, podman cannot schedule the healthcheck's timer (and says so);
@@ -180,7 +159,7 @@ done
 [ "$healthy" -eq 1 ] || { podman logs "$container" >&2; die "the container's HEALTHCHECK (pgcutover ready) never passed"; }
 log "smoke: HEALTHCHECK passes"
 
-export PGPASSWORD=smoke-app-password
+export PGPASSWORD="$SMOKE_APP_PASSWORD"
 got=$("$PG/psql" -X -At -h 127.0.0.1 -p "$proxy_port" -U app -d app -c "select 'through the container ' || current_setting('server_version_num')")
 case "$got" in
     "through the container 15"*) log "smoke: psql: $got" ;;

@@ -12,6 +12,8 @@
 # systemd base image from Debian packages once (cached).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=lib/smoke-postgres.sh
+. scripts/lib/smoke-postgres.sh
 
 log() { printf '[systemd-smoke] %s\n' "$*"; }
 die() { printf '[systemd-smoke] error: %s\n' "$*" >&2; exit 1; }
@@ -36,8 +38,6 @@ if ! podman image exists "$BASE"; then
 fi
 [ -x target/release/pgcutover ] || cargo build --release --quiet --bin pgcutover
 
-PG=/usr/lib/postgresql/15/bin
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 pg_port=$(free_port)
 proxy_port=$(free_port)
 admin_port=$(free_port)
@@ -46,32 +46,12 @@ chmod 0755 "$work"
 container="pgcutover-systemd-$$"
 cleanup() {
     podman rm -f "$container" >/dev/null 2>&1 || true
-    [ ! -d "$work/pg" ] || runuser -u postgres -- "$PG/pg_ctl" -D "$work/pg" -m immediate stop >/dev/null 2>&1 || true
+    smoke_postgres_stop "$work"
     rm -rf "$work"
 }
 trap cleanup EXIT
 
-echo smoke-superuser > "$work/pwfile" && chown postgres "$work/pwfile"
-mkdir "$work/pg" && chown postgres "$work/pg"
-runuser -u postgres -- "$PG/initdb" -D "$work/pg" -A scram-sha-256 -U postgres --pwfile="$work/pwfile" >/dev/null
-runuser -u postgres -- "$PG/pg_ctl" -D "$work/pg" -l "$work/pg/log" -w \
-    -o "-p $pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$work/pg" start >/dev/null
-PGPASSWORD=smoke-superuser "$PG/psql" -q -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres \
-    -c "create role app login password 'smoke-app-password'" -c "create database app owner app" >/dev/null
-
-mkdir "$work/etc"
-cat > "$work/etc/pgcutover.toml" <<EOF
-[proxy]
-listen = "127.0.0.1:$proxy_port"
-admin_listen = "127.0.0.1:$admin_port"
-server_tls_mode = "disable"
-[auth]
-auth_file = "/etc/pgcutover/userlist.txt"
-[blue]
-url = "postgres://127.0.0.1:$pg_port/app"
-EOF
-printf '"app" "smoke-app-password"\n' > "$work/etc/userlist.txt"
-chmod 0755 "$work/etc" && chmod 0644 "$work/etc/"*
+smoke_postgres "$work" "$pg_port" "$proxy_port" "$admin_port"
 
 log "systemd in a container, the unit and the binary mounted in"
 podman run -d --name "$container" --privileged --systemd=always --network host \
@@ -101,7 +81,7 @@ status_text=$(show StatusText)
 [ "$(show User)" = pgcutover ] || die "the unit does not run as pgcutover"
 log "systemctl start returned after READY=1 in $took ms: active, \"$status_text\""
 
-got=$(PGPASSWORD=smoke-app-password "$PG/psql" -X -At -h 127.0.0.1 -p "$proxy_port" -U app -d app -c "select 'through the unit'")
+got=$(PGPASSWORD="$SMOKE_APP_PASSWORD" "$PG/psql" -X -At -h 127.0.0.1 -p "$proxy_port" -U app -d app -c "select 'through the unit'")
 [ "$got" = "through the unit" ] || die "psql through the unit answered: $got"
 log "psql through the unit works"
 
