@@ -140,19 +140,7 @@ pub async fn delete(
                     .send()
                     .await
                     .map_err(|e| AwsError::api(format!("DeleteDBInstance {id}"), e))?;
-                wait_until(clock, &format!("deletion of {id}"), limit, backoff, || async {
-                    match rds.describe_db_instances().db_instance_identifier(id).send().await {
-                        Ok(out) => Ok(match out.db_instances().first().and_then(|i| i.db_instance_status()) {
-                            None => Poll::Ready(()),
-                            Some(s) => Poll::Pending(s.to_owned()),
-                        }),
-                        Err(e) if e.as_service_error().is_some_and(|s| s.is_db_instance_not_found_fault()) => {
-                            Ok(Poll::Ready(()))
-                        }
-                        Err(e) => Err(AwsError::api(format!("DescribeDBInstances {id}"), e)),
-                    }
-                })
-                .await?;
+                wait_gone(rds, item, clock, limit, backoff).await?;
             }
             Tagged::Cluster(id) => {
                 rds.delete_db_cluster()
@@ -161,19 +149,7 @@ pub async fn delete(
                     .send()
                     .await
                     .map_err(|e| AwsError::api(format!("DeleteDBCluster {id}"), e))?;
-                wait_until(clock, &format!("deletion of {id}"), limit, backoff, || async {
-                    match rds.describe_db_clusters().db_cluster_identifier(id).send().await {
-                        Ok(out) => Ok(match out.db_clusters().first().and_then(|c| c.status()) {
-                            None => Poll::Ready(()),
-                            Some(s) => Poll::Pending(s.to_owned()),
-                        }),
-                        Err(e) if e.as_service_error().is_some_and(|s| s.is_db_cluster_not_found_fault()) => {
-                            Ok(Poll::Ready(()))
-                        }
-                        Err(e) => Err(AwsError::api(format!("DescribeDBClusters {id}"), e)),
-                    }
-                })
-                .await?;
+                wait_gone(rds, item, clock, limit, backoff).await?;
             }
             Tagged::ClusterParameterGroup(name) => {
                 match rds
@@ -200,4 +176,43 @@ pub async fn delete(
         done.push(Deleted::Deleted(item.clone()));
     }
     Ok(done)
+}
+
+/// Waits until RDS no longer lists `item` (a cluster with members, or one still
+/// deleting, cannot be followed by what depends on it).
+async fn wait_gone(
+    rds: &Client,
+    item: &Tagged,
+    clock: &dyn Clock,
+    limit: Duration,
+    backoff: Backoff,
+) -> Result<(), AwsError> {
+    wait_until(clock, &format!("deletion of {item}"), limit, backoff, || async {
+        Ok(match status_of(rds, item).await? {
+            None => Poll::Ready(()),
+            Some(status) => Poll::Pending(status),
+        })
+    })
+    .await
+}
+
+/// `item`'s status, `None` once it is gone.
+async fn status_of(rds: &Client, item: &Tagged) -> Result<Option<String>, AwsError> {
+    match item {
+        Tagged::Instance(id) => match rds.describe_db_instances().db_instance_identifier(id).send().await {
+            Ok(out) => Ok(out
+                .db_instances()
+                .first()
+                .and_then(|i| i.db_instance_status())
+                .map(str::to_owned)),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_instance_not_found_fault()) => Ok(None),
+            Err(e) => Err(AwsError::api(format!("DescribeDBInstances {id}"), e)),
+        },
+        Tagged::Cluster(id) => match rds.describe_db_clusters().db_cluster_identifier(id).send().await {
+            Ok(out) => Ok(out.db_clusters().first().and_then(|c| c.status()).map(str::to_owned)),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_cluster_not_found_fault()) => Ok(None),
+            Err(e) => Err(AwsError::api(format!("DescribeDBClusters {id}"), e)),
+        },
+        Tagged::ClusterParameterGroup(_) => Ok(None),
+    }
 }
