@@ -19,6 +19,7 @@
 //! `pgcutover aws cleanup` deletes by. Re-running continues: what exists (tagged
 //! by pgcutover) is not created again.
 
+use crate::describe;
 use crate::wait::{wait_until, Backoff, Clock, Poll};
 use crate::AwsError;
 use aws_sdk_rds::types::{ApplyMethod, Parameter, Tag};
@@ -252,15 +253,8 @@ fn major(version: &str) -> Option<u32> {
 }
 
 async fn describe_blue(rds: &Client, id: &str) -> Result<Blue, AwsError> {
-    let out = rds
-        .describe_db_clusters()
-        .db_cluster_identifier(id)
-        .send()
-        .await
-        .map_err(|e| AwsError::api(format!("DescribeDBClusters {id}"), e))?;
-    let cluster = out
-        .db_clusters()
-        .first()
+    let cluster = describe::cluster(rds, id)
+        .await?
         .ok_or_else(|| AwsError::refused(format!("no cluster {id}"), "check [aws] source_cluster and region"))?;
     if cluster.engine() != Some(AURORA_POSTGRESQL) {
         return Err(AwsError::refused(
@@ -307,18 +301,10 @@ async fn describe_blue(rds: &Client, id: &str) -> Result<Blue, AwsError> {
             major(cluster.engine_version().unwrap_or("")).unwrap_or(0)
         )
     });
-    let instance = rds
-        .describe_db_instances()
-        .db_instance_identifier(&writer)
-        .send()
-        .await
-        .map_err(|e| AwsError::api(format!("DescribeDBInstances {writer}"), e))?;
-    let writer_class = instance
-        .db_instances()
-        .first()
-        .and_then(|i| i.db_instance_class())
-        .unwrap_or("db.r6g.large")
-        .to_owned();
+    let writer_class = describe::instance(rds, &writer)
+        .await?
+        .and_then(|i| i.db_instance_class().map(str::to_owned))
+        .unwrap_or_else(|| "db.r6g.large".to_owned());
     Ok(Blue {
         engine_version: cluster.engine_version().unwrap_or_default().to_owned(),
         family,
@@ -365,26 +351,20 @@ async fn describe_green(
     green: &str,
     source: &str,
 ) -> Result<Option<aws_sdk_rds::types::DbCluster>, AwsError> {
-    match rds.describe_db_clusters().db_cluster_identifier(green).send().await {
-        Ok(out) => {
-            let Some(c) = out.db_clusters().first().cloned() else {
-                return Ok(None);
-            };
-            let ours = c
-                .tag_list()
-                .iter()
-                .any(|t| t.key() == Some(SOURCE_TAG) && t.value() == Some(source));
-            if !ours {
-                return Err(AwsError::refused(
-                    format!("a cluster named {green} exists and pgcutover did not create it for {source}"),
-                    "set [aws] green_cluster to another name",
-                ));
-            }
-            Ok(Some(c))
-        }
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_db_cluster_not_found_fault()) => Ok(None),
-        Err(e) => Err(AwsError::api(format!("DescribeDBClusters {green}"), e)),
+    let Some(c) = describe::cluster(rds, green).await? else {
+        return Ok(None);
+    };
+    let ours = c
+        .tag_list()
+        .iter()
+        .any(|t| t.key() == Some(SOURCE_TAG) && t.value() == Some(source));
+    if !ours {
+        return Err(AwsError::refused(
+            format!("a cluster named {green} exists and pgcutover did not create it for {source}"),
+            "set [aws] green_cluster to another name",
+        ));
     }
+    Ok(Some(c))
 }
 
 async fn cluster_group_exists(rds: &Client, name: &str) -> Result<bool, AwsError> {
@@ -701,15 +681,8 @@ pub async fn execute(
 }
 
 async fn endpoint(rds: &Client, green: &str) -> Result<(String, u16), AwsError> {
-    let out = rds
-        .describe_db_clusters()
-        .db_cluster_identifier(green)
-        .send()
-        .await
-        .map_err(|e| AwsError::api(format!("DescribeDBClusters {green}"), e))?;
-    let c = out
-        .db_clusters()
-        .first()
+    let c = describe::cluster(rds, green)
+        .await?
         .ok_or_else(|| AwsError::refused(format!("{green} is gone"), "run prepare-green again"))?;
     let host = c.endpoint().ok_or_else(|| {
         AwsError::refused(
@@ -746,13 +719,7 @@ pub async fn wait_available(
         None => format!("green ({green}) and its writer"),
     };
     wait_until(clock, &what, opts.wait_limit, opts.backoff, || async {
-        let out = rds
-            .describe_db_clusters()
-            .db_cluster_identifier(green)
-            .send()
-            .await
-            .map_err(|e| AwsError::api(format!("DescribeDBClusters {green}"), e))?;
-        let Some(c) = out.db_clusters().first() else {
+        let Some(c) = describe::cluster(rds, green).await? else {
             return Ok(Poll::Pending("not listed yet".into()));
         };
         let status = c.status().unwrap_or("unknown");
@@ -771,17 +738,8 @@ pub async fn wait_available(
                 return Ok(Poll::Pending(format!("available at {now}, not yet {v}")));
             }
         }
-        let inst = rds
-            .describe_db_instances()
-            .db_instance_identifier(writer)
-            .send()
-            .await
-            .map_err(|e| AwsError::api(format!("DescribeDBInstances {writer}"), e))?;
-        let status = inst
-            .db_instances()
-            .first()
-            .and_then(|i| i.db_instance_status())
-            .unwrap_or("unknown");
+        let inst = describe::instance(rds, writer).await?;
+        let status = inst.as_ref().and_then(|i| i.db_instance_status()).unwrap_or("unknown");
         if FAILED.contains(&status) {
             return Err(AwsError::refused(
                 format!("{writer} is {status}"),

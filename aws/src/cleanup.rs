@@ -2,6 +2,7 @@
 //! by its tags, never an untagged resource, never blue itself.
 
 use crate::aurora::{RUN_TAG, SOURCE_TAG};
+use crate::describe;
 use crate::wait::{wait_until, Backoff, Clock, Poll};
 use crate::AwsError;
 use aws_sdk_rds::types::Tag;
@@ -38,72 +39,57 @@ fn matches(tags: &[Tag], source: &str, run: Option<&str>) -> bool {
 /// Everything tagged for `source` (and `run`, when given), in deletion order.
 pub async fn find(rds: &Client, source: &str, run: Option<&str>) -> Result<Vec<Tagged>, AwsError> {
     let mut found = Vec::new();
-    let mut marker = None;
-    loop {
-        let out = rds
-            .describe_db_instances()
-            .set_marker(marker)
-            .send()
-            .await
-            .map_err(|e| AwsError::api("DescribeDBInstances", e))?;
-        for i in out.db_instances() {
-            if matches(i.tag_list(), source, run) {
-                found.extend(i.db_instance_identifier().map(|id| Tagged::Instance(id.to_owned())));
-            }
-        }
-        marker = out.marker().map(str::to_owned);
-        if marker.is_none() {
-            break;
+    // The SDK's paginators follow the markers; a page's failure fails the whole list.
+    let instances: Vec<_> = rds
+        .describe_db_instances()
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<_, _>>()
+        .await
+        .map_err(|e| AwsError::api("DescribeDBInstances", e))?;
+    for i in &instances {
+        if matches(i.tag_list(), source, run) {
+            found.extend(i.db_instance_identifier().map(|id| Tagged::Instance(id.to_owned())));
         }
     }
-    let mut marker = None;
-    loop {
-        let out = rds
-            .describe_db_clusters()
-            .set_marker(marker)
-            .send()
-            .await
-            .map_err(|e| AwsError::api("DescribeDBClusters", e))?;
-        for c in out.db_clusters() {
-            // Blue is never ours to delete, whatever its tags say.
-            if c.db_cluster_identifier() != Some(source) && matches(c.tag_list(), source, run) {
-                found.extend(c.db_cluster_identifier().map(|id| Tagged::Cluster(id.to_owned())));
-            }
-        }
-        marker = out.marker().map(str::to_owned);
-        if marker.is_none() {
-            break;
+    let clusters: Vec<_> = rds
+        .describe_db_clusters()
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<_, _>>()
+        .await
+        .map_err(|e| AwsError::api("DescribeDBClusters", e))?;
+    for c in &clusters {
+        // Blue is never ours to delete, whatever its tags say.
+        if c.db_cluster_identifier() != Some(source) && matches(c.tag_list(), source, run) {
+            found.extend(c.db_cluster_identifier().map(|id| Tagged::Cluster(id.to_owned())));
         }
     }
-    let mut marker = None;
-    loop {
-        let out = rds
-            .describe_db_cluster_parameter_groups()
-            .set_marker(marker)
+    let groups: Vec<_> = rds
+        .describe_db_cluster_parameter_groups()
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<_, _>>()
+        .await
+        .map_err(|e| AwsError::api("DescribeDBClusterParameterGroups", e))?;
+    for g in &groups {
+        let (Some(name), Some(arn)) = (g.db_cluster_parameter_group_name(), g.db_cluster_parameter_group_arn()) else {
+            continue;
+        };
+        if name.starts_with("default.") {
+            continue;
+        }
+        let tags = rds
+            .list_tags_for_resource()
+            .resource_name(arn)
             .send()
             .await
-            .map_err(|e| AwsError::api("DescribeDBClusterParameterGroups", e))?;
-        for g in out.db_cluster_parameter_groups() {
-            let (Some(name), Some(arn)) = (g.db_cluster_parameter_group_name(), g.db_cluster_parameter_group_arn())
-            else {
-                continue;
-            };
-            if name.starts_with("default.") {
-                continue;
-            }
-            let tags = rds
-                .list_tags_for_resource()
-                .resource_name(arn)
-                .send()
-                .await
-                .map_err(|e| AwsError::api(format!("ListTagsForResource {arn}"), e))?;
-            if matches(tags.tag_list(), source, run) {
-                found.push(Tagged::ClusterParameterGroup(name.to_owned()));
-            }
-        }
-        marker = out.marker().map(str::to_owned);
-        if marker.is_none() {
-            break;
+            .map_err(|e| AwsError::api(format!("ListTagsForResource {arn}"), e))?;
+        if matches(tags.tag_list(), source, run) {
+            found.push(Tagged::ClusterParameterGroup(name.to_owned()));
         }
     }
     found.sort();
@@ -199,20 +185,12 @@ async fn wait_gone(
 /// `item`'s status, `None` once it is gone.
 async fn status_of(rds: &Client, item: &Tagged) -> Result<Option<String>, AwsError> {
     match item {
-        Tagged::Instance(id) => match rds.describe_db_instances().db_instance_identifier(id).send().await {
-            Ok(out) => Ok(out
-                .db_instances()
-                .first()
-                .and_then(|i| i.db_instance_status())
-                .map(str::to_owned)),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_instance_not_found_fault()) => Ok(None),
-            Err(e) => Err(AwsError::api(format!("DescribeDBInstances {id}"), e)),
-        },
-        Tagged::Cluster(id) => match rds.describe_db_clusters().db_cluster_identifier(id).send().await {
-            Ok(out) => Ok(out.db_clusters().first().and_then(|c| c.status()).map(str::to_owned)),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_cluster_not_found_fault()) => Ok(None),
-            Err(e) => Err(AwsError::api(format!("DescribeDBClusters {id}"), e)),
-        },
+        Tagged::Instance(id) => Ok(describe::instance(rds, id)
+            .await?
+            .and_then(|i| i.db_instance_status().map(str::to_owned))),
+        Tagged::Cluster(id) => Ok(describe::cluster(rds, id)
+            .await?
+            .and_then(|c| c.status().map(str::to_owned))),
         Tagged::ClusterParameterGroup(_) => Ok(None),
     }
 }

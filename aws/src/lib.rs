@@ -9,6 +9,7 @@
 mod aurora;
 mod cleanup;
 mod client;
+mod describe;
 mod error;
 mod wait;
 
