@@ -11,7 +11,7 @@
 
 use crate::server::Backend;
 use crate::Shared;
-use pgcutover_api::Side;
+use pgcutover_api::{PerSide, Side};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,14 +29,14 @@ pub struct Health {
     shutting_down: AtomicBool,
     /// Per side: the last probe connected. True until a probe says otherwise, so a
     /// proxy that just started is not turned away before its first probe.
-    reachable: [AtomicBool; 2],
+    reachable: PerSide<AtomicBool>,
 }
 
 impl Default for Health {
     fn default() -> Self {
         Health {
             shutting_down: AtomicBool::new(false),
-            reachable: [AtomicBool::new(true), AtomicBool::new(true)],
+            reachable: PerSide::from_fn(|_| AtomicBool::new(true)),
         }
     }
 }
@@ -68,7 +68,7 @@ impl Health {
         if self.shutting_down.load(Ordering::Relaxed) {
             return Err(NotReady::ShuttingDown);
         }
-        if !self.reachable[index(route)].load(Ordering::Relaxed) {
+        if !self.reachable.get(route).load(Ordering::Relaxed) {
             return Err(NotReady::Unreachable(route));
         }
         Ok(())
@@ -80,14 +80,7 @@ impl Health {
     }
 
     fn set_reachable(&self, side: Side, up: bool) -> bool {
-        self.reachable[index(side)].swap(up, Ordering::Relaxed)
-    }
-}
-
-fn index(side: Side) -> usize {
-    match side {
-        Side::Blue => 0,
-        Side::Green => 1,
+        self.reachable.get(side).swap(up, Ordering::Relaxed)
     }
 }
 
