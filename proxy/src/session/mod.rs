@@ -368,6 +368,26 @@ async fn move_session(live: &mut Live<'_>, route: Route, prepared: Option<migrat
                 PinnedPolicy::Close => (Some(DataEnd::Pinned(reason)), true),
                 PinnedPolicy::Wait => (None, true),
             },
+            // The old server went away under the hold (AWS's switchover ends every
+            // connection on blue): the session's own log recreates it instead.
+            Err(migrate::MoveError::Snapshot {
+                reason: migrate::StepError::Wire(lost),
+                ..
+            }) => {
+                info!("server connection lost at the flip ({lost}); recreating the session from its log");
+                match server_lost(live).await {
+                    Ok(()) => return None,
+                    Err(()) => (
+                        Some(DataEnd::MoveFailed(
+                            route.target,
+                            format!(
+                                "the old server connection was lost ({lost}) and the session could not be recreated"
+                            ),
+                        )),
+                        false,
+                    ),
+                }
+            }
             Err(other) => (Some(DataEnd::MoveFailed(route.target, other.to_string())), false),
         }
     };
@@ -446,9 +466,14 @@ async fn server_lost(live: &mut Live<'_>) -> Result<(), ()> {
     let farewell = pump
         .server_farewell()
         .map(|f| ErrorFields::new(f.get(5..).unwrap_or_default()));
+    // Under a hold, a switchover may be what ended the connection (AWS's managed
+    // switchover ends every connection on blue), and the route may be about to
+    // change: the session waits for the route to move or the hold to end, and a
+    // termination then is never taken for one aimed at this backend.
+    let held = wait_out_hold(shared, live.ctx.registration.handle.status().epoch).await;
     let administrator_command = match farewell.as_ref().and_then(|f| f.code()) {
         None | Some("57P02") => false,
-        Some("57P01") => true,
+        Some("57P01") => !held,
         Some(code) => {
             info!(
                 sqlstate = code,
@@ -474,6 +499,19 @@ async fn server_lost(live: &mut Live<'_>) -> Result<(), ()> {
             Err(())
         }
     }
+}
+
+/// While the proxy is held, waits until the route moves past `epoch` (the
+/// session's server's) or the hold ends, at most the hold limit. Whether it was held.
+async fn wait_out_hold(shared: &Shared, epoch: u64) -> bool {
+    let mut cutover = shared.control.watch();
+    if !cutover.borrow().gate.is_held() {
+        return false;
+    }
+    let limit = shared.config.switchover.timeout.0;
+    let moved_or_released = cutover.wait_for(|c| !c.gate.is_held() || c.route.epoch != epoch);
+    let _ = tokio::time::timeout(limit, moved_or_released).await;
+    true
 }
 
 async fn finish(shared: &Shared, client: &mut Conn, server: &mut ServerConn, ctx: &SessionCtx, end: DataEnd) {
