@@ -1,8 +1,9 @@
 //! pgcutover's AWS steps, through `aws-sdk-rds`: `prepare-green` makes green from
 //! blue on Aurora PostgreSQL (parameter groups, the fast clone, its writer, the
 //! major-version upgrade) around the orchestrator's SQL steps, and `cleanup`
-//! deletes what it made, by tag. Waits are our own poll loop on a [`Clock`], so
-//! tests run them without sleeping.
+//! deletes what it made, by tag; [`managed`] drives AWS's own Blue/Green
+//! deployment with every proxy holding clients across its switchover. Waits are
+//! our own poll loop on a [`Clock`], so tests run them without sleeping.
 
 #![warn(missing_docs)]
 
@@ -11,6 +12,7 @@ mod cleanup;
 mod client;
 mod describe;
 mod error;
+pub mod managed;
 mod wait;
 
 pub use aurora::{
@@ -19,4 +21,5 @@ pub use aurora::{
 pub use cleanup::{delete, find, Deleted, Tagged};
 pub use client::connect;
 pub use error::AwsError;
+
 pub use wait::{wait_until, Backoff, Clock, Poll, SystemClock};
