@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
+mod aws;
 mod systemd;
 
 /// Zero-downtime PostgreSQL blue/green switchover.
@@ -112,53 +113,11 @@ enum Command {
     /// For container HEALTHCHECKs and scripts; plain HTTP (a loopback admin API).
     Ready(ReadyArgs),
 
-    /// AWS: make green from blue on Aurora PostgreSQL, and clean up after ([aws] in
-    /// the config; credentials from the AWS SDK's default chain).
+    /// AWS: make green from blue on Aurora PostgreSQL, switch over with AWS's own
+    /// Blue/Green while the proxies hold clients, and clean up after ([aws] in the
+    /// config; credentials from the AWS SDK's default chain).
     #[command(subcommand)]
-    Aws(AwsCommand),
-}
-
-#[derive(Subcommand)]
-enum AwsCommand {
-    /// Make green on Aurora PostgreSQL: rds.logical_replication on blue (a reboot only
-    /// with --allow-reboot), the publication and slot on blue, a copy-on-write clone
-    /// and its writer, the clone's start LSN, the major-version upgrade to
-    /// [aws] target_engine_version, then replication from that LSN. Every resource
-    /// created is tagged with the run id. Re-running continues where it stopped.
-    PrepareGreen(PrepareGreenArgs),
-    /// Delete what prepare-green created for [aws] source_cluster (found by its
-    /// tags; never an untagged resource, never blue). Lists them and asks first.
-    Cleanup(CleanupArgs),
-}
-
-#[derive(clap::Args)]
-struct PrepareGreenArgs {
-    #[command(flatten)]
-    config: ConfigArg,
-    /// Print the plan of API calls (made from read-only calls) and change nothing.
-    #[arg(long)]
-    dry_run: bool,
-    /// Reboot blue's writer when its parameter group needs it (an outage of blue).
-    #[arg(long)]
-    allow_reboot: bool,
-    /// Stop after the AWS steps and print green's endpoint and start LSN.
-    #[arg(long)]
-    no_attach: bool,
-    /// The longest any one wait (the clone, the upgrade) may take.
-    #[arg(long, default_value = "2h")]
-    wait_limit: HumanDuration,
-}
-
-#[derive(clap::Args)]
-struct CleanupArgs {
-    #[command(flatten)]
-    config: ConfigArg,
-    /// Only what this run created (its id, printed by prepare-green).
-    #[arg(long)]
-    run: Option<String>,
-    /// Delete without asking.
-    #[arg(long)]
-    yes: bool,
+    Aws(aws::AwsCommand),
 }
 
 #[derive(clap::Args)]
@@ -335,8 +294,7 @@ fn main() -> ExitCode {
             }
             Command::Demo(args) => run_demo(args).await,
             Command::Ready(args) => run_ready(args).await,
-            Command::Aws(AwsCommand::PrepareGreen(args)) => run_prepare_green(args).await,
-            Command::Aws(AwsCommand::Cleanup(args)) => run_aws_cleanup(args).await,
+            Command::Aws(command) => aws::run(command).await,
         }
     });
     match result {
@@ -682,187 +640,6 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
     }
     systemd::notify("STOPPING=1\nSTATUS=draining: sessions close at their next transaction boundary");
-}
-
-/// The SQL around the AWS steps, by the orchestrator: blue's publication and slot,
-/// the clone's start LSN, and replication from it.
-struct AwsDatabase {
-    config: Config,
-}
-
-impl AwsDatabase {
-    /// The config with `[green] url` at `host:port` (blue's credentials: the clone
-    /// has blue's roles), and the clone method.
-    fn green_at(&self, host: &str, port: u16) -> Config {
-        let mut config = self.config.clone();
-        let mut url = config.blue.url.clone();
-        // Tests point the SQL at a local server instead of the endpoint RDS reports.
-        match std::env::var("PGCUTOVER_TEST_AWS_GREEN_URL")
-            .ok()
-            .and_then(|u| pgcutover_config::PgUrl::parse(&u).ok())
-        {
-            Some(test) => url = test,
-            None => {
-                url.host = host.to_owned();
-                url.port = port;
-            }
-        }
-        match &mut config.green {
-            Some(g) => g.url = url,
-            None => {
-                let mut g = config.blue.clone();
-                g.url = url;
-                config.green = Some(g);
-            }
-        }
-        config.replication.method = pgcutover_config::ReplicationMethod::Clone;
-        config
-    }
-}
-
-impl pgcutover_aws::Database for AwsDatabase {
-    fn prepare_clone(&self) -> pgcutover_aws::BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move {
-            let mut config = self.config.clone();
-            config.replication.method = pgcutover_config::ReplicationMethod::Clone;
-            let targets = Targets::from_config(&config).map_err(|e| e.to_string())?;
-            let opts = ReplicateOptions {
-                prepare_clone: true,
-                ..Default::default()
-            };
-            pgcutover_orchestrator::replicate(&targets, &opts, &Progress::stderr())
-                .await
-                .map_err(|e| format!("replicate --prepare-clone: {e}"))
-        })
-    }
-
-    fn start_lsn(&self, host: &str, port: u16) -> pgcutover_aws::BoxFuture<'_, Result<String, String>> {
-        let config = self.green_at(host, port);
-        Box::pin(async move {
-            let targets = Targets::from_config(&config).map_err(|e| e.to_string())?;
-            pgcutover_orchestrator::aurora_start_lsn(&targets)
-                .await
-                .map(|lsn| lsn.to_string())
-                .map_err(|e| format!("reading the clone's start LSN on green: {e}"))
-        })
-    }
-
-    fn attach(&self, host: &str, port: u16, lsn: &str) -> pgcutover_aws::BoxFuture<'_, Result<(), String>> {
-        let config = self.green_at(host, port);
-        let lsn = lsn.to_owned();
-        Box::pin(async move {
-            let targets = Targets::from_config(&config).map_err(|e| e.to_string())?;
-            let opts = ReplicateOptions {
-                start_lsn: Some(parse_lsn(&lsn)?),
-                ..Default::default()
-            };
-            pgcutover_orchestrator::replicate(&targets, &opts, &Progress::stderr())
-                .await
-                .map_err(|e| format!("replicate (clone method, from {lsn}): {e}"))
-        })
-    }
-}
-
-async fn run_prepare_green(args: PrepareGreenArgs) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.config.config)?;
-    let rds = pgcutover_aws::connect(&config.aws).await;
-    let run_id = format!(
-        "pgcutover-{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or_default()
-    );
-    let opts = pgcutover_aws::PrepareOptions {
-        dry_run: args.dry_run,
-        allow_reboot: args.allow_reboot,
-        no_attach: args.no_attach,
-        run_id: run_id.clone(),
-        wait_limit: args.wait_limit.0,
-        backoff: pgcutover_aws::Backoff::default(),
-    };
-    let plan = pgcutover_aws::plan(&rds, &config.aws, &opts).await?;
-    println!("plan for green {} (run {run_id}):", plan.green);
-    print!("{plan}");
-    if args.dry_run {
-        println!("dry run: nothing was changed");
-        return Ok(ExitCode::SUCCESS);
-    }
-    let started = std::time::Instant::now();
-    let progress = move |line: String| eprintln!("[{:>7.1}s] {line}", started.elapsed().as_secs_f64());
-    let db = AwsDatabase { config: config.clone() };
-    let green = pgcutover_aws::execute(
-        &rds,
-        &config.aws,
-        &plan,
-        &opts,
-        &db,
-        &pgcutover_aws::SystemClock::default(),
-        &progress,
-    )
-    .await?;
-    println!(
-        "green: {} at {}:{} (start LSN {})",
-        green.cluster, green.endpoint, green.port, green.start_lsn
-    );
-    if green.attached {
-        println!(
-            "replication runs from the start LSN: set [green] url to host {} port {}, then pgcutover status",
-            green.endpoint, green.port
-        );
-    } else {
-        println!(
-            "next: set [green] url to host {} port {} and [replication] method = \"clone\", then pgcutover replicate --start-lsn {}",
-            green.endpoint, green.port, green.start_lsn
-        );
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn run_aws_cleanup(args: CleanupArgs) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.config.config)?;
-    let source = config
-        .aws
-        .source_cluster
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("[aws] source_cluster is not set: the cluster whose green to clean up"))?;
-    let rds = pgcutover_aws::connect(&config.aws).await;
-    let found = pgcutover_aws::find(&rds, &source, args.run.as_deref()).await?;
-    if found.is_empty() {
-        println!("nothing tagged {}={source} to delete", pgcutover_aws::SOURCE_TAG);
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!("tagged {}={source}:", pgcutover_aws::SOURCE_TAG);
-    for item in &found {
-        println!("  {item}");
-    }
-    if !args.yes {
-        eprint!("delete these {} resources? [y/N] ", found.len());
-        let mut answer = String::new();
-        std::io::stdin().read_line(&mut answer)?;
-        if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            println!("nothing deleted");
-            return Ok(ExitCode::FAILURE);
-        }
-    }
-    let started = std::time::Instant::now();
-    let progress = move |line: String| eprintln!("[{:>7.1}s] {line}", started.elapsed().as_secs_f64());
-    let done = pgcutover_aws::delete(
-        &rds,
-        &found,
-        &pgcutover_aws::SystemClock::default(),
-        Duration::from_secs(3600),
-        pgcutover_aws::Backoff::default(),
-        &progress,
-    )
-    .await?;
-    for d in &done {
-        match d {
-            pgcutover_aws::Deleted::Deleted(item) => println!("deleted {item}"),
-            pgcutover_aws::Deleted::Kept(item, why) => println!("kept {item}: {why}"),
-        }
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// `pgcutover ready`: GET /ready, one HTTP/1.0 request (no client library needed
