@@ -189,3 +189,163 @@ print(json.dumps([c['EngineVersion'], sorted(t['Key'] for t in c['TagList']), [m
     );
     assert_eq!(moto.boto3(clusters), "['shop', 'untouched']");
 }
+
+/// `pgcutover aws managed-switchover` in front of AWS's Blue/Green (moto's API),
+/// with local PostgreSQL 15 and 17 standing for blue and green and this test doing
+/// AWS's part of the switchover while it is "in progress" (moto finishes at once;
+/// `PGCUTOVER_TEST_PAUSE_AT=aws_switchover` gives the test the seconds a real one
+/// takes): green caught up and its sequence moved, then every client connection on
+/// blue ended, as AWS ends them. Writers through the proxy see no error, and every
+/// write they saw acknowledged is on green.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_switchover_keeps_every_client_across_aws_blue_green() {
+    use crate::switchover::{assert_all_on, proxy_process_at, replicated, serial_writer};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let moto = Moto::start().await;
+    moto.boto3(
+        "rds.create_db_cluster(DBClusterIdentifier='shop', Engine='aurora-postgresql', EngineVersion='15.4', MasterUsername='admin', MasterUserPassword='password1234')
+rds.create_db_instance(DBInstanceIdentifier='shop-1', DBClusterIdentifier='shop', Engine='aurora-postgresql', DBInstanceClass='db.r6g.large')",
+    );
+    // AWS's replication into green, played by pgcutover's own.
+    let (blue, green, _, _) = replicated(false, "").await;
+    let (client_port, admin_port) = (pg_harness::free_port(), pg_harness::free_port());
+    let aws = format!(
+        "timeout = \"60s\"\n[aws]\nendpoint_url = \"{}\"\nregion = \"us-east-1\"\nsource_cluster = \"shop\"\ntarget_engine_version = \"17.4\"\n",
+        moto.url
+    );
+    let text = blue.switchover_config_text(
+        &green,
+        &format!("127.0.0.1:{client_port}"),
+        &format!("127.0.0.1:{admin_port}"),
+        &aws,
+    );
+    let config = blue.dir.write("managed.toml", &text);
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let proxy = proxy_process_at(&config, admin, &[]).await.0;
+    let managed = |extra: &[&str]| {
+        let mut args = vec!["aws", "managed-switchover"];
+        args.extend_from_slice(extra);
+        let out = Command::new(env!("CARGO_BIN_EXE_pgcutover"))
+            .args(&args)
+            .arg("-c")
+            .arg(&config)
+            .envs(aws_env())
+            .env("PGCUTOVER_TEST_PAUSE_AT", "aws_switchover:3")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // The dry run: the plan, and nothing made.
+    let (ok, plan, err) = managed(&["--dry-run"]);
+    assert!(ok, "{plan}{err}");
+    for line in [
+        "CreateBlueGreenDeployment pgcutover-shop (Source = arn:aws:rds:us-east-1:",
+        "TargetEngineVersion = 17.4), tagged",
+        "wait until the deployment is AVAILABLE",
+        "hold and drain 1 proxy, SwitchoverBlueGreenDeployment (the new one) (SwitchoverTimeout = 40 s)",
+        "clients wait at most 60 s",
+        "dry run: nothing was changed",
+    ] {
+        assert!(plan.contains(line), "no {line:?} in:\n{plan}");
+    }
+    let deployments = "print(len(rds.describe_blue_green_deployments()['BlueGreenDeployments']))";
+    assert_eq!(moto.boto3(deployments), "0");
+
+    // The deployment, made and awaited without switching.
+    let (ok, out, err) = managed(&["--no-switchover"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("is available; run managed-switchover again"), "{out}");
+    assert_eq!(moto.boto3(deployments), "1");
+
+    // Writers through the proxy, and AWS's part played here while the run waits.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..3)
+        .map(|_| serial_writer(scram_conninfo(client_port), stop.clone()))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let aws_part = {
+        let (blue_url, green_url) = (
+            blue.cluster
+                .conninfo(pg_harness::SUPERUSER, pg_harness::SUPERUSER_PASSWORD, DB),
+            green
+                .cluster
+                .conninfo(pg_harness::SUPERUSER, pg_harness::SUPERUSER_PASSWORD, DB),
+        );
+        tokio::spawn(async move {
+            wait_until_phase(admin, "flip").await;
+            let blue = connect(&blue_url).await.unwrap();
+            let green = connect(&green_url).await.unwrap();
+            let on_blue: i64 = blue.query_one("select count(*) from items", &[]).await.unwrap().get(0);
+            for _ in 0..200 {
+                let on_green: i64 = green.query_one("select count(*) from items", &[]).await.unwrap().get(0);
+                if on_green == on_blue {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            green
+                .execute("select setval('items_id_seq', (select max(id) from items))", &[])
+                .await
+                .unwrap();
+            let ended: i64 = blue
+                .query_one(
+                    "select count(pg_terminate_backend(pid)) from pg_stat_activity \
+                     where backend_type = 'client backend' and pid <> pg_backend_pid() and usename <> 'postgres'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            ended
+        })
+    };
+    let (ok, out, err) = managed(&["--json"]);
+    let ended = aws_part.await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    eprintln!("{err}");
+    assert!(ok, "{out}{err}");
+    assert!(
+        ended >= 3,
+        "AWS's part ended {ended} connections on blue, not every writer's"
+    );
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["outcome"], "completed", "{report}");
+    let mut acked = Vec::new();
+    for (i, w) in writers.into_iter().enumerate() {
+        let (ids, errors) = w.await.unwrap();
+        assert!(errors.is_empty(), "writer {i} saw errors: {errors:?}");
+        acked.extend(ids);
+    }
+    assert_all_on(&green, &acked);
+    let (_, status) = http(admin, "GET", "/status", None, "").await;
+    assert_eq!(status["route"], "green", "{status}");
+    // moto's side: blue renamed away, green under blue's name, the deployment done.
+    assert_eq!(
+        moto.boto3("print(rds.describe_blue_green_deployments()['BlueGreenDeployments'][0]['Status'])"),
+        "SWITCHOVER_COMPLETED"
+    );
+    // Run again: nothing left to switch.
+    let (ok, again, err) = managed(&["--dry-run"]);
+    assert!(!ok && err.contains("runs 17.4 already"), "{again}{err}");
+    drop(proxy);
+}
+
+/// Waits until the proxy at `admin` reports switchover phase `phase` (30 s at most).
+async fn wait_until_phase(admin: std::net::SocketAddr, phase: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        let (_, status) = http(admin, "GET", "/status", None, "").await;
+        if status["phase"] == phase {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the proxy never reported phase {phase}");
+}
