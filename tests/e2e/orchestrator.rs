@@ -251,6 +251,74 @@ async fn orchestrator_check_fails_on_a_table_without_a_key_naming_the_fix_and_pa
     );
 }
 
+/// RDS and Aurora give `rds_superuser`, never superuser, and no login there reads
+/// pg_authid: the copy method (roles with their hashes) cannot work, so `check` and
+/// `replicate` refuse it naming the clone method, which they accept. Played here by
+/// a login that is a member of a local `rds_superuser` role.
+#[tokio::test]
+async fn orchestrator_rds_superuser_is_told_to_use_the_clone_method_and_why() {
+    let blue = blue_with_schema(&Binaries::pg15().unwrap());
+    blue.psql(
+        DB,
+        "CREATE ROLE rds_superuser NOLOGIN; \
+         CREATE ROLE rdsadmin_like LOGIN REPLICATION CREATEROLE CREATEDB PASSWORD 'rds-pass' IN ROLE rds_superuser",
+    )
+    .unwrap();
+    // The premise: such a login cannot read the hashes.
+    let denied = blue.psql_as("rdsadmin_like", "rds-pass", DB, "SELECT count(*) FROM pg_authid");
+    assert!(format!("{denied:?}").contains("permission denied"), "{denied:?}");
+    let green = Cluster::start(&Binaries::pg17().unwrap()).unwrap();
+    let dir = Scratch::new();
+    let blue_url = blue.url("rdsadmin_like", "rds-pass", DB);
+    let privileges = |method: &str| {
+        let (config, _) = write_config(
+            &dir,
+            &blue_url,
+            &url(&green, "postgres"),
+            &format!("[replication]\nmethod = \"{method}\""),
+        );
+        let out = pgcutover()
+            .args(["check", "--json", "-c"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check --json prints JSON");
+        let on_blue = json
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "privileges" && c["scope"] == "blue")
+            .cloned()
+            .unwrap_or_else(|| panic!("no privileges check on blue: {json:#}"));
+        (config, on_blue)
+    };
+
+    let (config, copy) = privileges("copy");
+    assert_eq!(copy["status"], "fail", "{copy:#}");
+    let text = format!("{copy}");
+    for part in [
+        "rds_superuser, not superuser",
+        "pg_authid",
+        "method = \\\"clone\\\"",
+        "prepare-green",
+    ] {
+        assert!(text.contains(part), "no {part:?} in {copy:#}");
+    }
+    let out = pgcutover().args(["replicate", "-c"]).arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("nothing was changed") && err.contains("clone"),
+        "{err}"
+    );
+    assert_eq!(blue.psql(DB, "SELECT count(*) FROM pg_publication").unwrap(), "0");
+
+    // A clone has blue's databases: enough of one for the checks to reach privileges.
+    green.psql("postgres", &format!("CREATE DATABASE {DB}")).unwrap();
+    let (_, clone) = privileges("clone");
+    assert_eq!(clone["status"], "ok", "{clone:#}");
+    assert!(format!("{clone}").contains("is rds_superuser"), "{clone:#}");
+}
+
 /// The example config's form: `[green] url` names the application database, which a
 /// fresh green does not have yet. `check` runs every check (through a maintenance
 /// database) and `replicate` creates the database and copies the data.

@@ -55,7 +55,7 @@ pub(super) async fn server_checks(
         }
     };
     out.push(wal_level(side, &settings));
-    out.push(privileges(side, c).await);
+    out.push(privileges(side, targets.method, c).await);
     // Capacity counts the other slots, so both need the slot list.
     match other_slots(targets, c).await {
         Ok(others) => {
@@ -91,7 +91,7 @@ fn wal_level(side: Side, settings: &Settings) -> CheckResult {
     )
 }
 
-async fn privileges(side: Side, c: &Client) -> CheckResult {
+async fn privileges(side: Side, method: ReplicationMethod, c: &Client) -> CheckResult {
     let scope = side.to_string();
     let r = match c
         .query_one(
@@ -106,6 +106,22 @@ async fn privileges(side: Side, c: &Client) -> CheckResult {
         Err(e) => return CheckResult::query_failed(Check::Privileges, scope, &e),
     };
     let (sup, rds, user): (bool, bool, String) = (r.get(0), r.get(1), r.get(2));
+    if !sup && rds && side == Side::Blue && method == ReplicationMethod::Copy {
+        // RDS and Aurora have no superuser to give: the copy method cannot work there.
+        return CheckResult::problem(
+            Check::Privileges,
+            scope,
+            CheckStatus::Fail,
+            format!(
+                "{user} is rds_superuser, not superuser: the copy method copies roles with their password hashes from \
+                 pg_authid, which RDS and Aurora let no login read, and green needs those hashes for the proxy's SCRAM logins"
+            ),
+            vec![user.clone()],
+            "set [replication] method = \"clone\" and make green from blue's clone or snapshot, which carries the roles \
+             with their hashes (pgcutover aws prepare-green on Aurora); or use a superuser in [blue] url where there is one"
+                .to_owned(),
+        );
+    }
     if sup || rds {
         return CheckResult::ok(
             Check::Privileges,
