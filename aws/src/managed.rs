@@ -826,14 +826,21 @@ mod tests {
         }
     }
 
-    /// Green's probe: fails `not_yet` times (DNS still on the old server), then serves.
+    /// Blue's endpoint, which `[green] url` should name.
+    const BLUE_ENDPOINT: &str = "shop.cluster-abc.us-east-1.rds.amazonaws.com";
+    /// Green's own endpoint before the switchover, which AWS renames away.
+    const GREEN_ENDPOINT: &str = "shop-green-x.cluster-abc.us-east-1.rds.amazonaws.com";
+
+    /// Green's probe at `host`: fails `not_yet` times (DNS still on the old
+    /// server), then serves.
     struct Probe {
+        host: &'static str,
         not_yet: Mutex<usize>,
     }
 
     impl GreenProbe for Probe {
         fn host(&self) -> String {
-            "shop.cluster-abc.us-east-1.rds.amazonaws.com".into()
+            self.host.into()
         }
         fn serves_writes(&self, _: u32) -> BoxFuture<'_, Result<(), String>> {
             let mut left = self.not_yet.lock().unwrap();
@@ -876,6 +883,14 @@ mod tests {
     }
 
     async fn run(statuses: &'static [&'static str], probe_fails: usize) -> (Report, Vec<String>, usize) {
+        run_at(BLUE_ENDPOINT, statuses, probe_fails).await
+    }
+
+    async fn run_at(
+        green_host: &'static str,
+        statuses: &'static [&'static str],
+        probe_fails: usize,
+    ) -> (Report, Vec<String>, usize) {
         let mut describe = mock!(Client::describe_blue_green_deployments).sequence();
         for s in statuses {
             describe = describe.output(move || deployment(s));
@@ -885,7 +900,7 @@ mod tests {
             DescribeDbClustersOutput::builder()
                 .db_clusters(
                     aws_sdk_rds::types::DbCluster::builder()
-                        .endpoint("shop-green-x.cluster-abc.us-east-1.rds.amazonaws.com")
+                        .endpoint(GREEN_ENDPOINT)
                         .build(),
                 )
                 .build()
@@ -902,6 +917,7 @@ mod tests {
         let fake = Arc::new(Fake::default());
         let proxies: Vec<Arc<dyn ProxyControl>> = vec![fake.clone()];
         let probe = Probe {
+            host: green_host,
             not_yet: Mutex::new(probe_fails),
         };
         let clock = FakeClock::default();
@@ -980,6 +996,19 @@ mod tests {
         let (report, calls, switched) = run(&["PROVISIONING"], 0).await;
         assert_eq!(report.outcome, Outcome::Refused, "{report:?}");
         assert!(report.reason.unwrap().contains("PROVISIONING, not AVAILABLE"));
+        assert_eq!(switched, 0);
+        assert!(!calls.contains(&"hold".to_owned()), "{calls:?}");
+    }
+
+    #[tokio::test]
+    async fn green_at_its_own_endpoint_is_refused_before_anyone_is_held() {
+        let (report, calls, switched) = run_at(GREEN_ENDPOINT.to_uppercase().leak(), &["AVAILABLE"], 0).await;
+        assert_eq!(report.outcome, Outcome::Refused, "{report:?}");
+        let reason = report.reason.unwrap();
+        assert!(
+            reason.contains("which AWS renames away") && reason.contains("blue's endpoint"),
+            "{reason}"
+        );
         assert_eq!(switched, 0);
         assert!(!calls.contains(&"hold".to_owned()), "{calls:?}");
     }
