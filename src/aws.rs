@@ -12,13 +12,15 @@ use std::time::Duration;
 
 #[derive(Subcommand)]
 pub(crate) enum AwsCommand {
-    /// Make green on Aurora PostgreSQL: rds.logical_replication on blue (a reboot only
-    /// with --allow-reboot), the publication and slot on blue, a copy-on-write clone
-    /// and its writer, the clone's start LSN, the major-version upgrade to
-    /// [aws] target_engine_version, then replication from that LSN. Every resource
-    /// created is tagged with the run id. Re-running continues where it stopped.
+    /// Make green: rds.logical_replication on blue (a reboot only with
+    /// --allow-reboot), the publication and slot on blue, then for an Aurora
+    /// [aws] source_cluster a copy-on-write clone and its writer, for an RDS
+    /// source_instance a snapshot restored as green; green's start LSN, the
+    /// major-version upgrade to [aws] target_engine_version, then replication from
+    /// that LSN. Every resource created is tagged with the run id. Re-running
+    /// continues where it stopped.
     PrepareGreen(PrepareGreenArgs),
-    /// Delete what prepare-green created for [aws] source_cluster (found by its
+    /// Delete what prepare-green created for [aws] source_cluster or source_instance (found by its
     /// tags; never an untagged resource, never blue). Lists them and asks first.
     Cleanup(CleanupArgs),
     /// Switch over with AWS's own Blue/Green deployment while every proxy holds its
@@ -48,6 +50,10 @@ pub(crate) struct PrepareGreenArgs {
     /// The longest any one wait (the clone, the upgrade) may take.
     #[arg(long, default_value = "2h")]
     wait_limit: HumanDuration,
+    /// Green's start LSN as you read it (e.g. "redo done at X/Y" in its first log,
+    /// plus one), instead of asking green or reading its log.
+    #[arg(long, value_name = "LSN", value_parser = parse_lsn)]
+    start_lsn: Option<pgcutover_orchestrator::Lsn>,
 }
 
 #[derive(clap::Args)]
@@ -186,6 +192,10 @@ impl pgcutover_aws::Database for AwsDatabase {
                 .map_err(|e| format!("replicate (clone method, from {lsn}): {e}"))
         })
     }
+
+    fn lsn_in_log(&self, log: &str) -> Option<String> {
+        pgcutover_orchestrator::parse_clone_log(log).map(|start| start.lsn.to_string())
+    }
 }
 
 async fn run_prepare_green(args: PrepareGreenArgs) -> anyhow::Result<ExitCode> {
@@ -199,6 +209,7 @@ async fn run_prepare_green(args: PrepareGreenArgs) -> anyhow::Result<ExitCode> {
         run_id: run_id.clone(),
         wait_limit: args.wait_limit.0,
         backoff: pgcutover_aws::Backoff::default(),
+        start_lsn: args.start_lsn.map(|l| l.to_string()),
     };
     let plan = pgcutover_aws::plan(&rds, &config.aws, &opts).await?;
     println!("plan for green {} (run {run_id}):", plan.green);
@@ -243,7 +254,10 @@ async fn run_aws_cleanup(args: CleanupArgs) -> anyhow::Result<ExitCode> {
         .aws
         .source_cluster
         .clone()
-        .ok_or_else(|| anyhow::anyhow!("[aws] source_cluster is not set: the cluster whose green to clean up"))?;
+        .or(config.aws.source_instance.clone())
+        .ok_or_else(|| {
+            anyhow::anyhow!("[aws] source_cluster (or source_instance) is not set: blue, whose green to clean up")
+        })?;
     let rds = pgcutover_aws::connect(&config.aws).await;
     let found = pgcutover_aws::find(&rds, &source, args.run.as_deref()).await?;
     if found.is_empty() {
@@ -266,6 +280,7 @@ async fn run_aws_cleanup(args: CleanupArgs) -> anyhow::Result<ExitCode> {
     let progress = progress();
     let done = pgcutover_aws::delete(
         &rds,
+        &source,
         &found,
         &pgcutover_aws::SystemClock::default(),
         Duration::from_secs(3600),

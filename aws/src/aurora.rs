@@ -19,10 +19,10 @@
 //! `pgcutover aws cleanup` deletes by. Re-running continues: what exists (tagged
 //! by pgcutover) is not created again.
 
-use crate::describe;
 use crate::wait::{wait_until, Backoff, Clock, Poll};
 use crate::AwsError;
-use aws_sdk_rds::types::{ApplyMethod, Parameter, Tag};
+use crate::{describe, instance, params};
+use aws_sdk_rds::types::Tag;
 use aws_sdk_rds::Client;
 use pgcutover_config::AwsConfig;
 use std::fmt;
@@ -48,6 +48,28 @@ pub trait Database: Send + Sync {
     fn start_lsn(&self, host: &str, port: u16) -> BoxFuture<'_, Result<String, String>>;
     /// `replicate` with the clone method from `lsn`, green at `host:port`.
     fn attach(&self, host: &str, port: u16, lsn: &str) -> BoxFuture<'_, Result<(), String>>;
+    /// The start LSN a restored instance's first start-up `log` names, if any.
+    fn lsn_in_log(&self, log: &str) -> Option<String>;
+}
+
+/// Which kind of parameter group: a cluster's (Aurora) or an instance's (RDS for
+/// PostgreSQL, and Aurora's writer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupScope {
+    /// `DBClusterParameterGroup`.
+    Cluster,
+    /// `DBParameterGroup`.
+    Instance,
+}
+
+impl GroupScope {
+    /// The API's spelling: `CreateDB{}ParameterGroup`.
+    pub(crate) fn infix(self) -> &'static str {
+        match self {
+            GroupScope::Cluster => "Cluster",
+            GroupScope::Instance => "",
+        }
+    }
 }
 
 /// How `prepare-green` runs.
@@ -65,31 +87,39 @@ pub struct PrepareOptions {
     pub wait_limit: Duration,
     /// How often waits poll.
     pub backoff: Backoff,
+    /// Green's start LSN as the operator read it (instead of asking green).
+    pub start_lsn: Option<String>,
 }
 
 /// What `prepare-green` did or would do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
-    /// `CreateDBClusterParameterGroup`.
+    /// `CreateDBClusterParameterGroup` / `CreateDBParameterGroup`.
     CreateParameterGroup {
         /// Its name.
         name: String,
-        /// Its family (`aurora-postgresql15`).
+        /// Its family (`aurora-postgresql15`, `postgres15`).
         family: String,
         /// For which side.
         side: &'static str,
+        /// A cluster's or an instance's.
+        scope: GroupScope,
     },
-    /// `ModifyDBClusterParameterGroup`: `rds.logical_replication = 1` (pending-reboot).
+    /// `ModifyDB[Cluster]ParameterGroup`: `rds.logical_replication = 1` (pending-reboot).
     EnableLogicalReplication {
         /// The group.
         group: String,
+        /// A cluster's or an instance's.
+        scope: GroupScope,
     },
-    /// `ModifyDBCluster`: blue uses this cluster parameter group.
+    /// `ModifyDBCluster` / `ModifyDBInstance`: blue uses this parameter group.
     UseParameterGroup {
-        /// Blue's cluster.
-        cluster: String,
+        /// Blue's cluster or instance.
+        resource: String,
         /// The group.
         group: String,
+        /// A cluster's or an instance's.
+        scope: GroupScope,
     },
     /// `RebootDBInstance` of blue's writer, then wait until its parameters are in sync.
     RebootWriter {
@@ -118,6 +148,44 @@ pub enum Step {
     WaitAvailable,
     /// SQL on green: `aurora_volume_logical_start_lsn()`.
     ReadStartLsn,
+    /// `CreateDBSnapshot` of blue's instance, awaited until available.
+    Snapshot {
+        /// Blue's instance.
+        source: String,
+        /// The snapshot.
+        snapshot: String,
+    },
+    /// `RestoreDBInstanceFromDBSnapshot`: green, as blue's class, network and
+    /// parameter group.
+    Restore {
+        /// The snapshot.
+        snapshot: String,
+        /// Green's instance.
+        green: String,
+        /// Its class.
+        class: String,
+    },
+    /// Wait until green's instance is available.
+    WaitRestored,
+    /// `DownloadDBLogFilePortion`: the start LSN from green's first start-up log.
+    ReadLogLsn {
+        /// Green's instance.
+        green: String,
+    },
+    /// The start LSN the operator gave (`--start-lsn`).
+    GivenStartLsn {
+        /// It.
+        lsn: String,
+    },
+    /// `ModifyDBInstance` on green: the major-version upgrade.
+    UpgradeInstance {
+        /// Green's instance.
+        green: String,
+        /// The target engine version.
+        version: String,
+        /// The parameter group of the new family.
+        group: String,
+    },
     /// `ModifyDBCluster` on green: the major-version upgrade.
     Upgrade {
         /// Green's cluster.
@@ -141,17 +209,25 @@ pub enum Step {
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Step::CreateParameterGroup { name, family, side } => write!(
+            Step::CreateParameterGroup {
+                name,
+                family,
+                side,
+                scope,
+            } => write!(
                 f,
-                "CreateDBClusterParameterGroup {name} (family {family}) for {side}, tagged"
+                "CreateDB{}ParameterGroup {name} (family {family}) for {side}, tagged",
+                scope.infix()
             ),
-            Step::EnableLogicalReplication { group } => write!(
+            Step::EnableLogicalReplication { group, scope } => write!(
                 f,
-                "ModifyDBClusterParameterGroup {group}: rds.logical_replication = 1 (pending-reboot)"
+                "ModifyDB{}ParameterGroup {group}: rds.logical_replication = 1 (pending-reboot)",
+                scope.infix()
             ),
-            Step::UseParameterGroup { cluster, group } => {
-                write!(f, "ModifyDBCluster {cluster}: DBClusterParameterGroupName = {group}")
-            }
+            Step::UseParameterGroup { resource, group, scope } => match scope {
+                GroupScope::Cluster => write!(f, "ModifyDBCluster {resource}: DBClusterParameterGroupName = {group}"),
+                GroupScope::Instance => write!(f, "ModifyDBInstance {resource}: DBParameterGroupName = {group}"),
+            },
             Step::RebootWriter { instance, allowed: true } => write!(
                 f,
                 "RebootDBInstance {instance} (blue's writer: an outage of blue), then wait for its parameters to be in sync"
@@ -170,6 +246,23 @@ impl fmt::Display for Step {
             }
             Step::WaitAvailable => write!(f, "wait until green and its writer are available"),
             Step::ReadStartLsn => write!(f, "SQL on green: SELECT aurora_volume_logical_start_lsn() (before the upgrade)"),
+            Step::Snapshot { source, snapshot } => {
+                write!(f, "CreateDBSnapshot {snapshot} of {source}, tagged; wait until it is available")
+            }
+            Step::Restore { snapshot, green, class } => write!(
+                f,
+                "RestoreDBInstanceFromDBSnapshot {green} ({class}) from {snapshot}, with blue's network and parameter group, tagged"
+            ),
+            Step::WaitRestored => write!(f, "wait until green is available"),
+            Step::ReadLogLsn { green } => write!(
+                f,
+                "DownloadDBLogFilePortion of {green}'s first logs: the start LSN from \"redo done at X/Y\" (before the upgrade)"
+            ),
+            Step::GivenStartLsn { lsn } => write!(f, "start LSN {lsn} (--start-lsn)"),
+            Step::UpgradeInstance { green, version, group } => write!(
+                f,
+                "ModifyDBInstance {green}: EngineVersion = {version}, AllowMajorVersionUpgrade, DBParameterGroupName = {group}, ApplyImmediately"
+            ),
             Step::Upgrade {
                 green,
                 version,
@@ -200,8 +293,10 @@ pub struct Plan {
     pub steps: Vec<Step>,
     /// Green's cluster and writer.
     pub green: String,
-    /// Green's writer instance.
+    /// Green's writer instance (green itself for an RDS instance).
     pub writer: String,
+    /// Green is an RDS for PostgreSQL instance (else an Aurora cluster).
+    pub instance: bool,
 }
 
 impl fmt::Display for Plan {
@@ -241,14 +336,14 @@ struct Blue {
     security_groups: Vec<String>,
 }
 
-fn tags(run_id: &str, source: &str) -> Vec<Tag> {
+pub(crate) fn tags(run_id: &str, source: &str) -> Vec<Tag> {
     vec![
         Tag::builder().key(RUN_TAG).value(run_id).build(),
         Tag::builder().key(SOURCE_TAG).value(source).build(),
     ]
 }
 
-fn major(version: &str) -> Option<u32> {
+pub(crate) fn major(version: &str) -> Option<u32> {
     version.split('.').next()?.parse().ok()
 }
 
@@ -259,7 +354,7 @@ async fn describe_blue(rds: &Client, id: &str) -> Result<Blue, AwsError> {
     if cluster.engine() != Some(AURORA_POSTGRESQL) {
         return Err(AwsError::refused(
             format!("{id} is {}, not {AURORA_POSTGRESQL}", cluster.engine().unwrap_or("of no engine")),
-            "prepare-green clones Aurora PostgreSQL clusters; for RDS for PostgreSQL instances use the snapshot procedure in the README",
+            "source_cluster is an Aurora PostgreSQL cluster; for an RDS for PostgreSQL instance set [aws] source_instance",
         ));
     }
     let writer = cluster
@@ -274,33 +369,16 @@ async fn describe_blue(rds: &Client, id: &str) -> Result<Blue, AwsError> {
         .iter()
         .any(|m| m.db_cluster_parameter_group_status() == Some("pending-reboot"));
     let group = cluster.db_cluster_parameter_group().unwrap_or_default().to_owned();
-    // The family of blue's group; when the group cannot be described (moto lists no
-    // default groups), the one its engine version implies.
-    let family = match rds
-        .describe_db_cluster_parameter_groups()
-        .db_cluster_parameter_group_name(&group)
-        .send()
-        .await
-    {
-        Ok(groups) => groups
-            .db_cluster_parameter_groups()
-            .first()
-            .and_then(|g| g.db_parameter_group_family())
-            .map(str::to_owned),
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|s| s.is_db_parameter_group_not_found_fault()) =>
-        {
-            None
-        }
-        Err(e) => return Err(AwsError::api(format!("DescribeDBClusterParameterGroups {group}"), e)),
-    }
-    .unwrap_or_else(|| {
-        format!(
-            "{AURORA_POSTGRESQL}{}",
-            major(cluster.engine_version().unwrap_or("")).unwrap_or(0)
-        )
-    });
+    // When the group cannot be described (moto lists no default groups), the
+    // family its engine version implies.
+    let family = params::family(rds, GroupScope::Cluster, &group)
+        .await?
+        .unwrap_or_else(|| {
+            format!(
+                "{AURORA_POSTGRESQL}{}",
+                major(cluster.engine_version().unwrap_or("")).unwrap_or(0)
+            )
+        });
     let writer_class = describe::instance(rds, &writer)
         .await?
         .and_then(|i| i.db_instance_class().map(str::to_owned))
@@ -319,29 +397,6 @@ async fn describe_blue(rds: &Client, id: &str) -> Result<Blue, AwsError> {
             .filter_map(|g| g.vpc_security_group_id().map(str::to_owned))
             .collect(),
     })
-}
-
-async fn logical_replication_on(rds: &Client, group: &str) -> Result<bool, AwsError> {
-    let params = match rds
-        .describe_db_cluster_parameters()
-        .db_cluster_parameter_group_name(group)
-        .send()
-        .await
-    {
-        Ok(p) => p,
-        // A group that does not exist yet (a dry run's) sets nothing.
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|s| s.is_db_parameter_group_not_found_fault()) =>
-        {
-            return Ok(false)
-        }
-        Err(e) => return Err(AwsError::api(format!("DescribeDBClusterParameters {group}"), e)),
-    };
-    Ok(params
-        .parameters()
-        .iter()
-        .any(|p| p.parameter_name() == Some("rds.logical_replication") && p.parameter_value() == Some("1")))
 }
 
 /// Green's cluster as RDS describes it, if it exists: refused when pgcutover did
@@ -367,35 +422,8 @@ async fn describe_green(
     Ok(Some(c))
 }
 
-async fn cluster_group_exists(rds: &Client, name: &str) -> Result<bool, AwsError> {
-    match rds
-        .describe_db_cluster_parameter_groups()
-        .db_cluster_parameter_group_name(name)
-        .send()
-        .await
-    {
-        Ok(out) => Ok(!out.db_cluster_parameter_groups().is_empty()),
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|s| s.is_db_parameter_group_not_found_fault()) =>
-        {
-            Ok(false)
-        }
-        Err(e) => Err(AwsError::api(format!("DescribeDBClusterParameterGroups {name}"), e)),
-    }
-}
-
-/// Makes the plan: read-only calls only.
-pub async fn plan(rds: &Client, config: &AwsConfig, opts: &PrepareOptions) -> Result<Plan, AwsError> {
-    if config.source_instance.is_some() && config.source_cluster.is_none() {
-        return Err(AwsError::Config(
-            "source_instance (RDS for PostgreSQL) is not supported by prepare-green yet: use the snapshot procedure in the README, or an Aurora source_cluster".into(),
-        ));
-    }
-    let source = config
-        .source_cluster
-        .as_deref()
-        .ok_or_else(|| AwsError::Config("source_cluster is not set: the Aurora cluster blue runs on".into()))?;
+/// `target_engine_version` and its major version.
+pub(crate) fn target_version(config: &AwsConfig) -> Result<(&str, u32), AwsError> {
     let version = config
         .target_engine_version
         .as_deref()
@@ -405,57 +433,59 @@ pub async fn plan(rds: &Client, config: &AwsConfig, opts: &PrepareOptions) -> Re
             "target_engine_version {version:?} is not a version like \"17.4\""
         ))
     })?;
-    let blue = describe_blue(rds, source).await?;
-    match major(&blue.engine_version) {
-        Some(m) if m >= target_major => {
-            return Err(AwsError::refused(
-                format!(
-                    "{source} runs {} already; target_engine_version is {version}",
-                    blue.engine_version
-                ),
-                "set target_engine_version to a newer major version",
-            ))
-        }
-        _ => {}
+    Ok((version, target_major))
+}
+
+/// Refuses a blue that is not older than the target major version.
+pub(crate) fn older_than_target(source: &str, running: &str, version: &str, target_major: u32) -> Result<(), AwsError> {
+    match major(running) {
+        Some(m) if m >= target_major => Err(AwsError::refused(
+            format!("{source} runs {running} already; target_engine_version is {version}"),
+            "set target_engine_version to a newer major version",
+        )),
+        _ => Ok(()),
     }
+}
+
+/// Where the start LSN comes from: `--start-lsn` when given, else `read`.
+pub(crate) fn start_lsn_step(opts: &PrepareOptions, read: Step) -> Step {
+    match &opts.start_lsn {
+        Some(lsn) => Step::GivenStartLsn { lsn: lsn.clone() },
+        None => read,
+    }
+}
+
+/// Makes the plan: read-only calls only.
+pub async fn plan(rds: &Client, config: &AwsConfig, opts: &PrepareOptions) -> Result<Plan, AwsError> {
+    if config.source_instance.is_some() && config.source_cluster.is_none() {
+        return instance::plan(rds, config, opts).await;
+    }
+    let source = config
+        .source_cluster
+        .as_deref()
+        .ok_or_else(|| AwsError::Config("source_cluster is not set: the Aurora cluster blue runs on".into()))?;
+    let (version, target_major) = target_version(config)?;
+    let blue = describe_blue(rds, source).await?;
+    older_than_target(source, &blue.engine_version, version, target_major)?;
     let green = config
         .green_cluster
         .clone()
         .unwrap_or_else(|| format!("{source}-green"));
     let writer = format!("{green}-writer");
-    let mut steps = Vec::new();
 
     // 1. Logical replication on blue.
-    let mut needs_reboot = blue.pending_reboot;
-    let wanted = match &config.source_cluster_parameter_group {
-        Some(g) => g.clone(),
-        None if blue.group.starts_with("default.") => format!("pgcutover-{source}-{}", blue.family),
-        None => blue.group.clone(),
-    };
-    if wanted != blue.group && !cluster_group_exists(rds, &wanted).await? {
-        steps.push(Step::CreateParameterGroup {
-            name: wanted.clone(),
-            family: blue.family.clone(),
-            side: "blue",
-        });
-        steps.push(Step::EnableLogicalReplication { group: wanted.clone() });
-    } else if !logical_replication_on(rds, &wanted).await? {
-        steps.push(Step::EnableLogicalReplication { group: wanted.clone() });
-        needs_reboot = true;
-    }
-    if wanted != blue.group {
-        steps.push(Step::UseParameterGroup {
-            cluster: source.to_owned(),
-            group: wanted.clone(),
-        });
-        needs_reboot = true;
-    }
-    if needs_reboot {
-        steps.push(Step::RebootWriter {
-            instance: blue.writer.clone(),
-            allowed: opts.allow_reboot,
-        });
-    }
+    let mut steps = params::blue_steps(
+        rds,
+        GroupScope::Cluster,
+        source,
+        &blue.group,
+        &blue.family,
+        config.source_cluster_parameter_group.as_deref(),
+        blue.pending_reboot,
+        &blue.writer,
+        opts.allow_reboot,
+    )
+    .await?;
 
     // 2-3. The slot, then the clone and its writer.
     let existing = describe_green(rds, &green, source).await?;
@@ -485,23 +515,16 @@ pub async fn plan(rds: &Client, config: &AwsConfig, opts: &PrepareOptions) -> Re
         .and_then(|c| c.engine_version())
         .is_some_and(|v| v == version);
     if !upgraded {
-        steps.push(Step::ReadStartLsn);
-        let family = format!("{AURORA_POSTGRESQL}{target_major}");
-        let cluster_group = match &config.target_cluster_parameter_group {
-            Some(g) => g.clone(),
-            None => {
-                let name = format!("pgcutover-{green}-{family}");
-                if !cluster_group_exists(rds, &name).await? {
-                    steps.push(Step::CreateParameterGroup {
-                        name: name.clone(),
-                        family,
-                        side: "green",
-                    });
-                    steps.push(Step::EnableLogicalReplication { group: name.clone() });
-                }
-                name
-            }
-        };
+        steps.push(start_lsn_step(opts, Step::ReadStartLsn));
+        let cluster_group = params::green_group(
+            rds,
+            GroupScope::Cluster,
+            &green,
+            &format!("{AURORA_POSTGRESQL}{target_major}"),
+            config.target_cluster_parameter_group.as_deref(),
+            &mut steps,
+        )
+        .await?;
         steps.push(Step::Upgrade {
             green: green.clone(),
             version: version.to_owned(),
@@ -512,10 +535,18 @@ pub async fn plan(rds: &Client, config: &AwsConfig, opts: &PrepareOptions) -> Re
     steps.push(Step::WaitUpgraded {
         version: version.to_owned(),
     });
+    if upgraded && opts.start_lsn.is_some() {
+        steps.push(start_lsn_step(opts, Step::ReadStartLsn));
+    }
     if !opts.no_attach {
         steps.push(Step::Attach);
     }
-    Ok(Plan { steps, green, writer })
+    Ok(Plan {
+        steps,
+        green,
+        writer,
+        instance: false,
+    })
 }
 
 /// Carries out `plan`, reporting each step through `progress`.
@@ -528,7 +559,11 @@ pub async fn execute(
     clock: &dyn Clock,
     progress: &(dyn Fn(String) + Send + Sync),
 ) -> Result<Green, AwsError> {
-    let source = config.source_cluster.as_deref().unwrap_or_default();
+    let source = config
+        .source_cluster
+        .as_deref()
+        .or(config.source_instance.as_deref())
+        .unwrap_or_default();
     // A reboot it may not do would stop the run halfway: refuse before the first change.
     if let Some(Step::RebootWriter {
         instance,
@@ -543,45 +578,41 @@ pub async fn execute(
             "run again with --allow-reboot, or set the parameter group and reboot in a maintenance window yourself, then run again",
         ));
     }
-    let blue = describe_blue(rds, source).await?;
     let tags = tags(&opts.run_id, source);
     let mut start_lsn: Option<String> = None;
     for step in &plan.steps {
         progress(format!("{step}"));
         match step {
-            Step::CreateParameterGroup { name, family, side } => {
-                rds.create_db_cluster_parameter_group()
-                    .db_cluster_parameter_group_name(name)
-                    .db_parameter_group_family(family)
-                    .description(format!("pgcutover: {side} of {source}, with rds.logical_replication"))
-                    .set_tags(Some(tags.clone()))
-                    .send()
-                    .await
-                    .map_err(|e| AwsError::api(format!("CreateDBClusterParameterGroup {name}"), e))?;
+            Step::CreateParameterGroup {
+                name,
+                family,
+                side,
+                scope,
+            } => {
+                let description = format!("pgcutover: {side} of {source}, with rds.logical_replication");
+                params::create(rds, *scope, name, family, description, tags.clone()).await?;
             }
-            Step::EnableLogicalReplication { group } => {
-                rds.modify_db_cluster_parameter_group()
-                    .db_cluster_parameter_group_name(group)
-                    .parameters(
-                        Parameter::builder()
-                            .parameter_name("rds.logical_replication")
-                            .parameter_value("1")
-                            .apply_method(ApplyMethod::PendingReboot)
-                            .build(),
-                    )
-                    .send()
-                    .await
-                    .map_err(|e| AwsError::api(format!("ModifyDBClusterParameterGroup {group}"), e))?;
+            Step::EnableLogicalReplication { group, scope } => {
+                params::enable_logical_replication(rds, *scope, group).await?;
             }
-            Step::UseParameterGroup { cluster, group } => {
+            Step::UseParameterGroup {
+                resource,
+                group,
+                scope: GroupScope::Cluster,
+            } => {
                 rds.modify_db_cluster()
-                    .db_cluster_identifier(cluster)
+                    .db_cluster_identifier(resource)
                     .db_cluster_parameter_group_name(group)
                     .apply_immediately(true)
                     .send()
                     .await
-                    .map_err(|e| AwsError::api(format!("ModifyDBCluster {cluster}"), e))?;
+                    .map_err(|e| AwsError::api(format!("ModifyDBCluster {resource}"), e))?;
             }
+            Step::UseParameterGroup {
+                resource,
+                group,
+                scope: GroupScope::Instance,
+            } => instance::use_parameter_group(rds, resource, group).await?,
             Step::RebootWriter { instance, .. } => {
                 rds.reboot_db_instance()
                     .db_instance_identifier(instance)
@@ -589,8 +620,11 @@ pub async fn execute(
                     .await
                     .map_err(|e| AwsError::api(format!("RebootDBInstance {instance}"), e))?;
                 wait_until(clock, "blue's parameters", opts.wait_limit, opts.backoff, || async {
-                    let b = describe_blue(rds, source).await?;
-                    Ok(match b.pending_reboot {
+                    let pending = match plan.instance {
+                        true => instance::describe_blue(rds, source).await?.pending_reboot,
+                        false => describe_blue(rds, source).await?.pending_reboot,
+                    };
+                    Ok(match pending {
                         false => Poll::Ready(()),
                         true => Poll::Pending("pending-reboot".into()),
                     })
@@ -599,6 +633,7 @@ pub async fn execute(
             }
             Step::PrepareClone => db.prepare_clone().await.map_err(AwsError::Database)?,
             Step::Clone { source, green } => {
+                let blue = describe_blue(rds, source).await?;
                 let mut restore = rds
                     .restore_db_cluster_to_point_in_time()
                     .db_cluster_identifier(green)
@@ -633,10 +668,26 @@ pub async fn execute(
                 wait_available(rds, &plan.green, &plan.writer, None, clock, opts).await?;
             }
             Step::ReadStartLsn => {
-                let (host, port) = endpoint(rds, &plan.green).await?;
+                let (host, port) = endpoint(rds, plan).await?;
                 let lsn = db.start_lsn(&host, port).await.map_err(AwsError::Database)?;
                 progress(format!("green's start LSN: {lsn}"));
                 start_lsn = Some(lsn);
+            }
+            Step::Snapshot { source, snapshot } => {
+                instance::snapshot(rds, source, snapshot, tags.clone(), clock, opts).await?;
+            }
+            Step::Restore { snapshot, green, class } => {
+                instance::restore(rds, source, snapshot, green, class, tags.clone()).await?;
+            }
+            Step::WaitRestored => instance::wait_available(rds, &plan.green, None, clock, opts).await?,
+            Step::ReadLogLsn { green } => {
+                let lsn = instance::log_start_lsn(rds, green, db).await?;
+                progress(format!("green's start LSN: {lsn}"));
+                start_lsn = Some(lsn);
+            }
+            Step::GivenStartLsn { lsn } => start_lsn = Some(lsn.clone()),
+            Step::UpgradeInstance { green, version, group } => {
+                instance::upgrade(rds, green, version, group).await?;
             }
             Step::Upgrade {
                 green,
@@ -655,11 +706,14 @@ pub async fn execute(
                     .await
                     .map_err(|e| AwsError::api(format!("ModifyDBCluster {green} (upgrade to {version})"), e))?;
             }
+            Step::WaitUpgraded { version } if plan.instance => {
+                instance::wait_available(rds, &plan.green, Some(version), clock, opts).await?;
+            }
             Step::WaitUpgraded { version } => {
                 wait_available(rds, &plan.green, &plan.writer, Some(version), clock, opts).await?;
             }
             Step::Attach => {
-                let (host, port) = endpoint(rds, &plan.green).await?;
+                let (host, port) = endpoint(rds, plan).await?;
                 let lsn = start_lsn.as_deref().ok_or_else(|| {
                     AwsError::refused(
                         "green was upgraded before its start LSN was read",
@@ -670,7 +724,7 @@ pub async fn execute(
             }
         }
     }
-    let (endpoint, port) = endpoint(rds, &plan.green).await?;
+    let (endpoint, port) = endpoint(rds, plan).await?;
     Ok(Green {
         cluster: plan.green.clone(),
         endpoint,
@@ -680,21 +734,33 @@ pub async fn execute(
     })
 }
 
-async fn endpoint(rds: &Client, green: &str) -> Result<(String, u16), AwsError> {
-    let c = describe::cluster(rds, green)
-        .await?
-        .ok_or_else(|| AwsError::refused(format!("{green} is gone"), "run prepare-green again"))?;
-    let host = c.endpoint().ok_or_else(|| {
+/// Green's writer endpoint and port.
+async fn endpoint(rds: &Client, plan: &Plan) -> Result<(String, u16), AwsError> {
+    let green = &plan.green;
+    let gone = || AwsError::refused(format!("{green} is gone"), "run prepare-green again");
+    let (host, port) = match plan.instance {
+        true => describe::instance(rds, green)
+            .await?
+            .ok_or_else(gone)?
+            .endpoint()
+            .map(|e| (e.address().map(str::to_owned), e.port()))
+            .unwrap_or((None, None)),
+        false => {
+            let c = describe::cluster(rds, green).await?.ok_or_else(gone)?;
+            (c.endpoint().map(str::to_owned), c.port())
+        }
+    };
+    let host = host.ok_or_else(|| {
         AwsError::refused(
             format!("{green} has no endpoint yet"),
             "run prepare-green again once it is available",
         )
     })?;
-    Ok((host.to_owned(), c.port().unwrap_or(5432) as u16))
+    Ok((host, port.unwrap_or(5432) as u16))
 }
 
 /// States after which waiting is pointless.
-const FAILED: &[&str] = &[
+pub(crate) const FAILED: &[&str] = &[
     "failed",
     "deleting",
     "deleted",
@@ -784,6 +850,7 @@ mod tests {
             run_id: "run-1".into(),
             wait_limit: Duration::from_secs(7200),
             backoff: Backoff::default(),
+            start_lsn: None,
         }
     }
 
@@ -827,6 +894,7 @@ mod tests {
         let plan = Plan {
             green: "shop-green".into(),
             writer: "shop-green-writer".into(),
+            instance: false,
             steps: vec![
                 Step::RebootWriter {
                     instance: "shop-1".into(),

@@ -17,8 +17,12 @@ pub enum Tagged {
     Instance(String),
     /// A DB cluster.
     Cluster(String),
+    /// A DB snapshot (green's starting point on RDS for PostgreSQL).
+    Snapshot(String),
     /// A DB cluster parameter group (deleted last; kept while a cluster uses it).
     ClusterParameterGroup(String),
+    /// A DB parameter group (kept while an instance uses it).
+    ParameterGroup(String),
 }
 
 impl fmt::Display for Tagged {
@@ -26,7 +30,9 @@ impl fmt::Display for Tagged {
         match self {
             Tagged::Instance(id) => write!(f, "DB instance {id}"),
             Tagged::Cluster(id) => write!(f, "DB cluster {id}"),
+            Tagged::Snapshot(id) => write!(f, "DB snapshot {id}"),
             Tagged::ClusterParameterGroup(id) => write!(f, "DB cluster parameter group {id}"),
+            Tagged::ParameterGroup(id) => write!(f, "DB parameter group {id}"),
         }
     }
 }
@@ -49,7 +55,8 @@ pub async fn find(rds: &Client, source: &str, run: Option<&str>) -> Result<Vec<T
         .await
         .map_err(|e| AwsError::api("DescribeDBInstances", e))?;
     for i in &instances {
-        if matches(i.tag_list(), source, run) {
+        // Blue is never ours to delete, whatever its tags say.
+        if i.db_instance_identifier() != Some(source) && matches(i.tag_list(), source, run) {
             found.extend(i.db_instance_identifier().map(|id| Tagged::Instance(id.to_owned())));
         }
     }
@@ -67,6 +74,20 @@ pub async fn find(rds: &Client, source: &str, run: Option<&str>) -> Result<Vec<T
             found.extend(c.db_cluster_identifier().map(|id| Tagged::Cluster(id.to_owned())));
         }
     }
+    let snapshots: Vec<_> = rds
+        .describe_db_snapshots()
+        .snapshot_type("manual")
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<_, _>>()
+        .await
+        .map_err(|e| AwsError::api("DescribeDBSnapshots", e))?;
+    for s in &snapshots {
+        if matches(s.tag_list(), source, run) {
+            found.extend(s.db_snapshot_identifier().map(|id| Tagged::Snapshot(id.to_owned())));
+        }
+    }
     let groups: Vec<_> = rds
         .describe_db_cluster_parameter_groups()
         .into_paginator()
@@ -82,18 +103,57 @@ pub async fn find(rds: &Client, source: &str, run: Option<&str>) -> Result<Vec<T
         if name.starts_with("default.") {
             continue;
         }
-        let tags = rds
-            .list_tags_for_resource()
-            .resource_name(arn)
-            .send()
-            .await
-            .map_err(|e| AwsError::api(format!("ListTagsForResource {arn}"), e))?;
-        if matches(tags.tag_list(), source, run) {
+        if matches(tags_of(rds, arn).await?.as_slice(), source, run) {
             found.push(Tagged::ClusterParameterGroup(name.to_owned()));
+        }
+    }
+    let groups: Vec<_> = rds
+        .describe_db_parameter_groups()
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<_, _>>()
+        .await
+        .map_err(|e| AwsError::api("DescribeDBParameterGroups", e))?;
+    for g in &groups {
+        let (Some(name), Some(arn)) = (g.db_parameter_group_name(), g.db_parameter_group_arn()) else {
+            continue;
+        };
+        if name.starts_with("default.") {
+            continue;
+        }
+        if matches(tags_of(rds, arn).await?.as_slice(), source, run) {
+            found.push(Tagged::ParameterGroup(name.to_owned()));
         }
     }
     found.sort();
     Ok(found)
+}
+
+/// Why a parameter group is kept.
+const IN_USE: &str = "blue uses it (rds.logical_replication = 1): detach it from blue first if you want it gone";
+
+/// The parameter groups blue uses, cluster's or instance's.
+async fn groups_of(rds: &Client, source: &str) -> Result<Vec<String>, AwsError> {
+    let mut groups = Vec::new();
+    if let Some(c) = describe::cluster(rds, source).await? {
+        groups.extend(c.db_cluster_parameter_group().map(str::to_owned));
+    }
+    if let Some(i) = describe::instance(rds, source).await? {
+        groups.extend(i.db_parameter_groups().iter().filter_map(|g| g.db_parameter_group_name().map(str::to_owned)));
+    }
+    Ok(groups)
+}
+
+async fn tags_of(rds: &Client, arn: &str) -> Result<Vec<Tag>, AwsError> {
+    Ok(rds
+        .list_tags_for_resource()
+        .resource_name(arn)
+        .send()
+        .await
+        .map_err(|e| AwsError::api(format!("ListTagsForResource {arn}"), e))?
+        .tag_list()
+        .to_vec())
 }
 
 /// What became of each resource.
@@ -106,9 +166,10 @@ pub enum Deleted {
 }
 
 /// Deletes `items` in order (instances, then clusters, each awaited, then
-/// parameter groups).
+/// snapshots and parameter groups); a parameter group blue (`source`) uses is kept.
 pub async fn delete(
     rds: &Client,
+    source: &str,
     items: &[Tagged],
     clock: &dyn Clock,
     limit: Duration,
@@ -116,7 +177,14 @@ pub async fn delete(
     progress: &(dyn Fn(String) + Send + Sync),
 ) -> Result<Vec<Deleted>, AwsError> {
     let mut done = Vec::new();
+    let blue_groups = groups_of(rds, source).await?;
     for item in items {
+        if let Tagged::ClusterParameterGroup(name) | Tagged::ParameterGroup(name) = item {
+            if blue_groups.contains(name) {
+                done.push(Deleted::Kept(item.clone(), IN_USE.into()));
+                continue;
+            }
+        }
         progress(format!("deleting {item}"));
         match item {
             Tagged::Instance(id) => {
@@ -137,25 +205,49 @@ pub async fn delete(
                     .map_err(|e| AwsError::api(format!("DeleteDBCluster {id}"), e))?;
                 wait_gone(rds, item, clock, limit, backoff).await?;
             }
+            Tagged::Snapshot(id) => {
+                rds.delete_db_snapshot()
+                    .db_snapshot_identifier(id)
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::api(format!("DeleteDBSnapshot {id}"), e))?;
+            }
             Tagged::ClusterParameterGroup(name) => {
-                match rds
+                let deleted = rds
                     .delete_db_cluster_parameter_group()
                     .db_cluster_parameter_group_name(name)
                     .send()
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(e)
-                        if e.as_service_error()
-                            .is_some_and(|s| s.is_invalid_db_parameter_group_state_fault()) =>
+                    .await;
+                if let Err(e) = deleted {
+                    match e
+                        .as_service_error()
+                        .is_some_and(|s| s.is_invalid_db_parameter_group_state_fault())
                     {
-                        done.push(Deleted::Kept(
-                            item.clone(),
-                            "still in use (blue's, with rds.logical_replication = 1): detach it from blue first".into(),
-                        ));
-                        continue;
+                        true => {
+                            done.push(Deleted::Kept(item.clone(), IN_USE.into()));
+                            continue;
+                        }
+                        false => return Err(AwsError::api(format!("DeleteDBClusterParameterGroup {name}"), e)),
                     }
-                    Err(e) => return Err(AwsError::api(format!("DeleteDBClusterParameterGroup {name}"), e)),
+                }
+            }
+            Tagged::ParameterGroup(name) => {
+                let deleted = rds
+                    .delete_db_parameter_group()
+                    .db_parameter_group_name(name)
+                    .send()
+                    .await;
+                if let Err(e) = deleted {
+                    match e
+                        .as_service_error()
+                        .is_some_and(|s| s.is_invalid_db_parameter_group_state_fault())
+                    {
+                        true => {
+                            done.push(Deleted::Kept(item.clone(), IN_USE.into()));
+                            continue;
+                        }
+                        false => return Err(AwsError::api(format!("DeleteDBParameterGroup {name}"), e)),
+                    }
                 }
             }
         }
@@ -191,6 +283,6 @@ async fn status_of(rds: &Client, item: &Tagged) -> Result<Option<String>, AwsErr
         Tagged::Cluster(id) => Ok(describe::cluster(rds, id)
             .await?
             .and_then(|c| c.status().map(str::to_owned))),
-        Tagged::ClusterParameterGroup(_) => Ok(None),
+        Tagged::Snapshot(_) | Tagged::ClusterParameterGroup(_) | Tagged::ParameterGroup(_) => Ok(None),
     }
 }
