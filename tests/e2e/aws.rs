@@ -190,6 +190,113 @@ print(json.dumps([c['EngineVersion'], sorted(t['Key'] for t in c['TagList']), [m
     assert_eq!(moto.boto3(clusters), "['shop', 'untouched']");
 }
 
+/// `prepare-green` for an RDS for PostgreSQL instance against moto: blue's DB
+/// parameter group, the slot, the snapshot, green restored from it and upgraded,
+/// then `cleanup` deleting exactly that. moto keeps no database logs
+/// (`DownloadDBLogFilePortion`), so the run takes `--start-lsn`; the log reading is
+/// unit-tested with mocks in `aws/`.
+#[tokio::test]
+async fn prepare_green_restores_an_rds_instance_from_a_snapshot_and_cleanup_deletes_only_what_it_made() {
+    let moto = Moto::start().await;
+    moto.boto3(
+        "for name in ['shop-db', 'untouched']:
+    rds.create_db_instance(DBInstanceIdentifier=name, Engine='postgres', EngineVersion='15.4', DBInstanceClass='db.m6g.large', MasterUsername='admin', MasterUserPassword='password1234', AllocatedStorage=20)",
+    );
+    let blue = Db::pg15();
+    let config = blue.dir.write(
+        "aws.toml",
+        &format!(
+            "[blue]\nurl = \"{}\"\n[proxy]\nserver_tls_mode = \"disable\"\n[auth]\nauth_file = {:?}\n[replication]\ndatabases = [\"{DB}\"]\n[aws]\nendpoint_url = \"{}\"\nregion = \"us-east-1\"\nsource_instance = \"shop-db\"\ntarget_engine_version = \"17.4\"\n",
+            blue.cluster.url(pg_harness::SUPERUSER, pg_harness::SUPERUSER_PASSWORD, DB),
+            blue.userlist(),
+            moto.url
+        ),
+    );
+    let no_green = "postgres://nobody@127.0.0.1:1/none";
+    let instances = "print(sorted(i['DBInstanceIdentifier'] for i in rds.describe_db_instances()['DBInstances']))";
+
+    let (ok, dry) = pgcutover(&["aws", "prepare-green", "--dry-run"], &config, no_green);
+    assert!(ok, "{dry}");
+    for line in [
+        "CreateDBParameterGroup pgcutover-shop-db-postgres15 (family postgres15) for blue, tagged",
+        "ModifyDBInstance shop-db: DBParameterGroupName = pgcutover-shop-db-postgres15",
+        "RebootDBInstance shop-db is needed",
+        "SQL on blue: publication and slot (replicate --prepare-clone)",
+        "CreateDBSnapshot pgcutover-shop-db-green of shop-db, tagged",
+        "RestoreDBInstanceFromDBSnapshot shop-db-green (db.m6g.large) from pgcutover-shop-db-green",
+        "DownloadDBLogFilePortion of shop-db-green's first logs",
+        "ModifyDBInstance shop-db-green: EngineVersion = 17.4, AllowMajorVersionUpgrade, DBParameterGroupName = pgcutover-shop-db-green-postgres17, ApplyImmediately",
+        "replicate (clone method) from the start LSN",
+        "dry run: nothing was changed",
+    ] {
+        assert!(dry.contains(line), "no {line:?} in:\n{dry}");
+    }
+    assert_eq!(moto.boto3(instances), "['shop-db', 'untouched']");
+
+    let (ok, run) = pgcutover(
+        &[
+            "aws",
+            "prepare-green",
+            "--allow-reboot",
+            "--no-attach",
+            "--start-lsn",
+            "0/1A2B3C4D",
+        ],
+        &config,
+        no_green,
+    );
+    assert!(ok, "{run}");
+    assert!(run.contains("start LSN 0/1A2B3C4D (--start-lsn)"), "{run}");
+    assert!(run.contains("pgcutover replicate --start-lsn 0/1A2B3C4D"), "{run}");
+    let green = moto.boto3(
+        "i = rds.describe_db_instances(DBInstanceIdentifier='shop-db-green')['DBInstances'][0]
+print(json.dumps([i['EngineVersion'], i['DBParameterGroups'][0]['DBParameterGroupName'], sorted(t['Key'] for t in i['TagList'])]))",
+    );
+    assert_eq!(
+        green,
+        r#"["17.4", "pgcutover-shop-db-green-postgres17", ["pgcutover:run", "pgcutover:source"]]"#
+    );
+    assert_eq!(
+        moto.boto3("print(rds.describe_db_instances(DBInstanceIdentifier='shop-db')['DBInstances'][0]['DBParameterGroups'][0]['DBParameterGroupName'])"),
+        "pgcutover-shop-db-postgres15"
+    );
+    assert_eq!(
+        moto.boto3("print([p['ParameterValue'] for p in rds.describe_db_parameters(DBParameterGroupName='pgcutover-shop-db-postgres15')['Parameters'] if p['ParameterName'] == 'rds.logical_replication'])"),
+        "['1']"
+    );
+    assert_eq!(
+        blue.sql("select count(*) from pg_replication_slots where slot_name = 'pgcutover_app'"),
+        "1"
+    );
+
+    // Again: nothing made twice.
+    let (ok, again) = pgcutover(&["aws", "prepare-green", "--dry-run", "--no-attach"], &config, no_green);
+    assert!(ok, "{again}");
+    assert!(
+        !again.contains("CreateDBSnapshot")
+            && !again.contains("RestoreDBInstanceFromDBSnapshot")
+            && !again.contains("EngineVersion = 17.4"),
+        "{again}"
+    );
+
+    let (ok, cleaned) = pgcutover(&["aws", "cleanup", "--yes"], &config, no_green);
+    assert!(ok, "{cleaned}");
+    for line in [
+        "deleted DB instance shop-db-green",
+        "deleted DB snapshot pgcutover-shop-db-green",
+        "deleted DB parameter group pgcutover-shop-db-green-postgres17",
+        "kept DB parameter group pgcutover-shop-db-postgres15: blue uses it",
+    ] {
+        assert!(cleaned.contains(line), "no {line:?} in:\n{cleaned}");
+    }
+    assert!(!cleaned.contains("DB instance shop-db\n"), "{cleaned}");
+    assert_eq!(moto.boto3(instances), "['shop-db', 'untouched']");
+    assert_eq!(
+        moto.boto3("print(len(rds.describe_db_snapshots(SnapshotType='manual')['DBSnapshots']))"),
+        "0"
+    );
+}
+
 /// `pgcutover aws managed-switchover` in front of AWS's Blue/Green (moto's API),
 /// with local PostgreSQL 15 and 17 standing for blue and green and this test doing
 /// AWS's part of the switchover while it is "in progress" (moto finishes at once;
