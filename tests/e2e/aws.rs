@@ -192,17 +192,20 @@ print(json.dumps([c['EngineVersion'], sorted(t['Key'] for t in c['TagList']), [m
 
 /// `prepare-green` for an RDS for PostgreSQL instance against moto: blue's DB
 /// parameter group, the slot, the snapshot, green restored from it and upgraded,
-/// then `cleanup` deleting exactly that. moto keeps no database logs
-/// (`DownloadDBLogFilePortion`), so the run takes `--start-lsn`; the log reading is
-/// unit-tested with mocks in `aws/`.
+/// then replication attached to a real clone of blue from the LSN in the clone's
+/// start-up log, and `cleanup` deleting exactly what it made. moto has no database
+/// behind its instances and keeps no logs (`DownloadDBLogFilePortion`): green's SQL
+/// side is a pg_basebackup copy of blue taken after the slot, and the runs take
+/// `--start-lsn`; the log reading through the API is unit-tested with mocks in `aws/`.
 #[tokio::test]
-async fn prepare_green_restores_an_rds_instance_from_a_snapshot_and_cleanup_deletes_only_what_it_made() {
+async fn prepare_green_restores_an_rds_instance_attaches_from_its_lsn_and_cleanup_deletes_only_what_it_made() {
     let moto = Moto::start().await;
     moto.boto3(
         "for name in ['shop-db', 'untouched']:
     rds.create_db_instance(DBInstanceIdentifier=name, Engine='postgres', EngineVersion='15.4', DBInstanceClass='db.m6g.large', MasterUsername='admin', MasterUserPassword='password1234', AllocatedStorage=20)",
     );
     let blue = Db::pg15();
+    blue.sql("create table items (id int primary key, v text); insert into items select g, 'before the slot' from generate_series(1, 100) g");
     let config = blue.dir.write(
         "aws.toml",
         &format!(
@@ -269,7 +272,42 @@ print(json.dumps([i['EngineVersion'], i['DBParameterGroups'][0]['DBParameterGrou
         "1"
     );
 
-    // Again: nothing made twice.
+    // Green's database: a copy of blue taken after the slot, with writes on either side.
+    blue.sql("insert into items select g, 'after the slot' from generate_series(101, 200) g");
+    let clone = blue.cluster.basebackup_clone().expect("a copy of blue");
+    blue.sql("insert into items select g, 'after the clone' from generate_series(201, 300) g");
+    let start = pgcutover_orchestrator::parse_clone_log(&std::fs::read_to_string(clone.log_path()).unwrap())
+        .expect("the copy's start-up log names its end of redo")
+        .lsn
+        .to_string();
+    let clone_url = clone.url(pg_harness::SUPERUSER, pg_harness::SUPERUSER_PASSWORD, DB);
+
+    // Again, attaching: nothing made twice, replication from the given LSN.
+    let (ok, attached) = pgcutover(&["aws", "prepare-green", "--start-lsn", &start], &config, &clone_url);
+    assert!(ok, "{attached}");
+    for absent in [
+        "CreateDBSnapshot",
+        "RestoreDBInstanceFromDBSnapshot",
+        "EngineVersion = 17.4",
+        "RebootDBInstance",
+    ] {
+        assert!(!attached.contains(absent), "{absent} again:\n{attached}");
+    }
+    assert!(attached.contains("replication runs from the start LSN"), "{attached}");
+    blue.sql("insert into items select g, 'after the attach' from generate_series(301, 400) g");
+    let count = "select count(*), count(distinct id), coalesce(max(id), 0) from items";
+    wait_for("every row of blue on the copy", Duration::from_secs(30), || {
+        clone.psql(DB, count).ok().as_deref() == Some("400|400|400")
+    })
+    .await;
+    assert_eq!(
+        clone
+            .psql(DB, "select apply_error_count from pg_stat_subscription_stats")
+            .unwrap(),
+        "0",
+        "a row replayed twice stops the apply worker"
+    );
+
     let (ok, again) = pgcutover(&["aws", "prepare-green", "--dry-run", "--no-attach"], &config, no_green);
     assert!(ok, "{again}");
     assert!(
