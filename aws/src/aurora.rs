@@ -612,7 +612,7 @@ pub async fn execute(
                 resource,
                 group,
                 scope: GroupScope::Instance,
-            } => instance::use_parameter_group(rds, resource, group).await?,
+            } => instance::modify(rds, resource, group, None).await?,
             Step::RebootWriter { instance, .. } => {
                 rds.reboot_db_instance()
                     .db_instance_identifier(instance)
@@ -687,7 +687,7 @@ pub async fn execute(
             }
             Step::GivenStartLsn { lsn } => start_lsn = Some(lsn.clone()),
             Step::UpgradeInstance { green, version, group } => {
-                instance::upgrade(rds, green, version, group).await?;
+                instance::modify(rds, green, group, Some(version)).await?;
             }
             Step::Upgrade {
                 green,
@@ -788,36 +788,41 @@ pub async fn wait_available(
         let Some(c) = describe::cluster(rds, green).await? else {
             return Ok(Poll::Pending("not listed yet".into()));
         };
-        let status = c.status().unwrap_or("unknown");
-        if FAILED.contains(&status) {
-            return Err(AwsError::refused(
-                format!("{green} is {status}"),
-                "see its events in the RDS console; pgcutover aws cleanup removes what this run created",
-            ));
-        }
-        if status != "available" {
-            return Ok(Poll::Pending(status.to_owned()));
-        }
-        if let Some(v) = version {
-            let now = c.engine_version().unwrap_or("unknown");
-            if now != v {
-                return Ok(Poll::Pending(format!("available at {now}, not yet {v}")));
-            }
+        if let Poll::Pending(why) = availability(green, c.status(), c.engine_version(), version)? {
+            return Ok(Poll::Pending(why));
         }
         let inst = describe::instance(rds, writer).await?;
-        let status = inst.as_ref().and_then(|i| i.db_instance_status()).unwrap_or("unknown");
-        if FAILED.contains(&status) {
-            return Err(AwsError::refused(
-                format!("{writer} is {status}"),
-                "see its events in the RDS console",
-            ));
-        }
-        Ok(match status {
-            "available" => Poll::Ready(()),
-            other => Poll::Pending(format!("writer {other}")),
-        })
+        Ok(
+            match availability(writer, inst.as_ref().and_then(|i| i.db_instance_status()), None, None)? {
+                Poll::Pending(why) => Poll::Pending(format!("writer {why}")),
+                ready => ready,
+            },
+        )
     })
     .await
+}
+
+/// Where one resource stands in a wait for it to be `available` (at `version`,
+/// when given, which it `runs`): a failed state ends the wait.
+pub(crate) fn availability(
+    name: &str,
+    status: Option<&str>,
+    runs: Option<&str>,
+    version: Option<&str>,
+) -> Result<Poll<()>, AwsError> {
+    let status = status.unwrap_or("unknown");
+    if FAILED.contains(&status) {
+        return Err(AwsError::refused(
+            format!("{name} is {status}"),
+            "see its events in the RDS console; pgcutover aws cleanup removes what this run created",
+        ));
+    }
+    let runs = runs.unwrap_or("unknown");
+    Ok(match version {
+        _ if status != "available" => Poll::Pending(status.to_owned()),
+        Some(v) if runs != v => Poll::Pending(format!("available at {runs}, not yet {v}")),
+        _ => Poll::Ready(()),
+    })
 }
 
 #[cfg(test)]

@@ -88,42 +88,41 @@ pub async fn find(rds: &Client, source: &str, run: Option<&str>) -> Result<Vec<T
             found.extend(s.db_snapshot_identifier().map(|id| Tagged::Snapshot(id.to_owned())));
         }
     }
-    let groups: Vec<_> = rds
+    // Parameter groups carry no tags in their listing: asked one by one.
+    let cluster_groups: Vec<_> = rds
         .describe_db_cluster_parameter_groups()
         .into_paginator()
         .items()
         .send()
-        .collect::<Result<_, _>>()
+        .collect::<Result<Vec<_>, _>>()
         .await
-        .map_err(|e| AwsError::api("DescribeDBClusterParameterGroups", e))?;
-    for g in &groups {
-        let (Some(name), Some(arn)) = (g.db_cluster_parameter_group_name(), g.db_cluster_parameter_group_arn()) else {
-            continue;
-        };
-        if name.starts_with("default.") {
-            continue;
-        }
-        if matches(tags_of(rds, arn).await?.as_slice(), source, run) {
-            found.push(Tagged::ClusterParameterGroup(name.to_owned()));
-        }
-    }
-    let groups: Vec<_> = rds
+        .map_err(|e| AwsError::api("DescribeDBClusterParameterGroups", e))?
+        .into_iter()
+        .map(|g| (g.db_cluster_parameter_group_name, g.db_cluster_parameter_group_arn))
+        .collect();
+    let instance_groups: Vec<_> = rds
         .describe_db_parameter_groups()
         .into_paginator()
         .items()
         .send()
-        .collect::<Result<_, _>>()
+        .collect::<Result<Vec<_>, _>>()
         .await
-        .map_err(|e| AwsError::api("DescribeDBParameterGroups", e))?;
-    for g in &groups {
-        let (Some(name), Some(arn)) = (g.db_parameter_group_name(), g.db_parameter_group_arn()) else {
-            continue;
-        };
-        if name.starts_with("default.") {
-            continue;
-        }
-        if matches(tags_of(rds, arn).await?.as_slice(), source, run) {
-            found.push(Tagged::ParameterGroup(name.to_owned()));
+        .map_err(|e| AwsError::api("DescribeDBParameterGroups", e))?
+        .into_iter()
+        .map(|g| (g.db_parameter_group_name, g.db_parameter_group_arn))
+        .collect();
+    let kinds = [
+        (Tagged::ClusterParameterGroup as fn(String) -> Tagged, cluster_groups),
+        (Tagged::ParameterGroup, instance_groups),
+    ];
+    for (kind, groups) in kinds {
+        for (name, arn) in groups {
+            let (Some(name), Some(arn)) = (name, arn) else {
+                continue;
+            };
+            if !name.starts_with("default.") && matches(&tags_of(rds, &arn).await?, source, run) {
+                found.push(kind(name));
+            }
         }
     }
     found.sort();
@@ -140,7 +139,11 @@ async fn groups_of(rds: &Client, source: &str) -> Result<Vec<String>, AwsError> 
         groups.extend(c.db_cluster_parameter_group().map(str::to_owned));
     }
     if let Some(i) = describe::instance(rds, source).await? {
-        groups.extend(i.db_parameter_groups().iter().filter_map(|g| g.db_parameter_group_name().map(str::to_owned)));
+        groups.extend(
+            i.db_parameter_groups()
+                .iter()
+                .filter_map(|g| g.db_parameter_group_name().map(str::to_owned)),
+        );
     }
     Ok(groups)
 }

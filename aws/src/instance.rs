@@ -15,7 +15,8 @@
 //!    awaited until green runs the target version;
 //! 6. replication from the start LSN, unless `--no-attach`.
 
-use crate::aurora::{major, older_than_target, start_lsn_step, target_version, GroupScope, Plan, Step, FAILED};
+use crate::aurora::FAILED;
+use crate::aurora::{availability, major, older_than_target, start_lsn_step, target_version, GroupScope, Plan, Step};
 use crate::aurora::{Database, PrepareOptions, SOURCE_TAG};
 use crate::wait::{wait_until, Clock, Poll};
 use crate::{describe, params, AwsError};
@@ -190,16 +191,22 @@ async fn snapshot_status(rds: &Client, id: &str) -> Result<Option<String>, AwsEr
     }
 }
 
-/// `ModifyDBInstance`: blue uses `group` (applied at its reboot).
-pub(crate) async fn use_parameter_group(rds: &Client, instance: &str, group: &str) -> Result<(), AwsError> {
+/// `ModifyDBInstance`: `instance` uses `group` (applied at its reboot), and with
+/// `version`, the major-version upgrade to it.
+pub(crate) async fn modify(rds: &Client, instance: &str, group: &str, version: Option<&str>) -> Result<(), AwsError> {
     rds.modify_db_instance()
         .db_instance_identifier(instance)
         .db_parameter_group_name(group)
+        .set_engine_version(version.map(str::to_owned))
+        .set_allow_major_version_upgrade(version.map(|_| true))
         .apply_immediately(true)
         .send()
         .await
         .map(drop)
-        .map_err(|e| AwsError::api(format!("ModifyDBInstance {instance}"), e))
+        .map_err(|e| match version {
+            Some(v) => AwsError::api(format!("ModifyDBInstance {instance} (upgrade to {v})"), e),
+            None => AwsError::api(format!("ModifyDBInstance {instance}"), e),
+        })
 }
 
 /// `CreateDBSnapshot` of `source`, awaited until it is available.
@@ -271,21 +278,6 @@ pub(crate) async fn restore(
         .map_err(|e| AwsError::api(format!("RestoreDBInstanceFromDBSnapshot {green}"), e))
 }
 
-/// `ModifyDBInstance` on green: the major-version upgrade, with `group` of the new
-/// family.
-pub(crate) async fn upgrade(rds: &Client, green: &str, version: &str, group: &str) -> Result<(), AwsError> {
-    rds.modify_db_instance()
-        .db_instance_identifier(green)
-        .engine_version(version)
-        .allow_major_version_upgrade(true)
-        .db_parameter_group_name(group)
-        .apply_immediately(true)
-        .send()
-        .await
-        .map(drop)
-        .map_err(|e| AwsError::api(format!("ModifyDBInstance {green} (upgrade to {version})"), e))
-}
-
 /// Waits until `green` is `available` (and, with `version`, runs it: right after
 /// the upgrade's modify it still says `available` at the old one).
 pub(crate) async fn wait_available(
@@ -303,20 +295,7 @@ pub(crate) async fn wait_available(
         let Some(i) = describe::instance(rds, green).await? else {
             return Ok(Poll::Pending("not listed yet".into()));
         };
-        let status = i.db_instance_status().unwrap_or("unknown");
-        if FAILED.contains(&status) {
-            return Err(AwsError::refused(
-                format!("{green} is {status}"),
-                "see its events in the RDS console; pgcutover aws cleanup removes what this run created",
-            ));
-        }
-        if status != "available" {
-            return Ok(Poll::Pending(status.to_owned()));
-        }
-        Ok(match (version, i.engine_version().unwrap_or("unknown")) {
-            (Some(v), now) if now != v => Poll::Pending(format!("available at {now}, not yet {v}")),
-            _ => Poll::Ready(()),
-        })
+        availability(green, i.db_instance_status(), i.engine_version(), version)
     })
     .await
 }
