@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Proxy overhead: pgbench straight at PostgreSQL 15 vs through PgBouncer (session mode)
-# vs through pgcutover, on one throwaway cluster on this machine (loopback only).
+# vs through HAProxy (a bare TCP relay: the floor of any hop) vs through pgcutover, on
+# one throwaway cluster on this machine (loopback only). Besides tps it reports each
+# proxy's CPU time and context switches per transaction.
 #
 # Usage: bench/proxy_overhead.sh [--seconds N] [--runs R] [--scale S] [--no-build] [--baseline BIN] [--only REGEX]
 #   --seconds N   length of every pgbench run (default 10)
@@ -14,11 +16,11 @@
 #   --only REGEX  run only the rows whose name matches (e.g. 'TPC-B'), to look
 #                 closer at one row with more runs
 #
-# Needs scripts/setup.sh (PostgreSQL 15, pgbench, pgbouncer). As root, postgres and
+# Needs scripts/setup.sh (PostgreSQL 15, pgbench, pgbouncer, haproxy). As root, postgres and
 # pgbouncer run as the `postgres` OS user (both refuse root). If pgcutover cannot be
 # built or started, its column says n/a and why; the other columns are still measured.
 # Everything (processes, temp dir) is cleaned up on exit, also on Ctrl-C.
-# Environment: PG15_BINDIR, PGBOUNCER, PGCUTOVER_BIN, CARGO_TARGET_DIR, KEEP_BENCH_DIR=1.
+# Environment: PG15_BINDIR, PGBOUNCER, HAPROXY, PGCUTOVER_BIN, CARGO_TARGET_DIR, KEEP_BENCH_DIR=1.
 set -euo pipefail
 
 SECS=10
@@ -26,7 +28,7 @@ RUNS=1
 SCALE=10
 BUILD=1
 BASELINE_BIN="${PGCUTOVER_BASELINE_BIN:-}"
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
 ONLY=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -49,6 +51,7 @@ LOG_PREFIX=bench
 # shellcheck source=../scripts/lib/local-pg.sh
 . "$REPO/scripts/lib/local-pg.sh"
 PGBOUNCER="${PGBOUNCER:-/usr/sbin/pgbouncer}"
+HAPROXY="${HAPROXY:-/usr/sbin/haproxy}"
 PGCUTOVER_BIN="${PGCUTOVER_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/release/pgcutover}"
 PASSWORD="bench-secret"
 export PGPASSWORD="$PASSWORD"
@@ -56,10 +59,12 @@ DB="pgbench"
 
 require_pg15
 [ -x "$PGBOUNCER" ] || die "$PGBOUNCER missing: run scripts/setup.sh"
+[ -x "$HAPROXY" ] || die "$HAPROXY missing: run scripts/setup.sh"
 
 WORK="$(make_workdir pgcutover-bench)"
 PROXY_PID=""
 BASELINE_PID=""
+HAPROXY_PID=""
 
 cleanup() {
     local rc=$?
@@ -67,6 +72,7 @@ cleanup() {
     set +e
     if [ -n "$PROXY_PID" ]; then stop_pid "$PROXY_PID"; wait "$PROXY_PID" 2>/dev/null; fi
     if [ -n "$BASELINE_PID" ]; then stop_pid "$BASELINE_PID"; wait "$BASELINE_PID" 2>/dev/null; fi
+    if [ -n "$HAPROXY_PID" ]; then stop_pid "$HAPROXY_PID"; wait "$HAPROXY_PID" 2>/dev/null; fi
     if [ -f "$WORK/pgbouncer.pid" ]; then stop_pid "$(cat "$WORK/pgbouncer.pid")"; fi
     stop_pg15 "$WORK"
     if [ "${KEEP_BENCH_DIR:-0}" = 1 ]; then
@@ -105,6 +111,30 @@ as_pg "$PGBOUNCER" -d -q "$WORK/pgbouncer.ini" || { cat "$WORK/pgbouncer.log" >&
 wait_port "$BOUNCER_PORT" 10 || { cat "$WORK/pgbouncer.log" >&2 || true; die "pgbouncer is not listening on $BOUNCER_PORT"; }
 [ "$(sql "$BOUNCER_PORT" 'select 1' "$DB")" = 1 ] || die "query through pgbouncer failed"
 log "PgBouncer $("$PGBOUNCER" --version | head -n1 | awk '{print $2}') on 127.0.0.1:$BOUNCER_PORT (session pooling)"
+
+# ------------------------------------------------------------------ HAProxy
+# A TCP relay with as many threads as cores, as a tuned deployment would run it.
+HAPROXY_PORT="$(free_port)"
+cat > "$WORK/haproxy.cfg" <<EOF
+global
+    maxconn 1000
+    nbthread $(nproc)
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+frontend pg
+    bind 127.0.0.1:$HAPROXY_PORT
+    default_backend pg
+backend pg
+    server pg15 127.0.0.1:$PGPORT
+EOF
+"$HAPROXY" -db -f "$WORK/haproxy.cfg" > "$WORK/haproxy.log" 2>&1 &
+HAPROXY_PID=$!
+wait_port "$HAPROXY_PORT" 10 "$HAPROXY_PID" || { cat "$WORK/haproxy.log" >&2 || true; die "haproxy is not listening on $HAPROXY_PORT"; }
+[ "$(sql "$HAPROXY_PORT" 'select 1' "$DB")" = 1 ] || die "query through haproxy failed"
+log "HAProxy $("$HAPROXY" -v | head -n1 | awk '{print $3}') on 127.0.0.1:$HAPROXY_PORT (TCP relay, $(nproc) threads)"
 
 # ------------------------------------------------------------------ pgcutover
 PGC_REASON=""
@@ -197,28 +227,32 @@ if [ -n "$ONLY" ]; then
     [ "${#kept_names[@]}" -gt 0 ] || die "--only $ONLY matches no row"
     ROW_NAMES=("${kept_names[@]}"); ROW_ARGS=("${kept_args[@]}")
 fi
-TARGETS=(direct pgbouncer pgcutover)
-declare -A PORT_OF=([direct]="$PGPORT" [pgbouncer]="$BOUNCER_PORT" [pgcutover]="$PGC_PORT" [baseline]="$BASE_PORT")
-declare -A PID_OF=([direct]="" [pgbouncer]="$(cat "$WORK/pgbouncer.pid" 2>/dev/null || true)" [pgcutover]="$PROXY_PID" [baseline]="$BASELINE_PID")
+TARGETS=(direct pgbouncer haproxy pgcutover)
+declare -A PORT_OF=([direct]="$PGPORT" [pgbouncer]="$BOUNCER_PORT" [haproxy]="$HAPROXY_PORT" [pgcutover]="$PGC_PORT" [baseline]="$BASE_PORT")
+declare -A PID_OF=([direct]="" [pgbouncer]="$(cat "$WORK/pgbouncer.pid" 2>/dev/null || true)" [haproxy]="$HAPROXY_PID" [pgcutover]="$PROXY_PID" [baseline]="$BASELINE_PID")
 if [ -n "$BASELINE_BIN" ]; then TARGETS+=(baseline); fi
-declare -A TPS LAT CPU
+declare -A TPS LAT CPU CSW
 
 cpu_ticks() { # pid -> utime+stime in clock ticks ("" when unknown)
     [ -n "$1" ] && [ -r "/proc/$1/stat" ] && awk '{print $14 + $15}' "/proc/$1/stat"
 }
 CLK_TCK="$(getconf CLK_TCK)"
+ctx_switches() { # pid -> voluntary + involuntary context switches of all its threads
+    [ -n "$1" ] && [ -d "/proc/$1/task" ] && cat /proc/"$1"/task/*/status 2>/dev/null \
+        | awk '/^(non)?voluntary_ctxt_switches/ { n += $2 } END { print n + 0 }'
+}
 
-run_cell() { # port pid args... -> "tps latency_ms cpu_us_per_tx" or "err"
-    local port="$1" pid="$2" out tps lat tx c0 c1 cpu
+run_cell() { # port pid args... -> "tps latency_ms cpu_us_per_tx csw_per_tx" or "err"
+    local port="$1" pid="$2" out tps lat tx c0 c1 cpu s0 s1 csw
     shift 2
-    c0="$(cpu_ticks "$pid" || true)"
+    c0="$(cpu_ticks "$pid" || true)"; s0="$(ctx_switches "$pid" || true)"
     # shellcheck disable=SC2068
     if ! out="$(timeout $((SECS + 60)) "$PGBENCH" -n -T "$SECS" \
         -h 127.0.0.1 -p "$port" -U postgres "$@" "$DB" 2>&1)"; then
         printf '%s\n' "$out" | tail -n 3 >&2
         echo err; return
     fi
-    c1="$(cpu_ticks "$pid" || true)"
+    c1="$(cpu_ticks "$pid" || true)"; s1="$(ctx_switches "$pid" || true)"
     tps="$(printf '%s\n' "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -n1)"
     lat="$(printf '%s\n' "$out" | sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' | head -n1)"
     tx="$(printf '%s\n' "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' | head -n1)"
@@ -226,7 +260,11 @@ run_cell() { # port pid args... -> "tps latency_ms cpu_us_per_tx" or "err"
     if [ -n "$c0" ] && [ -n "$c1" ] && [ -n "$tx" ] && [ "$tx" -gt 0 ]; then
         cpu="$(awk -v d=$((c1 - c0)) -v t="$tx" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", d * 1e6 / hz / t }')"
     fi
-    if [ -z "$tps" ] || [ -z "$lat" ]; then echo err; else echo "$tps $lat $cpu"; fi
+    csw=na
+    if [ -n "$s0" ] && [ -n "$s1" ] && [ -n "$tx" ] && [ "$tx" -gt 0 ]; then
+        csw="$(awk -v d=$((s1 - s0)) -v t="$tx" 'BEGIN { printf "%.2f", d / t }')"
+    fi
+    if [ -z "$tps" ] || [ -z "$lat" ]; then echo err; else echo "$tps $lat $cpu $csw"; fi
 }
 
 log "warm-up: 2 s select-only, direct"
@@ -242,9 +280,9 @@ for run in $(seq 1 "$RUNS"); do
             # shellcheck disable=SC2086
             res="$(run_cell "${PORT_OF[$t]}" "${PID_OF[$t]}" ${ROW_ARGS[$i]})"
             if [ "$res" = err ]; then
-                TPS["$i,$t,$run"]=err; LAT["$i,$t,$run"]=err; CPU["$i,$t,$run"]=err
+                TPS["$i,$t,$run"]=err; LAT["$i,$t,$run"]=err; CPU["$i,$t,$run"]=err; CSW["$i,$t,$run"]=err
             else
-                read -r TPS["$i,$t,$run"] LAT["$i,$t,$run"] CPU["$i,$t,$run"] <<< "$res"
+                read -r TPS["$i,$t,$run"] LAT["$i,$t,$run"] CPU["$i,$t,$run"] CSW["$i,$t,$run"] <<< "$res"
             fi
             log "run $run/$RUNS | ${ROW_NAMES[$i]} | $t: tps ${TPS["$i,$t,$run"]}, latency ${LAT["$i,$t,$run"]} ms"
         done
@@ -272,25 +310,26 @@ fmt_ratio() { # tps direct
 fmt_lat() { if [ "$1" = err ]; then echo err; else printf '%.3f' "$1"; fi; }
 
 echo
-echo "### Proxy overhead: PostgreSQL 15 direct vs PgBouncer (session) vs pgcutover"
+echo "### Proxy overhead: PostgreSQL 15 direct vs PgBouncer (session) vs HAProxy (TCP) vs pgcutover"
 echo
 echo "pgbench scale $SCALE, ${SECS}s per run, median of $RUNS run(s); all over TCP 127.0.0.1 with SCRAM-SHA-256;"
 echo "$(nproc) cores shared by pgbench, postgres and the proxy; $(date -u +%Y-%m-%dT%H:%MZ);"
 if [ -n "$PGC_REASON" ]; then pgc_desc="n/a"; else pgc_desc="$PGCUTOVER_BIN"; fi
-echo "$("$PG15_BINDIR/postgres" --version); $("$PGBOUNCER" --version | head -n1); pgcutover: $pgc_desc"
+echo "$("$PG15_BINDIR/postgres" --version); $("$PGBOUNCER" --version | head -n1); HAProxy $("$HAPROXY" -v | head -n1 | awk '{print $3}'); pgcutover: $pgc_desc"
 echo
-echo "| row | direct tps | pgbouncer tps (ratio) | pgcutover tps (ratio) | latency ms direct / pgbouncer / pgcutover |"
-echo "|---|---:|---:|---:|---|"
+echo "| row | direct tps | pgbouncer tps (ratio) | haproxy tps (ratio) | pgcutover tps (ratio) | latency ms direct / pgbouncer / haproxy / pgcutover |"
+echo "|---|---:|---:|---:|---:|---|"
 for i in "${!ROW_NAMES[@]}"; do
     d_tps="$(cell_median TPS "$i" direct)"; d_lat="$(cell_median LAT "$i" direct)"
     b_tps="$(cell_median TPS "$i" pgbouncer)"; b_lat="$(cell_median LAT "$i" pgbouncer)"
+    h_tps="$(cell_median TPS "$i" haproxy)"; h_lat="$(cell_median LAT "$i" haproxy)"
     if [ -n "$PGC_REASON" ]; then
         p_cell="n/a"; p_lat="n/a"
     else
         p_tps="$(cell_median TPS "$i" pgcutover)"; p_lat="$(fmt_lat "$(cell_median LAT "$i" pgcutover)")"
         p_cell="$(fmt_ratio "$p_tps" "$d_tps")"
     fi
-    echo "| ${ROW_NAMES[$i]} | $(fmt_tps "$d_tps") | $(fmt_ratio "$b_tps" "$d_tps") | $p_cell | $(fmt_lat "$d_lat") / $(fmt_lat "$b_lat") / $p_lat |"
+    echo "| ${ROW_NAMES[$i]} | $(fmt_tps "$d_tps") | $(fmt_ratio "$b_tps" "$d_tps") | $(fmt_ratio "$h_tps" "$d_tps") | $p_cell | $(fmt_lat "$d_lat") / $(fmt_lat "$b_lat") / $(fmt_lat "$h_lat") / $p_lat |"
 done
 echo
 added() { # target -> µs added per query at c=1 (row 0) vs direct
@@ -300,14 +339,15 @@ added() { # target -> µs added per query at c=1 (row 0) vs direct
 }
 if [ -n "$PGC_REASON" ]; then pgc_added="n/a"; else pgc_added="$(added pgcutover)"; fi
 echo
-echo "Proxy CPU time (user + system) per transaction, µs (median; steadier than tps on a shared machine):"
+echo "Proxy CPU time (user + system) per transaction, µs, and the proxy's context switches per"
+echo "transaction, all threads (medians; steadier than tps on a shared machine):"
 echo
-echo "| row | pgbouncer | pgcutover |"
-echo "|---|---:|---:|"
+echo "| row | pgbouncer µs | haproxy µs | pgcutover µs | pgbouncer csw | haproxy csw | pgcutover csw |"
+echo "|---|---:|---:|---:|---:|---:|---:|"
 for i in "${!ROW_NAMES[@]}"; do
-    b_cpu="$(cell_median CPU "$i" pgbouncer)"
-    if [ -n "$PGC_REASON" ]; then p_cpu="n/a"; else p_cpu="$(cell_median CPU "$i" pgcutover)"; fi
-    echo "| ${ROW_NAMES[$i]} | $b_cpu | $p_cpu |"
+    if [ -n "$PGC_REASON" ]; then p_cpu="n/a"; p_csw="n/a"; else
+        p_cpu="$(cell_median CPU "$i" pgcutover)"; p_csw="$(cell_median CSW "$i" pgcutover)"; fi
+    echo "| ${ROW_NAMES[$i]} | $(cell_median CPU "$i" pgbouncer) | $(cell_median CPU "$i" haproxy) | $p_cpu | $(cell_median CSW "$i" pgbouncer) | $(cell_median CSW "$i" haproxy) | $p_csw |"
 done
 if [ -n "$BASELINE_BIN" ]; then
     echo
@@ -322,7 +362,7 @@ if [ -n "$BASELINE_BIN" ]; then
 fi
 echo
 if [ "${ROW_NAMES[0]}" = "select-only, c=1 j=1" ]; then
-    echo "Added latency per query at c=1 (select-only) vs direct: pgbouncer $(added pgbouncer), pgcutover $pgc_added"
+    echo "Added latency per query at c=1 (select-only) vs direct: pgbouncer $(added pgbouncer), haproxy $(added haproxy), pgcutover $pgc_added"
 fi
 if [ -n "$PGC_REASON" ]; then
     echo

@@ -122,6 +122,20 @@ if command -v pgrep >/dev/null 2>&1 && pgrep -f '/etc/pgbouncer/pgbouncer\.ini' 
     "${SUDO[@]}" service pgbouncer stop >/dev/null 2>&1 || true
 fi
 
+# ---------------------------------------------------------------- HAProxy
+# The benchmark's bare TCP hop (bench/proxy_overhead.sh): the cost floor of any proxy.
+if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
+    log "HAProxy missing: installing (the benchmark's reference hop)"
+    apt_install haproxy
+    "${SUDO[@]}" service haproxy stop >/dev/null 2>&1 || true
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        "${SUDO[@]}" systemctl disable haproxy >/dev/null 2>&1 || true
+    fi
+    "${SUDO[@]}" update-rc.d haproxy disable >/dev/null 2>&1 || true
+else
+    log "HAProxy present: $(command -v haproxy || echo /usr/sbin/haproxy)"
+fi
+
 # ---------------------------------------------------------------- Prometheus
 # The test that a real Prometheus scrapes proxies during a switchover runs it on a
 # loopback port of its own; the packaged service must not start (policy-rc.d) and,
