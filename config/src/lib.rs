@@ -23,7 +23,7 @@ pub use auth::{AuthConfig, AuthType};
 pub use aws::AwsConfig;
 pub use duration::HumanDuration;
 pub use env::ENV_PREFIX;
-pub use proxy::{ProxyConfig, ServerTlsMode, TlsMode};
+pub use proxy::{PoolMode, ProxyConfig, ServerTlsMode, TlsMode};
 pub use replication::{ReplicationConfig, ReplicationMethod};
 pub use server_tls::{load_certs, provider, ServerTls, TlsError};
 pub use switchover::{DrainPolicy, PinnedPolicy, SwitchoverConfig, UnreplicatedPolicy};
@@ -178,6 +178,12 @@ impl Config {
         if p.max_client_conn == 0 {
             return Err("[proxy] max_client_conn = 0 would refuse every client; use a positive number".into());
         }
+        if p.pool_mode == PoolMode::Transaction {
+            return Err("[proxy] pool_mode = \"transaction\" is not available in this version: use \"session\" (server connections reused between clients) or \"off\"".into());
+        }
+        if p.pool_mode == PoolMode::Session && p.server_reset_query.trim().is_empty() {
+            return Err("[proxy] server_reset_query is empty: a pooled connection would carry one client's settings, prepared statements and temporary tables to the next; use \"DISCARD ALL\" or pool_mode = \"off\"".into());
+        }
         let a = &self.auth;
         if a.auth_file.is_none() && a.auth_user.is_none() && a.auth_type != AuthType::Trust {
             return Err(format!(
@@ -276,6 +282,26 @@ mod tests {
         assert_eq!(c.proxy.listen.port(), 7000);
         assert_eq!(c.proxy.max_client_conn, 5);
         assert_eq!(c.proxy.shutdown_timeout.0, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn pooling_defaults_and_what_is_refused() {
+        let c = load(MINIMAL, &[]).unwrap();
+        assert_eq!(c.proxy.pool_mode, PoolMode::Session);
+        assert_eq!(c.proxy.server_reset_query, "DISCARD ALL");
+        assert_eq!(c.proxy.server_idle_timeout.0, Duration::from_secs(600));
+        assert_eq!(c.proxy.server_lifetime.0, Duration::from_secs(3600));
+        assert_eq!(c.proxy.max_idle_server_conn, 20);
+        let off = load(MINIMAL, &[("PGCUTOVER_PROXY_POOL_MODE", "off")]).unwrap();
+        assert_eq!(off.proxy.pool_mode, PoolMode::Off);
+        let e = load(MINIMAL, &[("PGCUTOVER_PROXY_POOL_MODE", "transaction")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not available") && e.contains("\"session\""), "{e}");
+        let e = load(MINIMAL, &[("PGCUTOVER_PROXY_SERVER_RESET_QUERY", " ")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server_reset_query") && e.contains("DISCARD ALL"), "{e}");
     }
 
     #[test]

@@ -64,6 +64,23 @@ pub struct ProxyConfig {
     /// switchover holds, flips and resumes them with this one. They must accept
     /// this instance's admin token.
     pub peers: Vec<String>,
+    /// What happens to a server connection when its client leaves. Default
+    /// `session`: at a transaction boundary it is reset with `server_reset_query`
+    /// and kept for the next client with the same user, database and startup
+    /// parameters; `off` closes it (every client logs into the server anew).
+    pub pool_mode: PoolMode,
+    /// What resets a server connection before it serves another client. Default
+    /// `DISCARD ALL` (closes cursors, drops prepared statements and temporary tables,
+    /// unlistens, releases advisory locks, resets every setting).
+    pub server_reset_query: String,
+    /// A pooled connection idle for longer is closed. Default `10m`.
+    pub server_idle_timeout: HumanDuration,
+    /// A server connection older than this is closed instead of pooled. Default `1h`.
+    pub server_lifetime: HumanDuration,
+    /// Most idle server connections kept per user, database and startup
+    /// parameters; a client leaving a full pool closes its connection. Not a cap on
+    /// server connections in use (every client still has its own). Default 20.
+    pub max_idle_server_conn: usize,
 }
 
 impl Default for ProxyConfig {
@@ -89,8 +106,26 @@ impl Default for ProxyConfig {
             admin_tls_ca_file: None,
             admin_users: Vec::new(),
             peers: Vec::new(),
+            pool_mode: PoolMode::Session,
+            server_reset_query: "DISCARD ALL".into(),
+            server_idle_timeout: HumanDuration(Duration::from_secs(600)),
+            server_lifetime: HumanDuration(Duration::from_secs(3600)),
+            max_idle_server_conn: 20,
         }
     }
+}
+
+/// `[proxy] pool_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PoolMode {
+    /// A client's server connection is closed when the client leaves.
+    Off,
+    /// Server connections are reset and reused by later clients (one client at a time).
+    Session,
+    /// Server connections shared between transactions: not available yet (refused
+    /// at load, so a config written for it does not silently run in another mode).
+    Transaction,
 }
 
 /// Client-side TLS policy.

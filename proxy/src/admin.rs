@@ -352,6 +352,7 @@ fn ready(shared: &Shared) -> Reply {
 fn metrics(shared: &Shared) -> Reply {
     let text = shared.metrics.render(
         &shared.registry,
+        &shared.pool.idle_counts(),
         shared.control.is_held(),
         shared.control.route().target,
     );

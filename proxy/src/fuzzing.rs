@@ -93,7 +93,7 @@ pub struct Pumped {
 /// each read is appended to its direction's buffer, then that direction is
 /// scanned, and what the scan marked ready is written out (here: dropped from the
 /// front of the buffer), again and again until a scan marks nothing. Stops at the
-/// first scan error, and after forwarding a Terminate, as the pump does.
+/// first scan error, and at a Terminate, as the pump does.
 /// `on_scan` sees the state after every scan.
 pub fn pump<'a>(
     reads: impl IntoIterator<Item = Read<'a>>,
@@ -165,6 +165,9 @@ pub fn pump<'a>(
                 break 'reads;
             }
             if side.dir.ready == 0 {
+                if tx.terminated {
+                    break 'reads;
+                }
                 break;
             }
             // Written out in full (poll_drain).

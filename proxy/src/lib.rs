@@ -14,6 +14,7 @@ mod guesses;
 pub mod health;
 pub mod local;
 pub mod metrics;
+mod pool;
 pub mod pump;
 pub mod registry;
 pub mod route;
@@ -112,6 +113,8 @@ pub(crate) struct Shared {
     metrics: Arc<Metrics>,
     health: health::Health,
     clients: AtomicUsize,
+    /// Idle server connections kept for the next client.
+    pool: pool::Pool,
     /// Runs `POST /switchover`: installed by the binary, which owns the orchestrator.
     switchover: std::sync::OnceLock<Arc<dyn SwitchoverRunner>>,
 }
@@ -253,6 +256,7 @@ impl Proxy {
             metrics.clone(),
         );
         let admin = admin::AdminServer::bind(&config).await?;
+        let pool = pool::Pool::new(pool::PoolSettings::from_config(&config.proxy), metrics.clone());
         Ok(Proxy {
             listener,
             admin,
@@ -269,6 +273,7 @@ impl Proxy {
                 metrics,
                 health: health::Health::default(),
                 clients: AtomicUsize::new(0),
+                pool,
                 switchover: std::sync::OnceLock::new(),
             }),
         })
@@ -305,6 +310,7 @@ impl Proxy {
         } = self;
         let admin_task = tokio::spawn(admin.serve(shared.clone()));
         let probes = tokio::spawn(health::probe_servers(shared.clone()));
+        let reaper = tokio::spawn(reap_pool(shared.clone()));
         info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), blue = %shared.blue.url.host_port(), "pgcutover proxy ready");
         let (phase_tx, phase_rx) = watch::channel(ShutdownPhase::Running);
         let mut sessions = JoinSet::new();
@@ -365,8 +371,30 @@ impl Proxy {
             }
         }
         probes.abort();
+        reaper.abort();
+        shared.pool.clear();
         admin_task.abort();
         info!("pgcutover proxy stopped");
+    }
+}
+
+/// How often idle pooled connections are checked against their timeouts.
+const POOL_REAP_EVERY: Duration = Duration::from_secs(1);
+
+/// Closes pooled connections that timed out, and at once every one a flip left on
+/// the old side (they would otherwise keep backends there open for up to
+/// `server_idle_timeout`).
+async fn reap_pool(shared: Arc<Shared>) {
+    let mut cutover = shared.control.watch();
+    let mut tick = tokio::time::interval(POOL_REAP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            changed = cutover.changed() => if changed.is_err() { return },
+        }
+        let route = cutover.borrow_and_update().route;
+        shared.pool.reap(route);
     }
 }
 

@@ -5,6 +5,7 @@
 //! each session and flushed once per state change (about once per transaction), so
 //! the data path never touches a shared counter per message.
 
+use crate::pool::IdleCount;
 use crate::registry::SessionRegistry;
 use pgcutover_api::Side;
 use prometheus_client::encoding::text::encode;
@@ -17,6 +18,7 @@ use std::sync::Mutex;
 
 type Labels = [(&'static str, &'static str); 1];
 type DatabaseLabels = [(&'static str, String); 1];
+type PoolLabels = [(&'static str, String); 3];
 
 /// Every metric the proxy exports.
 pub struct Metrics {
@@ -50,6 +52,9 @@ pub struct Metrics {
     server_up: Family<Labels, Gauge>,
     route: Family<Labels, Gauge>,
     max_client_conn: Gauge,
+    pool_logins: Family<Labels, Counter>,
+    pool_closed: Family<Labels, Counter>,
+    pool_idle: Family<PoolLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -94,6 +99,9 @@ impl Metrics {
             server_up: Family::default(),
             route: Family::default(),
             max_client_conn: Gauge::default(),
+            pool_logins: Family::default(),
+            pool_closed: Family::default(),
+            pool_idle: Family::default(),
             registry: Mutex::new(Registry::default()),
         };
         // name, help, metric: the exported names are `pgcutover_<name>` (+ `_total` for counters).
@@ -122,6 +130,9 @@ impl Metrics {
             "server_up", "1 if the server accepted a TCP connection at the last probe (every 5 s), by target", m.server_up;
             "route", "1 for the target new transactions are routed to, 0 for the other", m.route;
             "max_client_conn", "The configured [proxy] max_client_conn", m.max_client_conn;
+            "server_logins", "Server connections a client session started on, by how (reused: an idle pooled connection; opened: a new login)", m.pool_logins;
+            "pool_closed", "Idle pooled server connections closed, by reason", m.pool_closed;
+            "pool_idle_server_connections", "Idle, reset server connections kept for the next client, by target, user and database", m.pool_idle;
         }
         *m.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = registry;
         m
@@ -180,13 +191,34 @@ impl Metrics {
         self.max_client_conn.set(limit as i64);
     }
 
+    /// Counts the server connection a session started on: `reused` or `opened`.
+    pub fn pool_login(&self, how: &'static str) {
+        self.pool_logins.get_or_create(&[("how", how)]).inc();
+    }
+
+    /// Counts a pooled connection closed for `reason`.
+    pub fn pool_closed(&self, reason: &'static str) {
+        self.pool_closed.get_or_create(&[("reason", reason)]).inc();
+    }
+
     /// Counts a session pinned by `reason`.
     pub fn pinned(&self, reason: &'static str) {
         self.pinned_sessions.get_or_create(&[("reason", reason)]).inc();
     }
 
     /// The text exposition, with session gauges computed from `sessions` now.
-    pub fn render(&self, sessions: &SessionRegistry, held: bool, route: Side) -> String {
+    pub fn render(&self, sessions: &SessionRegistry, pool: &[IdleCount], held: bool, route: Side) -> String {
+        // Rebuilt from the pool at every scrape: a pool that emptied disappears.
+        self.pool_idle.clear();
+        for p in pool {
+            self.pool_idle
+                .get_or_create(&[
+                    ("target", p.target.name().to_owned()),
+                    ("user", p.user.clone()),
+                    ("database", p.database.clone()),
+                ])
+                .set(p.idle as i64);
+        }
         let handles = sessions.handles();
         let in_transaction = handles.iter().filter(|h| h.in_transaction()).count() as i64;
         let idle = handles.len() as i64 - in_transaction;
@@ -231,7 +263,15 @@ mod tests {
         m.bytes_to_server.inc_by(10);
         m.drain_seconds.observe(0.004);
         m.set_replication_status("app", 4096, 2);
-        let text = m.render(&SessionRegistry::default(), true, Side::Green);
+        m.pool_login("reused");
+        m.pool_closed("flip");
+        let pool = [IdleCount {
+            target: Side::Blue,
+            user: "app".into(),
+            database: "shop".into(),
+            idle: 2,
+        }];
+        let text = m.render(&SessionRegistry::default(), &pool, true, Side::Green);
         for needle in [
             "pgcutover_client_connections{state=\"idle\"} 0",
             "pgcutover_server_connections{target=\"green\"} 0",
@@ -249,6 +289,9 @@ mod tests {
             "pgcutover_ddl_drift{database=\"app\"} 2",
             "pgcutover_route{target=\"green\"} 1",
             "pgcutover_route{target=\"blue\"} 0",
+            "pgcutover_server_logins_total{how=\"reused\"} 1",
+            "pgcutover_pool_closed_total{reason=\"flip\"} 1",
+            "pgcutover_pool_idle_server_connections{target=\"blue\",user=\"app\",database=\"shop\"} 2",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

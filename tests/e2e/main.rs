@@ -15,6 +15,7 @@ mod faults;
 mod guarantees;
 mod orchestrator;
 mod peers;
+mod pooling;
 mod protocol_versions;
 mod reconnect;
 mod support;

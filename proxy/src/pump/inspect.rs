@@ -41,6 +41,7 @@ impl Inspector for ClientSide<'_> {
             frontend::PARSE | frontend::QUERY => body_len <= MAX_INSPECTED_QUERY,
             // A statement or portal name; a longer one cannot name anything the log holds.
             frontend::CLOSE => body_len <= MAX_INSPECTED_CLOSE,
+            frontend::TERMINATE => body_len <= MAX_INSPECTED_CLOSE,
             _ => false,
         }
     }
@@ -50,7 +51,15 @@ impl Inspector for ClientSide<'_> {
         match tag {
             frontend::TERMINATE => {
                 tx.terminated = true;
-                return Ok(Step::Stop);
+                if frame.is_empty() {
+                    // A Terminate with a body too long to hold passes on like any
+                    // other: the server is leaving, and its connection cannot be pooled.
+                    tx.server_leaving = true;
+                    return Ok(Step::Stop);
+                }
+                // Kept back: the session decides whether the server hears it or the
+                // connection is reset for the next client.
+                return Ok(Step::HoldBack);
             }
             t if frontend::ends_with_ready_for_query(t) => {
                 match t {

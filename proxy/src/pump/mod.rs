@@ -30,7 +30,8 @@ use inspect::{ClientSide, ServerSide};
 /// Why the pump stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PumpEnd {
-    /// The client sent Terminate (already forwarded to the server).
+    /// The client sent Terminate (held back: the session says goodbye to the
+    /// server, or resets the connection for the next client).
     ClientTerminated,
     /// The client closed its socket.
     ClientClosed,
@@ -184,6 +185,18 @@ impl Pump {
     /// query) may remain: they will go to whichever server the session has next.
     pub fn at_boundary(&self) -> bool {
         self.tx.idle() && self.c2s.ready == 0 && self.c2s.frame_left == 0 && self.client_at_message_boundary()
+    }
+
+    /// Whether the server connection is where a fresh login leaves one: no
+    /// transaction, nothing it still owes, no message half sent to it or half read
+    /// from it, and it was not told to go. Then it can be reset for another client.
+    pub fn server_reusable(&self) -> bool {
+        self.tx.idle()
+            && !self.tx.server_leaving
+            && self.c2s.ready == 0
+            && self.c2s.frame_left == 0
+            && self.s2c.frame_left == 0
+            && self.s2c.buf.len() == self.s2c.ready
     }
 
     /// Whether the proxy may write a message of its own to the client now without

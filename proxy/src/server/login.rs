@@ -82,6 +82,31 @@ impl ServerConn {
             .find(|(name, _)| name == "server_version")
             .map_or("", |(_, value)| value.as_str())
     }
+
+    /// A parameter the server reported after login (a pooled connection's reset):
+    /// the next client's login reports the value it has now, as a fresh login would.
+    pub fn note_parameter(&mut self, name: &str, value: &str) {
+        match self.params.iter_mut().find(|(n, _)| n == name) {
+            Some((_, v)) if v == value => return,
+            Some((_, v)) => *v = value.to_owned(),
+            None => self.params.push((name.to_owned(), value.to_owned())),
+        }
+        let mut old = std::mem::take(&mut self.login_messages);
+        let mut replaced = false;
+        while let Ok(Some(f)) = pgcutover_protocol::frame::decode_frame(&mut old, usize::MAX) {
+            let same = f.tag == backend::PARAMETER_STATUS
+                && backend::parse_parameter_status(&f.body).is_ok_and(|(n, _)| n == name);
+            if same {
+                build::parameter_status(&mut self.login_messages, name, value);
+                replaced = true;
+            } else {
+                build::frame(&mut self.login_messages, f.tag, |b| b.extend_from_slice(&f.body));
+            }
+        }
+        if !replaced {
+            build::parameter_status(&mut self.login_messages, name, value);
+        }
+    }
 }
 
 /// Why a server connection could not be made.

@@ -9,6 +9,7 @@ pub(crate) mod refuse;
 mod standby;
 
 use crate::auth::{authenticate_client, AuthFailure, Secret, ServerCredential};
+use crate::pool::PoolKey;
 use crate::pump::{Pump, PumpEnd, PumpError, RunMode};
 use crate::registry::{Order, Registration};
 use crate::route::Route;
@@ -47,7 +48,7 @@ pub(crate) async fn run(
     slot: ClientSlot,
 ) {
     // Held for the session's whole life: its place in the max_client_conn count.
-    let _slot = slot;
+    let slot = slot;
     let span = tracing::info_span!("session", %peer, user = tracing::field::Empty, db = tracing::field::Empty);
     async move {
         let _ = tcp.set_nodelay(true);
@@ -97,8 +98,21 @@ pub(crate) async fn run(
             Ok(s) => s,
         };
         info!(server_pid = server.key.pid, server_version = %server.server_version(), tls = client.stream.is_tls(), target = ctx.registration.handle.target().name(), "session started");
-        let end = serve(&shared, &mut client, &mut server, &ctx, shutdown).await;
-        finish(&shared, &mut client, &mut server, &ctx, end).await;
+        let (end, reusable) = serve(&shared, &mut client, &mut server, &ctx, shutdown).await;
+        let status = ctx.registration.handle.status();
+        let pooled = reusable.then(|| {
+            let route = Route {
+                target: ctx.registration.handle.target(),
+                epoch: status.epoch,
+            };
+            PoolKey::new(route, &ctx.params)
+        });
+        finish(&shared, &mut client, &mut server, &ctx, end, pooled.is_none()).await;
+        if let Some(key) = pooled {
+            // The client is gone: it no longer counts, nor does its session.
+            drop((ctx, slot, client));
+            shared.pool.give_back(key, server).await;
+        }
     }
     .instrument(span)
     .await
@@ -193,10 +207,17 @@ async fn login(
     // server login, so it logs in where the route points once the hold ends).
     shared.control.wait_open().await;
     let route = shared.control.route();
-    let backend = shared.backend(route.target);
-    let server = server::connect(backend, &shared.login, &params, &credential)
-        .await
-        .map_err(SessionError::Server)?;
+    let server = match shared.pool.take(&PoolKey::new(route, &params)) {
+        Some(pooled) => pooled,
+        None => {
+            let backend = shared.backend(route.target);
+            let opened = server::connect(backend, &shared.login, &params, &credential)
+                .await
+                .map_err(SessionError::Server)?;
+            shared.metrics.pool_login("opened");
+            opened
+        }
+    };
     let identity = crate::registry::SessionIdentity {
         user: user.to_owned(),
         database: database.to_owned(),
@@ -263,14 +284,16 @@ enum DataEnd {
 }
 
 /// The data phase: pump, and at transaction boundaries obey the hold gate, move to
-/// the routed target when the route changed, and close on shutdown.
+/// the routed target when the route changed, and close on shutdown. Also says
+/// whether the server connection may serve another client (its client left while
+/// it stood where a fresh login leaves one); its read buffer is then back in it.
 async fn serve(
     shared: &Arc<Shared>,
     client: &mut Conn,
     server: &mut ServerConn,
     ctx: &SessionCtx,
     mut shutdown: watch::Receiver<ShutdownPhase>,
-) -> DataEnd {
+) -> (DataEnd, bool) {
     let pump = Pump::new(
         std::mem::take(&mut client.rbuf),
         std::mem::take(&mut server.conn.rbuf),
@@ -346,7 +369,18 @@ async fn serve(
             }
         }
     };
-    last_words(live.client, &live.pump, end)
+    let end = last_words(live.client, &live.pump, end);
+    let client_left = matches!(
+        end,
+        DataEnd::Pump(Ok(PumpEnd::ClientTerminated | PumpEnd::ClientClosed))
+            | DataEnd::Pump(Err(PumpError::ClientIo(_)))
+    );
+    let reusable = client_left && shared.pool.enabled() && live.pump.server_reusable();
+    if reusable {
+        live.server.conn.rbuf = live.pump.take_server_buffer();
+        live.server.conn.rbuf.clear();
+    }
+    (end, reusable)
 }
 
 /// Moves the session at a flip; returns how it ends if it must close instead. A
@@ -514,10 +548,21 @@ async fn wait_out_hold(shared: &Shared, epoch: u64) -> bool {
     true
 }
 
-async fn finish(shared: &Shared, client: &mut Conn, server: &mut ServerConn, ctx: &SessionCtx, end: DataEnd) {
+/// Ends the session: the client's last words, and the server's Terminate unless
+/// its connection is to be pooled (`tell_server` false).
+async fn finish(
+    shared: &Shared,
+    client: &mut Conn,
+    server: &mut ServerConn,
+    ctx: &SessionCtx,
+    end: DataEnd,
+    tell_server: bool,
+) {
     let target = shared.backend(ctx.registration.handle.target()).side.name();
-    let (client_error, tell_server) = match &end {
-        DataEnd::Pump(Ok(PumpEnd::ClientTerminated)) | DataEnd::ServerClosedWithError => (None, false),
+    let (client_error, server_there) = match &end {
+        // The client's Terminate was held back: the server hears it from here.
+        DataEnd::Pump(Ok(PumpEnd::ClientTerminated)) => (None, true),
+        DataEnd::ServerClosedWithError => (None, false),
         DataEnd::Pump(Ok(PumpEnd::ClientClosed)) => (None, true),
         DataEnd::Pump(Ok(PumpEnd::ServerClosed)) => (Some(SessionError::ServerClosed(target)), false),
         DataEnd::Pinned(reason) => (Some(SessionError::Pinned(reason.clone())), true),
@@ -545,7 +590,7 @@ async fn finish(shared: &Shared, client: &mut Conn, server: &mut ServerConn, ctx
         }
         DataEnd::ShutdownForced => info!("session closed by shutdown"),
     }
-    if tell_server {
+    if tell_server && server_there {
         build::terminate(&mut server.conn.wbuf);
         let _ = tokio::time::timeout(GOODBYE_TIMEOUT, server.conn.flush()).await;
     }
