@@ -231,7 +231,7 @@ TARGETS=(direct pgbouncer haproxy pgcutover)
 declare -A PORT_OF=([direct]="$PGPORT" [pgbouncer]="$BOUNCER_PORT" [haproxy]="$HAPROXY_PORT" [pgcutover]="$PGC_PORT" [baseline]="$BASE_PORT")
 declare -A PID_OF=([direct]="" [pgbouncer]="$(cat "$WORK/pgbouncer.pid" 2>/dev/null || true)" [haproxy]="$HAPROXY_PID" [pgcutover]="$PROXY_PID" [baseline]="$BASELINE_PID")
 if [ -n "$BASELINE_BIN" ]; then TARGETS+=(baseline); fi
-declare -A TPS LAT CPU CSW
+declare -A TPS LAT CPU CSW CLIENT
 
 cpu_ticks() { # pid -> utime+stime in clock ticks ("" when unknown)
     [ -n "$1" ] && [ -r "/proc/$1/stat" ] && awk '{print $14 + $15}' "/proc/$1/stat"
@@ -242,8 +242,8 @@ ctx_switches() { # pid -> voluntary + involuntary context switches of all its th
         | awk '/^(non)?voluntary_ctxt_switches/ { n += $2 } END { print n + 0 }'
 }
 
-run_cell() { # port pid args... -> "tps latency_ms cpu_us_per_tx csw_per_tx" or "err"
-    local port="$1" pid="$2" out tps lat tx c0 c1 cpu s0 s1 csw
+run_cell() { # port pid args... -> "tps latency_ms cpu_us_per_tx csw_per_tx client_cpu_us_per_tx" or "err"
+    local port="$1" pid="$2" out tps lat tx c0 c1 cpu s0 s1 csw client_s client
     shift 2
     c0="$(cpu_ticks "$pid" || true)"; s0="$(ctx_switches "$pid" || true)"
     # shellcheck disable=SC2068
@@ -253,6 +253,11 @@ run_cell() { # port pid args... -> "tps latency_ms cpu_us_per_tx csw_per_tx" or 
         echo err; return
     fi
     c1="$(cpu_ticks "$pid" || true)"; s1="$(ctx_switches "$pid" || true)"
+    # pgbench's own CPU (this subshell's children): with -C its SCRAM (PBKDF2 per
+    # login) bounds what any hop can gain.
+    # (`times` itself, not in a pipe: a forked shell has no children's times.)
+    times > "$WORK/times"
+    client_s="$(tail -n1 "$WORK/times" | awk '{ split($1, u, /[ms]/); split($2, y, /[ms]/); print u[1] * 60 + u[2] + y[1] * 60 + y[2] }')"
     tps="$(printf '%s\n' "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -n1)"
     lat="$(printf '%s\n' "$out" | sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' | head -n1)"
     tx="$(printf '%s\n' "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' | head -n1)"
@@ -264,7 +269,11 @@ run_cell() { # port pid args... -> "tps latency_ms cpu_us_per_tx csw_per_tx" or 
     if [ -n "$s0" ] && [ -n "$s1" ] && [ -n "$tx" ] && [ "$tx" -gt 0 ]; then
         csw="$(awk -v d=$((s1 - s0)) -v t="$tx" 'BEGIN { printf "%.2f", d / t }')"
     fi
-    if [ -z "$tps" ] || [ -z "$lat" ]; then echo err; else echo "$tps $lat $cpu $csw"; fi
+    client=na
+    if [ -n "$client_s" ] && [ -n "$tx" ] && [ "$tx" -gt 0 ]; then
+        client="$(awk -v s="$client_s" -v t="$tx" 'BEGIN { printf "%.1f", s * 1e6 / t }')"
+    fi
+    if [ -z "$tps" ] || [ -z "$lat" ]; then echo err; else echo "$tps $lat $cpu $csw $client"; fi
 }
 
 log "warm-up: 2 s select-only, direct"
@@ -280,9 +289,9 @@ for run in $(seq 1 "$RUNS"); do
             # shellcheck disable=SC2086
             res="$(run_cell "${PORT_OF[$t]}" "${PID_OF[$t]}" ${ROW_ARGS[$i]})"
             if [ "$res" = err ]; then
-                TPS["$i,$t,$run"]=err; LAT["$i,$t,$run"]=err; CPU["$i,$t,$run"]=err; CSW["$i,$t,$run"]=err
+                TPS["$i,$t,$run"]=err; LAT["$i,$t,$run"]=err; CPU["$i,$t,$run"]=err; CSW["$i,$t,$run"]=err; CLIENT["$i,$t,$run"]=err
             else
-                read -r TPS["$i,$t,$run"] LAT["$i,$t,$run"] CPU["$i,$t,$run"] CSW["$i,$t,$run"] <<< "$res"
+                read -r TPS["$i,$t,$run"] LAT["$i,$t,$run"] CPU["$i,$t,$run"] CSW["$i,$t,$run"] CLIENT["$i,$t,$run"] <<< "$res"
             fi
             log "run $run/$RUNS | ${ROW_NAMES[$i]} | $t: tps ${TPS["$i,$t,$run"]}, latency ${LAT["$i,$t,$run"]} ms"
         done
@@ -348,6 +357,15 @@ for i in "${!ROW_NAMES[@]}"; do
     if [ -n "$PGC_REASON" ]; then p_cpu="n/a"; p_csw="n/a"; else
         p_cpu="$(cell_median CPU "$i" pgcutover)"; p_csw="$(cell_median CSW "$i" pgcutover)"; fi
     echo "| ${ROW_NAMES[$i]} | $(cell_median CPU "$i" pgbouncer) | $(cell_median CPU "$i" haproxy) | $p_cpu | $(cell_median CSW "$i" pgbouncer) | $(cell_median CSW "$i" haproxy) | $p_csw |"
+done
+echo
+echo "pgbench's own CPU time per transaction, µs (what the client spends, whatever the hop):"
+echo
+echo "| row | direct | pgbouncer | haproxy | pgcutover |"
+echo "|---|---:|---:|---:|---:|"
+for i in "${!ROW_NAMES[@]}"; do
+    if [ -n "$PGC_REASON" ]; then p_client="n/a"; else p_client="$(cell_median CLIENT "$i" pgcutover)"; fi
+    echo "| ${ROW_NAMES[$i]} | $(cell_median CLIENT "$i" direct) | $(cell_median CLIENT "$i" pgbouncer) | $(cell_median CLIENT "$i" haproxy) | $p_client |"
 done
 if [ -n "$BASELINE_BIN" ]; then
     echo

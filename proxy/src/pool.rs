@@ -124,7 +124,37 @@ impl PoolSettings {
 pub(crate) struct Pool {
     settings: PoolSettings,
     idle: Mutex<HashMap<PoolKey, Vec<Parked>>>,
+    /// Connections whose clients left and whose reset is under way, per key: a
+    /// client arriving during a hold waits for them rather than for the hold.
+    returning: Mutex<HashMap<PoolKey, usize>>,
+    /// Bumped whenever a returning connection is parked or given up.
+    returned: tokio::sync::watch::Sender<u64>,
     metrics: Arc<Metrics>,
+}
+
+/// A connection on its way back into the pool (see [`Pool::returning`]); dropping
+/// it, parked or not, ends the wait of anyone who counted on it.
+pub(crate) struct Returning<'a> {
+    pool: &'a Pool,
+    key: PoolKey,
+}
+
+impl Drop for Returning<'_> {
+    fn drop(&mut self) {
+        let mut returning = self
+            .pool
+            .returning
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = returning.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                returning.remove(&self.key);
+            }
+        }
+        drop(returning);
+        self.pool.returned.send_modify(|n| *n += 1);
+    }
 }
 
 /// Idle connections of one user and database on one side, for the metrics.
@@ -145,6 +175,8 @@ impl Pool {
         Pool {
             settings,
             idle: Mutex::new(HashMap::new()),
+            returning: Mutex::new(HashMap::new()),
+            returned: tokio::sync::watch::Sender::new(0),
             metrics,
         }
     }
@@ -181,9 +213,56 @@ impl Pool {
         }
     }
 
-    /// Resets `server` (its client left at a transaction boundary) and parks it for
-    /// `key`; a connection that fails the reset, or is too old, is closed instead.
-    pub(crate) async fn give_back(&self, key: PoolKey, mut server: ServerConn) {
+    /// Announces that a connection for `key` is coming back (its client left; the
+    /// session still has to say goodbye and reset it), so that a client arriving
+    /// during a hold waits for it instead of for the hold.
+    pub(crate) fn returning(&self, key: PoolKey) -> Returning<'_> {
+        *self
+            .returning
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(key.clone())
+            .or_default() += 1;
+        Returning { pool: self, key }
+    }
+
+    /// [`take`](Self::take), and if nothing is idle but connections for `key` are on
+    /// their way back, waits for them, up to `limit`.
+    pub(crate) async fn take_or_await(&self, key: &PoolKey, limit: Duration) -> Option<ServerConn> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut returned = self.returned.subscribe();
+        loop {
+            // Counted before looking: a connection parked in between bumps `returned`.
+            let coming = self
+                .returning
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(key)
+                .copied()
+                .unwrap_or(0);
+            if let Some(server) = self.take(key) {
+                return Some(server);
+            }
+            if coming == 0 {
+                return None;
+            }
+            match tokio::time::timeout_at(deadline, returned.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    /// Resets `server` (its client left at a transaction boundary) and parks it
+    /// where `returning` said; a connection that fails the reset, or is too old, is
+    /// closed instead.
+    pub(crate) async fn give_back(&self, returning: Returning<'_>, server: ServerConn) {
+        let key = returning.key.clone();
+        self.reset_and_park(key, server).await;
+        drop(returning);
+    }
+
+    async fn reset_and_park(&self, key: PoolKey, mut server: ServerConn) {
         if let Some(why) = self.expired(&parked_meta(&server, Instant::now()), Instant::now()) {
             return self.close(server, why);
         }

@@ -185,9 +185,10 @@ async fn a_pooled_backend_ended_while_idle_is_not_handed_out() {
 
 /// pgbench opening a new connection for every transaction (`-C`), so nearly every
 /// one runs on a pooled backend, through a whole switchover: no failed transaction,
-/// every committed one on green, and no pooled backend left on blue. One thread per
-/// client: pgbench connects synchronously, and a client arriving during the hold
-/// waits at its login, which would stall a thread's other client mid-transaction.
+/// every committed one on green, and no pooled backend left on blue. Two clients
+/// per pgbench thread: pgbench connects synchronously, so a client arriving during
+/// the hold must get in (on a pooled backend), or its thread's other client,
+/// mid-transaction, never finishes and the drain fails.
 #[tokio::test]
 async fn a_switchover_under_pgbench_reconnecting_per_transaction_fails_nothing_and_empties_blues_pool() {
     let (blue, green, config, targets) = replicated(false, "").await;
@@ -196,7 +197,7 @@ async fn a_switchover_under_pgbench_reconnecting_per_transaction_fails_nothing_a
     let bench = tokio::spawn(async move {
         #[rustfmt::skip]
         let args = [
-            "-n", "-C", "-c", "4", "-j", "4", "-T", "8",
+            "-n", "-C", "-c", "4", "-j", "2", "-T", "8",
             "-h", "127.0.0.1", "-p", &port, "-U", SCRAM_USER, DB,
         ];
         client_tool(pg_harness::pgbench_path(), SCRAM_PASSWORD, &args).await
@@ -238,4 +239,33 @@ async fn a_switchover_under_pgbench_reconnecting_per_transaction_fails_nothing_a
         metrics.contains("pgcutover_pool_idle_server_connections{target=\"green\""),
         "{metrics}"
     );
+}
+
+/// During a hold a client gets in at once on an idle pooled backend, and only its
+/// first query waits for the resume (without one it waits at its login, for the
+/// route the hold ends on: `cutover.rs`).
+#[tokio::test]
+async fn a_client_arriving_during_a_hold_logs_in_on_a_pooled_backend_and_its_query_waits() {
+    let db = Db::pg15();
+    let proxy = RunningProxy::start(db.default_config()).await;
+    let conninfo = proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB);
+    let pooled = session_then_close(&conninfo, |c| async move { drop(c) }).await;
+    proxy.control.hold();
+    let c = tokio::time::timeout(Duration::from_secs(5), connect(&conninfo))
+        .await
+        .expect("the login completes during the hold")
+        .unwrap();
+    let query = tokio::spawn(async move {
+        let pid: i32 = c.query_one("select pg_backend_pid()", &[]).await.unwrap().get(0);
+        pid
+    });
+    // Not synchronisation: the time the query must stay held.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(!query.is_finished(), "the first query waits for the resume");
+    proxy.control.resume();
+    let pid = tokio::time::timeout(Duration::from_secs(5), query)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pid, pooled);
 }

@@ -90,7 +90,7 @@ impl Direction {
                 }
                 continue;
             }
-            if unscanned == 0 || !inspector.may_start() {
+            if unscanned == 0 || !inspector.may_scan(self.buf[self.ready]) {
                 return Ok(());
             }
             let Some(h) = parse_header(&self.buf[self.ready..], max_message_len).map_err(ScanError::Frame)? else {
@@ -131,6 +131,12 @@ impl Direction {
 pub(super) trait Inspector {
     /// Whether a new message may start being forwarded now.
     fn may_start(&self) -> bool;
+    /// Whether the next message, of type `tag`, may be scanned now: what
+    /// [`may_start`](Self::may_start) says, unless the type starts nothing.
+    fn may_scan(&self, tag: u8) -> bool {
+        let _ = tag;
+        self.may_start()
+    }
     /// Whether a message of this type and size must be seen whole before it is forwarded.
     fn wants_body(&self, tag: u8, body_len: usize) -> bool;
     /// Sees one message: the whole frame (header included) when wanted, else an

@@ -35,6 +35,12 @@ impl Inspector for ClientSide<'_> {
         !(self.tx.server_leaving || self.hold && self.tx.idle())
     }
 
+    fn may_scan(&self, tag: u8) -> bool {
+        // A client leaving during a hold starts nothing: it must not be kept waiting
+        // (its backend may be what the next client, arriving held, logs in on).
+        tag == frontend::TERMINATE || self.may_start()
+    }
+
     fn wants_body(&self, tag: u8, body_len: usize) -> bool {
         match tag {
             // Bounded like Query: a larger one passes unread, and the log goes opaque.

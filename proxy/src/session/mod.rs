@@ -31,6 +31,10 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
 
+/// How long a client arriving during a hold waits for a backend on its way back
+/// into the pool (its reset is a round trip) before it waits for the hold instead.
+const HELD_LOGIN_WAIT: Duration = Duration::from_secs(1);
+
 /// How long the proxy tries to deliver its own last words to a client that may not be reading.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -105,13 +109,13 @@ pub(crate) async fn run(
                 target: ctx.registration.handle.target(),
                 epoch: status.epoch,
             };
-            PoolKey::new(route, &ctx.params)
+            shared.pool.returning(PoolKey::new(route, &ctx.params))
         });
         finish(&shared, &mut client, &mut server, &ctx, end, pooled.is_none()).await;
-        if let Some(key) = pooled {
+        if let Some(returning) = pooled {
             // The client is gone: it no longer counts, nor does its session.
             drop((ctx, slot, client));
-            shared.pool.give_back(key, server).await;
+            shared.pool.give_back(returning, server).await;
         }
     }
     .instrument(span)
@@ -203,11 +207,29 @@ async fn login(
     if startup.param("database").is_none() {
         params.push(("database".into(), database.to_owned()));
     }
-    // A client arriving during a hold is authenticated, then waits here (before its
-    // server login, so it logs in where the route points once the hold ends).
-    shared.control.wait_open().await;
-    let route = shared.control.route();
-    let server = match shared.pool.take(&PoolKey::new(route, &params)) {
+    // A client arriving during a hold gets in at once on an idle pooled backend: its
+    // login starts no transaction (the pump holds its first), and a client that
+    // connects synchronously may hold another transaction open that the drain waits
+    // for (pgbench -C does, one thread per several clients). Without one it waits
+    // here, before its server login, so it logs in where the route points once the
+    // hold ends; a flip moves it like any idle session.
+    let cutover = shared.control.cutover();
+    let held_login = match cutover.gate.is_held() {
+        true => {
+            let key = PoolKey::new(cutover.route, &params);
+            shared.pool.take_or_await(&key, HELD_LOGIN_WAIT).await
+        }
+        false => None,
+    };
+    let (route, pooled) = match held_login {
+        Some(server) => (cutover.route, Some(server)),
+        None => {
+            shared.control.wait_open().await;
+            let route = shared.control.route();
+            (route, shared.pool.take(&PoolKey::new(route, &params)))
+        }
+    };
+    let server = match pooled {
         Some(pooled) => pooled,
         None => {
             let backend = shared.backend(route.target);
