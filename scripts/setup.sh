@@ -104,15 +104,20 @@ else
 fi
 
 # ---------------------------------------------------------------- PgBouncer
-if [ ! -x "$PGBOUNCER_BIN" ]; then
-    log "PgBouncer missing: installing"
-    apt_install pgbouncer
-    log "stopping and disabling the pgbouncer service (keeps port 6432 free)"
-    "${SUDO[@]}" service pgbouncer stop >/dev/null 2>&1 || true
+# install_without_service PACKAGE: the package's binary only; the system service it
+# brings is stopped and disabled (the benchmarks start their own, on free ports).
+install_without_service() {
+    apt_install "$1"
+    log "stopping and disabling the $1 service"
+    "${SUDO[@]}" service "$1" stop >/dev/null 2>&1 || true
     if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-        "${SUDO[@]}" systemctl disable pgbouncer >/dev/null 2>&1 || true
+        "${SUDO[@]}" systemctl disable "$1" >/dev/null 2>&1 || true
     fi
-    "${SUDO[@]}" update-rc.d pgbouncer disable >/dev/null 2>&1 || true
+    "${SUDO[@]}" update-rc.d "$1" disable >/dev/null 2>&1 || true
+}
+if [ ! -x "$PGBOUNCER_BIN" ]; then
+    log "PgBouncer missing: installing (its service would hold port 6432)"
+    install_without_service pgbouncer
 else
     log "PgBouncer present: $PGBOUNCER_BIN"
 fi
@@ -126,12 +131,7 @@ fi
 # The benchmark's bare TCP hop (bench/proxy_overhead.sh): the cost floor of any proxy.
 if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
     log "HAProxy missing: installing (the benchmark's reference hop)"
-    apt_install haproxy
-    "${SUDO[@]}" service haproxy stop >/dev/null 2>&1 || true
-    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-        "${SUDO[@]}" systemctl disable haproxy >/dev/null 2>&1 || true
-    fi
-    "${SUDO[@]}" update-rc.d haproxy disable >/dev/null 2>&1 || true
+    install_without_service haproxy
 else
     log "HAProxy present: $(command -v haproxy || echo /usr/sbin/haproxy)"
 fi
