@@ -72,8 +72,8 @@ pub struct StatusReply {
     pub clients: usize,
     /// Server connections per side.
     pub server_connections: PerSide<usize>,
-    /// Backend pids of the sessions' server connections per side: a fence spares
-    /// these. Only for a caller presenting the admin token (a pid is what
+    /// Backend pids of the proxy's server connections per side, the sessions' and
+    /// the idle pooled ones: a fence spares these. Only for a caller presenting the admin token (a pid is what
     /// `pg_terminate_backend` and the fence's list of sessions to spare take).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_pids: Option<PerSide<Vec<i32>>>,

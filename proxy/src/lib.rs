@@ -114,7 +114,7 @@ pub(crate) struct Shared {
     health: health::Health,
     clients: AtomicUsize,
     /// Idle server connections kept for the next client.
-    pool: pool::Pool,
+    pool: Arc<pool::Pool>,
     /// Runs `POST /switchover`: installed by the binary, which owns the orchestrator.
     switchover: std::sync::OnceLock<Arc<dyn SwitchoverRunner>>,
 }
@@ -256,7 +256,11 @@ impl Proxy {
             metrics.clone(),
         );
         let admin = admin::AdminServer::bind(&config).await?;
-        let pool = pool::Pool::new(pool::PoolSettings::from_config(&config.proxy), metrics.clone());
+        let pool = Arc::new(pool::Pool::new(
+            pool::PoolSettings::from_config(&config.proxy),
+            metrics.clone(),
+        ));
+        control.set_pool(pool.clone());
         Ok(Proxy {
             listener,
             admin,

@@ -336,6 +336,15 @@ impl Pool {
         }
     }
 
+    /// The backend pids of the idle connections to `side`.
+    pub(crate) fn idle_pids(&self, side: Side) -> Vec<i32> {
+        self.lock()
+            .iter()
+            .filter(|(key, _)| key.target == side)
+            .flat_map(|(_, parked)| parked.iter().map(|p| p.server.key.pid))
+            .collect()
+    }
+
     /// Idle connections per side, user and database, for `GET /metrics`.
     pub fn idle_counts(&self) -> Vec<IdleCount> {
         let mut counts: HashMap<(Side, String, String), usize> = HashMap::new();

@@ -49,6 +49,10 @@ async fn a_leaving_clients_backend_serves_the_next_client_with_nothing_of_its_se
     })
     .await;
 
+    // The idle backend is still the proxy's: the fence spares the pids /status lists.
+    let (code, status) = http(proxy.admin, "GET", "/status", Some(ADMIN_TOKEN), "").await;
+    assert_eq!(code, 200, "{status}");
+    assert_eq!(status["server_pids"]["blue"], serde_json::json!([first]), "{status}");
     let c = connect(&conninfo).await.unwrap();
     assert_eq!(
         backend_pid(&c).await,

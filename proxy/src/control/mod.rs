@@ -149,6 +149,9 @@ pub struct Control {
     settings: SwitchoverConfig,
     has_green: bool,
     metrics: Arc<Metrics>,
+    /// Idle pooled server connections: their backends are this proxy's too (the
+    /// fence spares them), though no session is on them.
+    pool: std::sync::OnceLock<Arc<crate::pool::Pool>>,
 }
 
 impl Control {
@@ -169,7 +172,13 @@ impl Control {
             settings,
             has_green,
             metrics,
+            pool: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Counts the pool's idle backends among the proxy's own in `/status`.
+    pub(crate) fn set_pool(&self, pool: Arc<crate::pool::Pool>) {
+        let _ = self.pool.set(pool);
     }
 
     /// Watches the route, the gate and the standby wish: all a session follows.
@@ -292,11 +301,15 @@ impl Control {
             *databases.entry(h.identity.database.clone()).or_default() += 1;
         }
         let pids = |side: Side| {
-            statuses
+            let mut pids: Vec<i32> = statuses
                 .iter()
                 .filter(|st| st.side == side)
                 .map(|st| st.server.1.pid)
-                .collect()
+                .collect();
+            if let Some(pool) = self.pool.get() {
+                pids.extend(pool.idle_pids(side));
+            }
+            pids
         };
         StatusReply {
             route: s.route.target,
