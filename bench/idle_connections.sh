@@ -32,6 +32,8 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 LOG_PREFIX=bench
 # shellcheck source=../scripts/lib/local-pg.sh
 . "$REPO/scripts/lib/local-pg.sh"
+# shellcheck source=lib/hops.sh
+. "$REPO/bench/lib/hops.sh"
 PGBOUNCER="${PGBOUNCER:-/usr/sbin/pgbouncer}"
 HAPROXY="${HAPROXY:-/usr/sbin/haproxy}"
 PGCUTOVER_BIN="${PGCUTOVER_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/release/pgcutover}"
@@ -74,36 +76,9 @@ shared_buffers = 128MB
 EOF
 
 # ------------------------------------------------------------------ the proxies
-printf '"postgres" "%s"\n' "$PASSWORD" > "$WORK/userlist.txt"
-chmod 644 "$WORK/userlist.txt"
-BOUNCER_PORT="$(free_port)"
-sed -e "s|@PORT@|$BOUNCER_PORT|g" -e "s|@PGPORT@|$PGPORT|g" -e "s|@DIR@|$WORK|g" \
-    -e "s|^max_client_conn = .*|max_client_conn = $(( CLIENTS + 100 ))|" \
-    -e "s|^default_pool_size = .*|default_pool_size = $(( CLIENTS + 10 ))|" \
-    "$REPO/bench/pgbouncer.ini.tmpl" > "$WORK/pgbouncer.ini"
-chmod 644 "$WORK/pgbouncer.ini"
-as_pg "$PGBOUNCER" -d -q "$WORK/pgbouncer.ini" || die "pgbouncer failed to start"
-wait_port "$BOUNCER_PORT" 10 || die "pgbouncer is not listening on $BOUNCER_PORT"
-
-HAPROXY_PORT="$(free_port)"
-cat > "$WORK/haproxy.cfg" <<EOF
-global
-    maxconn $(( CLIENTS + 100 ))
-    nbthread $(nproc)
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 1h
-    timeout server 1h
-frontend pg
-    bind 127.0.0.1:$HAPROXY_PORT
-    default_backend pg
-backend pg
-    server pg15 127.0.0.1:$PGPORT
-EOF
-"$HAPROXY" -db -f "$WORK/haproxy.cfg" > "$WORK/haproxy.log" 2>&1 &
-PIDS+=("$!"); HAPROXY_PID=$!
-wait_port "$HAPROXY_PORT" 10 "$HAPROXY_PID" || die "haproxy is not listening on $HAPROXY_PORT"
+start_pgbouncer $(( CLIENTS + 100 )) $(( CLIENTS + 10 ))
+start_haproxy $(( CLIENTS + 100 ))
+PIDS+=("$HAPROXY_PID")
 
 PGC_PORT="$(free_port)"
 cat > "$WORK/pgcutover.toml" <<EOF

@@ -50,6 +50,8 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 LOG_PREFIX=bench
 # shellcheck source=../scripts/lib/local-pg.sh
 . "$REPO/scripts/lib/local-pg.sh"
+# shellcheck source=lib/hops.sh
+. "$REPO/bench/lib/hops.sh"
 PGBOUNCER="${PGBOUNCER:-/usr/sbin/pgbouncer}"
 HAPROXY="${HAPROXY:-/usr/sbin/haproxy}"
 PGCUTOVER_BIN="${PGCUTOVER_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/release/pgcutover}"
@@ -100,39 +102,11 @@ log "pgbench -i -s $SCALE"
 "$PGBENCH" -i -q -s "$SCALE" -h 127.0.0.1 -p "$PGPORT" -U postgres "$DB" \
     > "$WORK/pgbench-init.log" 2>&1 || { cat "$WORK/pgbench-init.log" >&2; die "pgbench -i failed"; }
 
-# ------------------------------------------------------------------ PgBouncer
-printf '"postgres" "%s"\n' "$PASSWORD" > "$WORK/userlist.txt"
-chmod 644 "$WORK/userlist.txt"
-BOUNCER_PORT="$(free_port)"
-sed -e "s|@PORT@|$BOUNCER_PORT|g" -e "s|@PGPORT@|$PGPORT|g" -e "s|@DIR@|$WORK|g" \
-    "$REPO/bench/pgbouncer.ini.tmpl" > "$WORK/pgbouncer.ini"
-chmod 644 "$WORK/pgbouncer.ini"
-as_pg "$PGBOUNCER" -d -q "$WORK/pgbouncer.ini" || { cat "$WORK/pgbouncer.log" >&2 || true; die "pgbouncer failed to start"; }
-wait_port "$BOUNCER_PORT" 10 || { cat "$WORK/pgbouncer.log" >&2 || true; die "pgbouncer is not listening on $BOUNCER_PORT"; }
+# ------------------------------------------------------------------ PgBouncer, HAProxy
+start_pgbouncer 200 100
 [ "$(sql "$BOUNCER_PORT" 'select 1' "$DB")" = 1 ] || die "query through pgbouncer failed"
 log "PgBouncer $("$PGBOUNCER" --version | head -n1 | awk '{print $2}') on 127.0.0.1:$BOUNCER_PORT (session pooling)"
-
-# ------------------------------------------------------------------ HAProxy
-# A TCP relay with as many threads as cores, as a tuned deployment would run it.
-HAPROXY_PORT="$(free_port)"
-cat > "$WORK/haproxy.cfg" <<EOF
-global
-    maxconn 1000
-    nbthread $(nproc)
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 1h
-    timeout server 1h
-frontend pg
-    bind 127.0.0.1:$HAPROXY_PORT
-    default_backend pg
-backend pg
-    server pg15 127.0.0.1:$PGPORT
-EOF
-"$HAPROXY" -db -f "$WORK/haproxy.cfg" > "$WORK/haproxy.log" 2>&1 &
-HAPROXY_PID=$!
-wait_port "$HAPROXY_PORT" 10 "$HAPROXY_PID" || { cat "$WORK/haproxy.log" >&2 || true; die "haproxy is not listening on $HAPROXY_PORT"; }
+start_haproxy 1000
 [ "$(sql "$HAPROXY_PORT" 'select 1' "$DB")" = 1 ] || die "query through haproxy failed"
 log "HAProxy $("$HAPROXY" -v | head -n1 | awk '{print $3}') on 127.0.0.1:$HAPROXY_PORT (TCP relay, $(nproc) threads)"
 
