@@ -184,6 +184,12 @@ impl Config {
         if p.pool_mode == PoolMode::Session && p.server_reset_query.trim().is_empty() {
             return Err("[proxy] server_reset_query is empty: a pooled connection would carry one client's settings, prepared statements and temporary tables to the next; use \"DISCARD ALL\" or pool_mode = \"off\"".into());
         }
+        if p.min_pool_size > p.max_idle_server_conn {
+            return Err(format!(
+                "[proxy] min_pool_size = {} is above max_idle_server_conn = {}: the extra connections would be opened and closed again; lower it or raise max_idle_server_conn",
+                p.min_pool_size, p.max_idle_server_conn
+            ));
+        }
         let a = &self.auth;
         if a.auth_file.is_none() && a.auth_user.is_none() && a.auth_type != AuthType::Trust {
             return Err(format!(
@@ -302,6 +308,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("server_reset_query") && e.contains("DISCARD ALL"), "{e}");
+        let e = load(MINIMAL, &[("PGCUTOVER_PROXY_MIN_POOL_SIZE", "30")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("min_pool_size = 30") && e.contains("max_idle_server_conn = 20"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -81,6 +81,10 @@ pub struct ProxyConfig {
     /// parameters; a client leaving a full pool closes its connection. Not a cap on
     /// server connections in use (every client still has its own). Default 20.
     pub max_idle_server_conn: usize,
+    /// Idle server connections kept ready per user, database and startup parameters
+    /// once a client has used them: fewer are topped up ahead of the next client,
+    /// and right after a flip they open on the new side. Default 0 (none ahead).
+    pub min_pool_size: usize,
 }
 
 impl Default for ProxyConfig {
@@ -111,6 +115,7 @@ impl Default for ProxyConfig {
             server_idle_timeout: HumanDuration(Duration::from_secs(600)),
             server_lifetime: HumanDuration(Duration::from_secs(3600)),
             max_idle_server_conn: 20,
+            min_pool_size: 0,
         }
     }
 }

@@ -397,8 +397,37 @@ async fn reap_pool(shared: Arc<Shared>) {
             _ = tick.tick() => {}
             changed = cutover.changed() => if changed.is_err() { return },
         }
-        let route = cutover.borrow_and_update().route;
-        shared.pool.reap(route);
+        let now = *cutover.borrow_and_update();
+        shared.pool.reap(now.route);
+        // Not while held: the side being left may be fenced or going away.
+        if !now.gate.is_held() {
+            open_ahead(&shared, now.route);
+        }
+    }
+}
+
+/// Opens what `min_pool_size` asks for on `route`, in the background.
+fn open_ahead(shared: &Arc<Shared>, route: route::Route) {
+    for shortfall in shared.pool.shortfalls(route) {
+        for returning in shortfall.opening {
+            let shared = shared.clone();
+            let (params, credential) = (shortfall.params.clone(), shortfall.credential.clone());
+            tokio::spawn(async move {
+                let backend = shared.backend(route.target);
+                match server::connect(backend, &shared.login, &params, &credential).await {
+                    Ok(server) => shared.pool.give_back(returning, server).await,
+                    Err(e) => {
+                        // A credential that stopped working is not retried every
+                        // second: the next client's login brings a fresh one.
+                        warn!(
+                            target = route.target.name(),
+                            "min_pool_size: could not open a server connection ahead of clients: {e}"
+                        );
+                        shared.pool.forget(&params);
+                    }
+                }
+            });
+        }
     }
 }
 

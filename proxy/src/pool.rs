@@ -10,6 +10,7 @@
 //! them. Exact startup parameters in the key mean the next client gets the same
 //! ParameterStatus values a fresh login would report.
 
+use crate::auth::ServerCredential;
 use crate::metrics::Metrics;
 use crate::route::Route;
 use crate::server::ServerConn;
@@ -105,6 +106,7 @@ pub(crate) struct PoolSettings {
     pub(crate) idle_timeout: Duration,
     pub(crate) lifetime: Duration,
     pub(crate) max_idle: usize,
+    pub(crate) min_idle: usize,
 }
 
 impl PoolSettings {
@@ -115,6 +117,7 @@ impl PoolSettings {
             idle_timeout: p.server_idle_timeout.0,
             lifetime: p.server_lifetime.0,
             max_idle: p.max_idle_server_conn,
+            min_idle: p.min_pool_size,
         }
     }
 }
@@ -129,17 +132,28 @@ pub(crate) struct Pool {
     returning: Mutex<HashMap<PoolKey, usize>>,
     /// Bumped whenever a returning connection is parked or given up.
     returned: tokio::sync::watch::Sender<u64>,
+    /// With `min_pool_size`: the startup parameters clients used, and what the
+    /// latest of them authenticated with, to open connections ahead of clients.
+    known: Mutex<HashMap<Vec<(String, String)>, ServerCredential>>,
     metrics: Arc<Metrics>,
+}
+
+/// Connections to open ahead of clients: one per `opening` (each announced as
+/// returning), with `params`, logging in with `credential`.
+pub(crate) struct Shortfall {
+    pub(crate) params: Vec<(String, String)>,
+    pub(crate) credential: ServerCredential,
+    pub(crate) opening: Vec<Returning>,
 }
 
 /// A connection on its way back into the pool (see [`Pool::returning`]); dropping
 /// it, parked or not, ends the wait of anyone who counted on it.
-pub(crate) struct Returning<'a> {
-    pool: &'a Pool,
+pub(crate) struct Returning {
+    pool: Arc<Pool>,
     key: PoolKey,
 }
 
-impl Drop for Returning<'_> {
+impl Drop for Returning {
     fn drop(&mut self) {
         let mut returning = self
             .pool
@@ -177,6 +191,7 @@ impl Pool {
             idle: Mutex::new(HashMap::new()),
             returning: Mutex::new(HashMap::new()),
             returned: tokio::sync::watch::Sender::new(0),
+            known: Mutex::new(HashMap::new()),
             metrics,
         }
     }
@@ -213,17 +228,81 @@ impl Pool {
         }
     }
 
+    /// Notes what a client logged in with, so that `min_pool_size` connections can be
+    /// kept open for its parameters.
+    pub(crate) fn remember(&self, key: &PoolKey, credential: &ServerCredential) {
+        if self.settings.enabled && self.settings.min_idle > 0 {
+            self.known
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(key.params.clone(), credential.clone());
+        }
+    }
+
+    /// Stops opening connections ahead for `params` (their login failed) until a
+    /// client logs in with them again.
+    pub(crate) fn forget(&self, params: &[(String, String)]) {
+        self.known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(params);
+    }
+
+    /// For every parameter set a client used, how many connections on `route` are
+    /// missing to `min_pool_size` (idle ones and ones on their way back count), each
+    /// already announced as returning: the caller opens them and gives them back.
+    pub(crate) fn shortfalls(self: &Arc<Self>, route: Route) -> Vec<Shortfall> {
+        if !self.settings.enabled || self.settings.min_idle == 0 {
+            return Vec::new();
+        }
+        let known: Vec<(Vec<(String, String)>, ServerCredential)> = self
+            .known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(p, c)| (p.clone(), c.clone()))
+            .collect();
+        let mut out = Vec::new();
+        for (params, credential) in known {
+            let key = PoolKey {
+                target: route.target,
+                epoch: route.epoch,
+                params: params.clone(),
+            };
+            let idle = self.lock().get(&key).map_or(0, Vec::len);
+            let coming = self
+                .returning
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&key)
+                .copied()
+                .unwrap_or(0);
+            let missing = self.settings.min_idle.saturating_sub(idle + coming);
+            if missing > 0 {
+                out.push(Shortfall {
+                    params,
+                    credential,
+                    opening: (0..missing).map(|_| self.returning(key.clone())).collect(),
+                });
+            }
+        }
+        out
+    }
+
     /// Announces that a connection for `key` is coming back (its client left; the
     /// session still has to say goodbye and reset it), so that a client arriving
     /// during a hold waits for it instead of for the hold.
-    pub(crate) fn returning(&self, key: PoolKey) -> Returning<'_> {
+    pub(crate) fn returning(self: &Arc<Self>, key: PoolKey) -> Returning {
         *self
             .returning
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(key.clone())
             .or_default() += 1;
-        Returning { pool: self, key }
+        Returning {
+            pool: self.clone(),
+            key,
+        }
     }
 
     /// [`take`](Self::take), and if nothing is idle but connections for `key` are on
@@ -256,7 +335,7 @@ impl Pool {
     /// Resets `server` (its client left at a transaction boundary) and parks it
     /// where `returning` said; a connection that fails the reset, or is too old, is
     /// closed instead.
-    pub(crate) async fn give_back(&self, returning: Returning<'_>, server: ServerConn) {
+    pub(crate) async fn give_back(&self, returning: Returning, server: ServerConn) {
         let key = returning.key.clone();
         self.reset_and_park(key, server).await;
         drop(returning);
@@ -316,6 +395,9 @@ impl Pool {
                 let mut i = 0;
                 while i < parked.len() {
                     match self.expired(&parked_meta(&parked[i].server, parked[i].since), now) {
+                        // min_pool_size connections are kept through idleness (not
+                        // through server_lifetime).
+                        Some(Closed::IdleTimeout) if parked.len() <= self.settings.min_idle => i += 1,
                         Some(why) => doomed.push((parked.remove(i).server, why)),
                         None => i += 1,
                     }

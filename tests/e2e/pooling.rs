@@ -273,3 +273,50 @@ async fn a_client_arriving_during_a_hold_logs_in_on_a_pooled_backend_and_its_que
         .unwrap();
     assert_eq!(pid, pooled);
 }
+
+/// `min_pool_size`: once a client used a parameter set, that many idle backends are
+/// kept open for it, and after a flip they are open on the new side before any
+/// client asks (and gone from the old).
+#[tokio::test]
+async fn min_pool_size_keeps_backends_ready_and_opens_them_on_the_new_side_after_a_flip() {
+    use pgcutover_api::Side;
+    let blue = Db::pg15();
+    let green = Db::pg17();
+    green.copy_role_secrets_from(&blue);
+    let mut config = blue.config_with_green(&green, "");
+    config.proxy.min_pool_size = 3;
+    let proxy = RunningProxy::start(config).await;
+    let conninfo = proxy.conninfo(SCRAM_USER, SCRAM_PASSWORD, DB);
+    let idle_on = |db: &Db| {
+        db.sql(&format!(
+            "select count(*) from pg_stat_activity where usename = '{SCRAM_USER}' and state = 'idle'"
+        ))
+    };
+    assert_eq!(idle_on(&blue), "0", "nothing opens before a client used the parameters");
+    session_then_close(&conninfo, |c| async move { drop(c) }).await;
+    wait_for("3 idle backends ready on blue", Duration::from_secs(10), || {
+        idle_on(&blue) == "3"
+    })
+    .await;
+
+    proxy.control.hold();
+    proxy.control.flip(Side::Green, Duration::from_secs(20)).await.unwrap();
+    proxy.control.resume();
+    wait_for("3 idle backends ready on green", Duration::from_secs(10), || {
+        idle_on(&green) == "3"
+    })
+    .await;
+    wait_for("none left on blue", Duration::from_secs(10), || idle_on(&blue) == "0").await;
+    // A client now logs in on one of them.
+    let c = connect(&conninfo).await.unwrap();
+    let pid = backend_pid(&c).await;
+    let (_, metrics) = http_text(proxy.admin, "GET", "/metrics", None, "").await;
+    assert!(
+        metrics.contains("pgcutover_server_logins_total{how=\"reused\"} 1"),
+        "the client (on backend {pid}) got a backend opened ahead of it:\n{metrics}"
+    );
+    assert_eq!(
+        green.sql(&format!("select count(*) from pg_stat_activity where pid = {pid}")),
+        "1"
+    );
+}

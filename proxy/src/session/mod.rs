@@ -240,6 +240,8 @@ async fn login(
             opened
         }
     };
+    // The login worked: min_pool_size may open more like it.
+    shared.pool.remember(&PoolKey::new(route, &params), &credential);
     let identity = crate::registry::SessionIdentity {
         user: user.to_owned(),
         database: database.to_owned(),
