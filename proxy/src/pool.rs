@@ -58,6 +58,14 @@ impl PoolKey {
         }
     }
 
+    /// The route its connections were opened on.
+    pub(crate) fn route(&self) -> Route {
+        Route {
+            target: self.target,
+            epoch: self.epoch,
+        }
+    }
+
     fn param(&self, name: &str) -> &str {
         self.params
             .iter()
@@ -79,6 +87,8 @@ enum Closed {
     ServerEnded,
     /// The pool for its key already held `max_idle_server_conn`.
     Full,
+    /// `server_reset_query` failed or took too long.
+    ResetFailed,
 }
 
 impl Closed {
@@ -89,6 +99,7 @@ impl Closed {
             Closed::Flip => "flip",
             Closed::ServerEnded => "server_ended",
             Closed::Full => "pool_full",
+            Closed::ResetFailed => "reset_failed",
         }
     }
 }
@@ -216,7 +227,7 @@ impl Pool {
             let parked = self.lock().get_mut(key).and_then(Vec::pop)?;
             let mut server = parked.server;
             let verdict = self
-                .expired(&parked_meta(&server, parked.since), now)
+                .expired(&server, parked.since, now)
                 .or_else(|| (!quiet(&mut server.conn)).then_some(Closed::ServerEnded));
             match verdict {
                 None => {
@@ -270,14 +281,7 @@ impl Pool {
                 params: params.clone(),
             };
             let idle = self.lock().get(&key).map_or(0, Vec::len);
-            let coming = self
-                .returning
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .get(&key)
-                .copied()
-                .unwrap_or(0);
-            let missing = self.settings.min_idle.saturating_sub(idle + coming);
+            let missing = self.settings.min_idle.saturating_sub(idle + self.coming(&key));
             if missing > 0 {
                 out.push(Shortfall {
                     params,
@@ -305,6 +309,16 @@ impl Pool {
         }
     }
 
+    /// How many connections for `key` are on their way back.
+    fn coming(&self, key: &PoolKey) -> usize {
+        self.returning
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// [`take`](Self::take), and if nothing is idle but connections for `key` are on
     /// their way back, waits for them, up to `limit`.
     pub(crate) async fn take_or_await(&self, key: &PoolKey, limit: Duration) -> Option<ServerConn> {
@@ -312,13 +326,7 @@ impl Pool {
         let mut returned = self.returned.subscribe();
         loop {
             // Counted before looking: a connection parked in between bumps `returned`.
-            let coming = self
-                .returning
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .get(key)
-                .copied()
-                .unwrap_or(0);
+            let coming = self.coming(key);
             if let Some(server) = self.take(key) {
                 return Some(server);
             }
@@ -342,30 +350,25 @@ impl Pool {
     }
 
     async fn reset_and_park(&self, key: PoolKey, mut server: ServerConn) {
-        if let Some(why) = self.expired(&parked_meta(&server, Instant::now()), Instant::now()) {
+        let now = Instant::now();
+        if let Some(why) = self.expired(&server, now, now) {
             return self.close(server, why);
         }
-        match tokio::time::timeout(RESET_TIMEOUT, reset(&mut server.conn, &self.settings.reset_query)).await {
-            Ok(Ok(changed)) => {
+        let reset = tokio::time::timeout(RESET_TIMEOUT, reset(&mut server.conn, &self.settings.reset_query))
+            .await
+            .unwrap_or_else(|_| Err(format!("it took over {RESET_TIMEOUT:?}")));
+        match reset {
+            Ok(changed) => {
                 for (name, value) in changed {
                     server.note_parameter(&name, &value);
                 }
             }
-            Ok(Err(why)) => {
+            Err(why) => {
                 debug!(
                     server_pid = server.key.pid,
                     "server connection not pooled: its reset failed: {why}"
                 );
-                self.metrics.pool_closed("reset_failed");
-                return close_quietly(server);
-            }
-            Err(_) => {
-                debug!(
-                    server_pid = server.key.pid,
-                    "server connection not pooled: its reset took over {RESET_TIMEOUT:?}"
-                );
-                self.metrics.pool_closed("reset_failed");
-                return close_quietly(server);
+                return self.close(server, Closed::ResetFailed);
             }
         }
         let mut idle = self.lock();
@@ -394,7 +397,7 @@ impl Pool {
                 }
                 let mut i = 0;
                 while i < parked.len() {
-                    match self.expired(&parked_meta(&parked[i].server, parked[i].since), now) {
+                    match self.expired(&parked[i].server, parked[i].since, now) {
                         // min_pool_size connections are kept through idleness (not
                         // through server_lifetime).
                         Some(Closed::IdleTimeout) if parked.len() <= self.settings.min_idle => i += 1,
@@ -448,10 +451,11 @@ impl Pool {
         out
     }
 
-    fn expired(&self, meta: &Meta, now: Instant) -> Option<Closed> {
-        if now.duration_since(meta.connected_at) >= self.settings.lifetime {
+    /// Why `server`, idle since `since`, must not serve again, if it must not.
+    fn expired(&self, server: &ServerConn, since: Instant, now: Instant) -> Option<Closed> {
+        if now.duration_since(server.connected_at) >= self.settings.lifetime {
             Some(Closed::Lifetime)
-        } else if now.duration_since(meta.since) >= self.settings.idle_timeout {
+        } else if now.duration_since(since) >= self.settings.idle_timeout {
             Some(Closed::IdleTimeout)
         } else {
             None
@@ -466,18 +470,6 @@ impl Pool {
         );
         self.metrics.pool_closed(why.label());
         close_quietly(server);
-    }
-}
-
-struct Meta {
-    connected_at: Instant,
-    since: Instant,
-}
-
-fn parked_meta(server: &ServerConn, since: Instant) -> Meta {
-    Meta {
-        connected_at: server.connected_at,
-        since,
     }
 }
 

@@ -51,8 +51,6 @@ pub(crate) async fn run(
     shutdown: watch::Receiver<ShutdownPhase>,
     slot: ClientSlot,
 ) {
-    // Held for the session's whole life: its place in the max_client_conn count.
-    let slot = slot;
     let span = tracing::info_span!("session", %peer, user = tracing::field::Empty, db = tracing::field::Empty);
     async move {
         let _ = tcp.set_nodelay(true);
@@ -113,7 +111,8 @@ pub(crate) async fn run(
         });
         finish(&shared, &mut client, &mut server, &ctx, end, pooled.is_none()).await;
         if let Some(returning) = pooled {
-            // The client is gone: it no longer counts, nor does its session.
+            // The client is gone: its place in the max_client_conn count (held from
+            // accept, else until the end of this block) and its session go now.
             drop((ctx, slot, client));
             shared.pool.give_back(returning, server).await;
         }
@@ -217,18 +216,21 @@ async fn login(
     let held_login = match cutover.gate.is_held() {
         true => {
             let key = PoolKey::new(cutover.route, &params);
-            shared.pool.take_or_await(&key, HELD_LOGIN_WAIT).await
+            let pooled = shared.pool.take_or_await(&key, HELD_LOGIN_WAIT).await;
+            pooled.map(|server| (key, server))
         }
         false => None,
     };
-    let (route, pooled) = match held_login {
-        Some(server) => (cutover.route, Some(server)),
+    let (key, pooled) = match held_login {
+        Some((key, server)) => (key, Some(server)),
         None => {
             shared.control.wait_open().await;
-            let route = shared.control.route();
-            (route, shared.pool.take(&PoolKey::new(route, &params)))
+            let key = PoolKey::new(shared.control.route(), &params);
+            let pooled = shared.pool.take(&key);
+            (key, pooled)
         }
     };
+    let route = key.route();
     let server = match pooled {
         Some(pooled) => pooled,
         None => {
@@ -241,7 +243,7 @@ async fn login(
         }
     };
     // The login worked: min_pool_size may open more like it.
-    shared.pool.remember(&PoolKey::new(route, &params), &credential);
+    shared.pool.remember(&key, &credential);
     let identity = crate::registry::SessionIdentity {
         user: user.to_owned(),
         database: database.to_owned(),
