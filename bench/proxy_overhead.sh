@@ -52,16 +52,13 @@ LOG_PREFIX=bench
 . "$REPO/scripts/lib/local-pg.sh"
 # shellcheck source=lib/hops.sh
 . "$REPO/bench/lib/hops.sh"
-PGBOUNCER="${PGBOUNCER:-/usr/sbin/pgbouncer}"
-HAPROXY="${HAPROXY:-/usr/sbin/haproxy}"
 PGCUTOVER_BIN="${PGCUTOVER_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/release/pgcutover}"
 PASSWORD="bench-secret"
 export PGPASSWORD="$PASSWORD"
 DB="pgbench"
 
 require_pg15
-[ -x "$PGBOUNCER" ] || die "$PGBOUNCER missing: run scripts/setup.sh"
-[ -x "$HAPROXY" ] || die "$HAPROXY missing: run scripts/setup.sh"
+require_hops
 
 WORK="$(make_workdir pgcutover-bench)"
 PROXY_PID=""

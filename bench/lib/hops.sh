@@ -1,6 +1,15 @@
 # The reference hops the benchmarks run beside pgcutover, on free loopback ports in
 # front of the cluster at $PGPORT, with their files in $WORK. Sourced after
-# scripts/lib/local-pg.sh; needs REPO, WORK, PGPORT, PASSWORD, PGBOUNCER, HAPROXY.
+# scripts/lib/local-pg.sh; needs REPO, WORK, PGPORT and PASSWORD. PGBOUNCER and
+# HAPROXY in the environment choose other binaries.
+
+PGBOUNCER="${PGBOUNCER:-/usr/sbin/pgbouncer}"
+HAPROXY="${HAPROXY:-/usr/sbin/haproxy}"
+
+require_hops() {
+    [ -x "$PGBOUNCER" ] || die "$PGBOUNCER missing: run scripts/setup.sh"
+    [ -x "$HAPROXY" ] || die "$HAPROXY missing: run scripts/setup.sh"
+}
 
 # start_pgbouncer MAX_CLIENTS POOL_SIZE: PgBouncer in session mode, user postgres
 # with $PASSWORD; sets BOUNCER_PORT (its pid is in $WORK/pgbouncer.pid).
