@@ -44,11 +44,13 @@ stop_pid() { # pid: TERM, wait up to 5 s, then KILL
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-free_port() { # a port nothing listens on (bounded tries)
+free_port() { # a port no socket uses (bounded tries)
     local i p
     for i in $(seq 1 100); do
         p=$(( 20000 + (RANDOM * 32768 + RANDOM) % 30000 ))
-        if ! port_open "$p" && ! ss -Hltn "sport = :$p" 2>/dev/null | grep -q .; then
+        # Any state, not just listening: the range overlaps the ephemeral ports, and
+        # a port an outgoing connection holds cannot be bound either.
+        if ! port_open "$p" && ! ss -Htan "sport = :$p" 2>/dev/null | grep -q .; then
             echo "$p"; return 0
         fi
     done
