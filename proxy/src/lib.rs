@@ -7,6 +7,7 @@
 
 mod admin;
 pub mod auth;
+mod buffers;
 pub mod control;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

@@ -371,6 +371,7 @@ impl Pool {
                 return self.close(server, Closed::ResetFailed);
             }
         }
+        server.conn.release_buffers();
         let mut idle = self.lock();
         let parked = idle.entry(key).or_default();
         if parked.len() >= self.settings.max_idle {

@@ -1,15 +1,13 @@
 //! Whole-message I/O for the login phases (client startup and authentication,
 //! server login), where convenience beats the pump's zero-copy walk.
 
+use crate::buffers;
 use crate::stream::Stream;
 use bytes::BytesMut;
 use pgcutover_protocol::frame::{decode_frame, Frame, FrameError};
 use pgcutover_protocol::startup::{decode_startup, StartupError, StartupPacket};
 use std::io;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Read-buffer size for each connection; the pump keeps the same buffers.
-pub const BUF_SIZE: usize = 32 * 1024;
 
 /// Why a message could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -44,14 +42,18 @@ impl Conn {
     pub fn new(stream: Stream, max_message_len: usize) -> Conn {
         Conn {
             stream,
-            rbuf: BytesMut::with_capacity(BUF_SIZE),
+            rbuf: buffers::lend(),
             wbuf: BytesMut::with_capacity(1024),
             max_message_len,
         }
     }
 
     async fn fill(&mut self) -> Result<(), WireError> {
-        self.rbuf.reserve(BUF_SIZE.min(self.max_message_len.max(1024)));
+        if self.rbuf.is_empty() {
+            buffers::renew(&mut self.rbuf);
+        } else {
+            self.rbuf.reserve(buffers::BUF_SIZE.min(self.max_message_len.max(1024)));
+        }
         if self.stream.read_buf(&mut self.rbuf).await? == 0 {
             return Err(WireError::Eof);
         }
@@ -85,6 +87,18 @@ impl Conn {
             self.wbuf.clear();
         }
         self.stream.flush().await
+    }
+
+    /// Drops the buffers while nothing is in them, for a connection about to sit
+    /// idle or be read by the pump (which borrows its own); the next read or
+    /// message built takes new ones.
+    pub fn release_buffers(&mut self) {
+        if self.rbuf.is_empty() {
+            buffers::give_back(std::mem::take(&mut self.rbuf));
+        }
+        if self.wbuf.is_empty() {
+            self.wbuf = BytesMut::new();
+        }
     }
 
     /// Sends raw bytes (e.g. the one-byte SSLRequest answer) after anything queued.

@@ -1,8 +1,8 @@
 //! One direction of the pump: its buffer, reading into it, writing it out, and
 //! walking frame headers in place to find what may be forwarded.
 
+use crate::buffers::{self, BUF_SIZE};
 use crate::stream::Stream;
-use crate::wire::BUF_SIZE;
 use bytes::{Buf, BytesMut};
 use pgcutover_protocol::frame::{parse_header, FrameError, HEADER_LEN};
 use std::io;
@@ -29,7 +29,9 @@ pub(super) struct Direction {
 
 impl Direction {
     pub(super) fn new(mut buf: BytesMut) -> Self {
-        if buf.capacity() < BUF_SIZE {
+        if buf.is_empty() {
+            buffers::give_back(std::mem::take(&mut buf));
+        } else if buf.capacity() < BUF_SIZE {
             buf.reserve(BUF_SIZE - buf.len());
         }
         Direction {
@@ -62,9 +64,33 @@ impl Direction {
         Poll::Ready(Ok(()))
     }
 
-    /// Reads more bytes; 0 means end of stream.
+    /// Reads more bytes; 0 means end of stream. With nothing left in the buffer, a
+    /// plain socket is waited on without one (see [`buffers`]); TLS may hold
+    /// decrypted bytes the socket's readiness does not show, so it keeps its buffer.
     pub(super) fn poll_fill(&mut self, cx: &mut Context<'_>, r: &mut Stream) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < BUF_SIZE / 4 {
+        if let (true, Stream::Plain(tcp)) = (self.buf.is_empty(), &*r) {
+            buffers::give_back(std::mem::take(&mut self.buf));
+            loop {
+                ready!(tcp.poll_read_ready(cx))?;
+                let mut buf = buffers::lend();
+                match tcp.try_read_buf(&mut buf) {
+                    Ok(n) => {
+                        self.buf = buf;
+                        return Poll::Ready(Ok(n));
+                    }
+                    // The readiness was stale: try_read_buf cleared it, so the next
+                    // poll_read_ready registers this task's waker.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => buffers::give_back(buf),
+                    Err(e) => {
+                        buffers::give_back(buf);
+                        return Poll::Ready(Err(e));
+                    }
+                }
+            }
+        }
+        if self.buf.is_empty() {
+            buffers::renew(&mut self.buf);
+        } else if self.buf.capacity() - self.buf.len() < BUF_SIZE / 4 {
             // Once the buffer has been drained this reclaims the same allocation.
             self.buf.reserve(BUF_SIZE);
         }
@@ -159,4 +185,45 @@ pub(super) enum Step {
 pub(super) enum ScanError {
     Frame(FrameError),
     Message(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    #[tokio::test]
+    async fn an_empty_direction_waits_for_bytes_without_holding_a_buffer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let mut stream = Stream::Plain(listener.accept().await.unwrap().0);
+        let mut d = Direction::new(BytesMut::new());
+        assert_eq!(
+            d.buf.capacity(),
+            0,
+            "a session starting with nothing to forward holds no buffer"
+        );
+
+        for message in [&b"hello"[..], b"again"] {
+            peer.write_all(message).await.unwrap();
+            let n = poll_fn(|cx| d.poll_fill(cx, &mut stream)).await.unwrap();
+            assert_eq!(&d.buf[..n], message);
+            d.buf.advance(n);
+            let waiting = poll_fn(|cx| Poll::Ready(d.poll_fill(cx, &mut stream).is_pending())).await;
+            assert!(waiting, "nothing more was sent");
+            assert_eq!(
+                d.buf.capacity(),
+                0,
+                "the emptied buffer went back while the socket is quiet"
+            );
+        }
+        drop(peer);
+        assert_eq!(
+            poll_fn(|cx| d.poll_fill(cx, &mut stream)).await.unwrap(),
+            0,
+            "end of stream still reads as 0"
+        );
+    }
 }
