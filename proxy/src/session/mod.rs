@@ -54,50 +54,16 @@ pub(crate) async fn run(
     let span = tracing::info_span!("session", %peer, user = tracing::field::Empty, db = tracing::field::Empty);
     async move {
         let _ = tcp.set_nodelay(true);
-        let login_timeout = shared.config.proxy.client_login_timeout.0;
         let mut client = Conn::new(
             crate::stream::Stream::Plain(tcp),
             LOGIN_MAX_MESSAGE_LEN.min(shared.config.proxy.max_message_bytes),
         );
-        // One deadline for the client's whole login: startup packet and authentication.
-        let login_deadline = tokio::time::Instant::now() + login_timeout;
-        let opened = tokio::time::timeout_at(login_deadline, opening::open(&shared, &mut client)).await;
-        let startup = match opened {
-            // No complete startup packet in time: PostgreSQL closes such a connection
-            // without a reply (its startup-packet timeout exits silently).
-            Err(_) => {
-                let e = SessionError::Unanswered(format!("no startup packet within {login_timeout:?}"));
-                return goodbye(&mut client, e).await;
-            }
-            Ok(Err(e)) => return goodbye(&mut client, e).await,
-            Ok(Ok(Opening::Cancel(key))) => {
-                match shared.registry.cancel(key, peer.ip()).await {
-                    Ok(outcome) => debug!(?outcome, pid = key.pid, "cancel request"),
-                    Err(e) => warn!(pid = key.pid, "could not forward cancel request: {e}"),
-                }
-                return;
-            }
-            Ok(Ok(Opening::Startup(m))) => m,
-        };
-        let user = startup.param("user").unwrap_or_default().to_owned();
-        tracing::Span::current().record("user", user.as_str());
-        tracing::Span::current().record("db", startup.param("database").unwrap_or(&user));
-
-        if startup.param("database") == Some(console::DATABASE) {
-            return console::serve(&shared, &mut client, &startup, login_timeout, peer).await;
-        }
-        // Only the client's own part is bounded by its login timeout: the wait for a
-        // held gate is bounded by the hold, and the server login by server_connect_timeout.
-        let authenticated =
-            tokio::time::timeout_at(login_deadline, authenticate(&shared, &mut client, &startup, peer, shared.config.auth.auth_type)).await;
-        let who = match authenticated {
-            Err(_) => return goodbye(&mut client, SessionError::LoginTimeout(login_timeout)).await,
-            Ok(Err(e)) => return goodbye(&mut client, e).await,
-            Ok(Ok(who)) => who,
-        };
-        let (mut server, ctx) = match login(&shared, &mut client, &startup, who, peer).await {
-            Err(e) => return goodbye(&mut client, e).await,
-            Ok(s) => s,
+        // A session's task is as large as the largest state it can wait in. Idle
+        // sessions wait in serve, so the login before it and the goodbye after it,
+        // several KiB of state between them, live in boxes that exist only while
+        // they run.
+        let Some((mut server, ctx)) = Box::pin(start(&shared, &mut client, peer)).await else {
+            return;
         };
         info!(server_pid = server.key.pid, server_version = %server.server_version(), tls = client.stream.is_tls(), target = ctx.registration.handle.target().name(), "session started");
         let (end, reusable) = serve(&shared, &mut client, &mut server, &ctx, shutdown).await;
@@ -109,16 +75,83 @@ pub(crate) async fn run(
             };
             shared.pool.returning(PoolKey::new(route, &ctx.params))
         });
-        finish(&shared, &mut client, &mut server, &ctx, end, pooled.is_none()).await;
+        Box::pin(finish(&shared, &mut client, &mut server, &ctx, end, pooled.is_none())).await;
         if let Some(returning) = pooled {
             // The client is gone: its place in the max_client_conn count (held from
             // accept, else until the end of this block) and its session go now.
             drop((ctx, slot, client));
-            shared.pool.give_back(returning, server).await;
+            Box::pin(shared.pool.give_back(returning, server)).await;
         }
     }
     .instrument(span)
     .await
+}
+
+/// Everything before the data phase: the startup packet (or a cancel request, or
+/// the admin console), the client's authentication and the server login. Returns
+/// the session's server connection and context, or nothing when the connection
+/// ended here (the client was told why).
+async fn start(shared: &Arc<Shared>, client: &mut Conn, peer: SocketAddr) -> Option<(ServerConn, SessionCtx)> {
+    let login_timeout = shared.config.proxy.client_login_timeout.0;
+    // One deadline for the client's whole login: startup packet and authentication.
+    let login_deadline = tokio::time::Instant::now() + login_timeout;
+    let opened = tokio::time::timeout_at(login_deadline, opening::open(shared, client)).await;
+    let startup = match opened {
+        // No complete startup packet in time: PostgreSQL closes such a connection
+        // without a reply (its startup-packet timeout exits silently).
+        Err(_) => {
+            let e = SessionError::Unanswered(format!("no startup packet within {login_timeout:?}"));
+            {
+                goodbye(client, e).await;
+                return None;
+            }
+        }
+        Ok(Err(e)) => {
+            goodbye(client, e).await;
+            return None;
+        }
+        Ok(Ok(Opening::Cancel(key))) => {
+            match shared.registry.cancel(key, peer.ip()).await {
+                Ok(outcome) => debug!(?outcome, pid = key.pid, "cancel request"),
+                Err(e) => warn!(pid = key.pid, "could not forward cancel request: {e}"),
+            }
+            return None;
+        }
+        Ok(Ok(Opening::Startup(m))) => m,
+    };
+    let user = startup.param("user").unwrap_or_default().to_owned();
+    tracing::Span::current().record("user", user.as_str());
+    tracing::Span::current().record("db", startup.param("database").unwrap_or(&user));
+
+    if startup.param("database") == Some(console::DATABASE) {
+        console::serve(shared, client, &startup, login_timeout, peer).await;
+        return None;
+    }
+    // Only the client's own part is bounded by its login timeout: the wait for a
+    // held gate is bounded by the hold, and the server login by server_connect_timeout.
+    let authenticated = tokio::time::timeout_at(
+        login_deadline,
+        authenticate(shared, client, &startup, peer, shared.config.auth.auth_type),
+    )
+    .await;
+    let who = match authenticated {
+        Err(_) => {
+            goodbye(client, SessionError::LoginTimeout(login_timeout)).await;
+            return None;
+        }
+        Ok(Err(e)) => {
+            goodbye(client, e).await;
+            return None;
+        }
+        Ok(Ok(who)) => who,
+    };
+    match login(shared, client, &startup, who, peer).await {
+        Err(e) => {
+            goodbye(client, e).await;
+            None
+        }
+        Ok(s) => Some(s),
+    }
 }
 
 /// The checks every client passes, then its password exchange with the proxy:
@@ -327,6 +360,9 @@ async fn serve(
         ctx.registration.handle.clone(),
         shared.metrics.clone(),
     );
+    // The login's write buffers sit unused from here on: an idle session keeps none.
+    client.release_buffers();
+    server.conn.release_buffers();
     let mut live = Live {
         shared,
         ctx,
@@ -342,7 +378,8 @@ async fn serve(
     let mut lost: Option<Result<PumpEnd, PumpError>> = None;
     let end = loop {
         if let Some(r) = lost.take() {
-            match server_lost(&mut live).await {
+            // Boxed, as every rare state here: see run.
+            match Box::pin(server_lost(&mut live)).await {
                 Ok(()) => continue,
                 Err(()) => break DataEnd::Pump(r),
             }
@@ -359,11 +396,14 @@ async fn serve(
             break DataEnd::ShutdownForced;
         }
         let (route, held) = (cutover.route, cutover.gate.is_held());
-        let status = handle.status();
-        let must_move = route.epoch != status.epoch && Some(route.epoch) != status.declined;
+        let must_move = {
+            // Scoped: what lives across the select below is in every idle session's task.
+            let status = handle.status();
+            route.epoch != status.epoch && Some(route.epoch) != status.declined
+        };
         if must_move && live.pump.at_boundary() && phase == ShutdownPhase::Running {
             let prepared = standby.take_for(route.target, handle);
-            match move_session(&mut live, route, prepared).await {
+            match Box::pin(move_session(&mut live, route, prepared)).await {
                 Some(end) => break end,
                 None => continue,
             }
