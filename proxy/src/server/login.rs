@@ -9,6 +9,7 @@ use pgcutover_config::ServerTls;
 use pgcutover_config::{PgUrl, ServerTlsMode};
 use pgcutover_protocol::backend::{self, Authentication};
 use pgcutover_protocol::build;
+use pgcutover_protocol::frame::{parse_header, HEADER_LEN};
 use pgcutover_protocol::md5::md5_response;
 use pgcutover_protocol::scram::{ScramClient, ScramCredential, SCRAM_SHA_256};
 use pgcutover_protocol::startup::{encode_ssl_request, encode_startup};
@@ -65,31 +66,43 @@ pub struct ServerConn {
     pub key: CancelKey,
     /// The address it was reached at, where cancels go.
     pub addr: SocketAddr,
-    /// ParameterStatus and NoticeResponse frames from the login, in order, for the client.
+    /// ParameterStatus and NoticeResponse frames from the login, in order, for the
+    /// client. Also where the parameters are kept (see [`params`](Self::params)):
+    /// one allocation per connection instead of two strings per parameter.
     pub login_messages: BytesMut,
-    /// Every ParameterStatus it reported, in order.
-    pub params: Vec<(String, String)>,
     /// When the login completed: a server whose postmaster has run longer than this
     /// connection did not restart under it.
     pub connected_at: std::time::Instant,
 }
 
 impl ServerConn {
+    /// Every ParameterStatus it reported, in order.
+    pub fn params(&self) -> impl Iterator<Item = (&str, &str)> {
+        let mut rest = &self.login_messages[..];
+        std::iter::from_fn(move || loop {
+            let h = parse_header(rest, usize::MAX).ok().flatten()?;
+            let (frame, tail) = rest.split_at(h.frame_len().min(rest.len()));
+            rest = tail;
+            if h.tag == backend::PARAMETER_STATUS {
+                if let Ok(param) = backend::parse_parameter_status(&frame[HEADER_LEN..]) {
+                    return Some(param);
+                }
+            }
+        })
+    }
+
     /// The server_version it reported at login.
     pub fn server_version(&self) -> &str {
-        self.params
-            .iter()
-            .find(|(name, _)| name == "server_version")
-            .map_or("", |(_, value)| value.as_str())
+        self.params()
+            .find(|(name, _)| *name == "server_version")
+            .map_or("", |(_, value)| value)
     }
 
     /// A parameter the server reported after login (a pooled connection's reset):
     /// the next client's login reports the value it has now, as a fresh login would.
     pub fn note_parameter(&mut self, name: &str, value: &str) {
-        match self.params.iter_mut().find(|(n, _)| n == name) {
-            Some((_, v)) if v == value => return,
-            Some((_, v)) => *v = value.to_owned(),
-            None => self.params.push((name.to_owned(), value.to_owned())),
+        if self.params().any(|p| p == (name, value)) {
+            return;
         }
         let mut old = std::mem::take(&mut self.login_messages);
         let mut replaced = false;
@@ -224,39 +237,31 @@ async fn connect_inner(
         .unwrap_or_default();
     authenticate(&mut conn, target, user, credential, opts.cleartext_password).await?;
 
-    let (login_messages, key, reported) = read_login_reply(&mut conn, target).await?;
+    let (login_messages, key) = read_login_reply(&mut conn, target).await?;
     Ok(ServerConn {
         conn,
         key,
         addr,
-        login_messages,
-        params: reported,
+        // Kept for the connection's life: no spare capacity from growing it.
+        login_messages: BytesMut::from(&login_messages[..]),
         connected_at: std::time::Instant::now(),
     })
 }
 
 /// Reads what the server sends after authentication: its parameters and notices
 /// (kept for the client), its cancel key, up to ReadyForQuery.
-async fn read_login_reply(
-    conn: &mut Conn,
-    target: &'static str,
-) -> Result<(BytesMut, CancelKey, Vec<(String, String)>), LoginError> {
+async fn read_login_reply(conn: &mut Conn, target: &'static str) -> Result<(BytesMut, CancelKey), LoginError> {
     let protocol = |e: WireError| LoginError::Protocol {
         target,
         reason: e.to_string(),
     };
     let mut login_messages = BytesMut::new();
     let mut key = None;
-    let mut reported = Vec::new();
     let read = super::round_trip(conn, 1, |_, f| {
         match f.tag {
-            backend::PARAMETER_STATUS => {
-                if let Ok((name, value)) = backend::parse_parameter_status(&f.body) {
-                    reported.push((name.to_owned(), value.to_owned()));
-                }
-                build::frame(&mut login_messages, f.tag, |b| b.extend_from_slice(&f.body));
+            backend::PARAMETER_STATUS | backend::NOTICE_RESPONSE => {
+                build::frame(&mut login_messages, f.tag, |b| b.extend_from_slice(&f.body))
             }
-            backend::NOTICE_RESPONSE => build::frame(&mut login_messages, f.tag, |b| b.extend_from_slice(&f.body)),
             backend::BACKEND_KEY_DATA => {
                 key = Some(
                     backend::parse_backend_key_data(&f.body).map_err(|e| LoginError::Protocol {
@@ -282,7 +287,7 @@ async fn read_login_reply(
         target,
         reason: "server sent no BackendKeyData".into(),
     })?;
-    Ok((login_messages, key, reported))
+    Ok((login_messages, key))
 }
 
 async fn negotiate_tls(mut tcp: TcpStream, backend: &Backend, tls: &ServerTls) -> Result<Stream, LoginError> {

@@ -304,8 +304,8 @@ async fn switch(
     }
     // Parameters that differ on the new server (server_version, ...) are reported the
     // way a server reports a change: an asynchronous ParameterStatus.
-    for (name, value) in &new.params {
-        if server.params.iter().all(|(n, v)| n != name || v != value) {
+    for (name, value) in new.params() {
+        if server.params().all(|p| p != (name, value)) {
             build::parameter_status(&mut to_client, name, value);
         }
     }
