@@ -78,12 +78,13 @@ impl Direction {
                         self.buf = buf;
                         return Poll::Ready(Ok(n));
                     }
-                    // The readiness was stale: try_read_buf cleared it, so the next
-                    // poll_read_ready registers this task's waker.
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => buffers::give_back(buf),
                     Err(e) => {
                         buffers::give_back(buf);
-                        return Poll::Ready(Err(e));
+                        // WouldBlock: the readiness was stale; try_read_buf cleared
+                        // it, so the next poll_read_ready registers this task's waker.
+                        if e.kind() != io::ErrorKind::WouldBlock {
+                            return Poll::Ready(Err(e));
+                        }
                     }
                 }
             }

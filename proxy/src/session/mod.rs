@@ -92,32 +92,39 @@ pub(crate) async fn run(
 /// the session's server connection and context, or nothing when the connection
 /// ended here (the client was told why).
 async fn start(shared: &Arc<Shared>, client: &mut Conn, peer: SocketAddr) -> Option<(ServerConn, SessionCtx)> {
+    match admit(shared, client, peer).await {
+        Ok(session) => session,
+        Err(e) => {
+            goodbye(client, e).await;
+            None
+        }
+    }
+}
+
+/// [`start`]'s steps; `Ok(None)` for a connection served without a session
+/// (a cancel request, the console).
+async fn admit(
+    shared: &Arc<Shared>,
+    client: &mut Conn,
+    peer: SocketAddr,
+) -> Result<Option<(ServerConn, SessionCtx)>, SessionError> {
     let login_timeout = shared.config.proxy.client_login_timeout.0;
     // One deadline for the client's whole login: startup packet and authentication.
     let login_deadline = tokio::time::Instant::now() + login_timeout;
-    let opened = tokio::time::timeout_at(login_deadline, opening::open(shared, client)).await;
-    let startup = match opened {
+    let opened = tokio::time::timeout_at(login_deadline, opening::open(shared, client))
+        .await
         // No complete startup packet in time: PostgreSQL closes such a connection
         // without a reply (its startup-packet timeout exits silently).
-        Err(_) => {
-            let e = SessionError::Unanswered(format!("no startup packet within {login_timeout:?}"));
-            {
-                goodbye(client, e).await;
-                return None;
-            }
-        }
-        Ok(Err(e)) => {
-            goodbye(client, e).await;
-            return None;
-        }
-        Ok(Ok(Opening::Cancel(key))) => {
+        .map_err(|_| SessionError::Unanswered(format!("no startup packet within {login_timeout:?}")))??;
+    let startup = match opened {
+        Opening::Cancel(key) => {
             match shared.registry.cancel(key, peer.ip()).await {
                 Ok(outcome) => debug!(?outcome, pid = key.pid, "cancel request"),
                 Err(e) => warn!(pid = key.pid, "could not forward cancel request: {e}"),
             }
-            return None;
+            return Ok(None);
         }
-        Ok(Ok(Opening::Startup(m))) => m,
+        Opening::Startup(m) => m,
     };
     let user = startup.param("user").unwrap_or_default().to_owned();
     tracing::Span::current().record("user", user.as_str());
@@ -125,33 +132,17 @@ async fn start(shared: &Arc<Shared>, client: &mut Conn, peer: SocketAddr) -> Opt
 
     if startup.param("database") == Some(console::DATABASE) {
         console::serve(shared, client, &startup, login_timeout, peer).await;
-        return None;
+        return Ok(None);
     }
     // Only the client's own part is bounded by its login timeout: the wait for a
     // held gate is bounded by the hold, and the server login by server_connect_timeout.
-    let authenticated = tokio::time::timeout_at(
+    let who = tokio::time::timeout_at(
         login_deadline,
         authenticate(shared, client, &startup, peer, shared.config.auth.auth_type),
     )
-    .await;
-    let who = match authenticated {
-        Err(_) => {
-            goodbye(client, SessionError::LoginTimeout(login_timeout)).await;
-            return None;
-        }
-        Ok(Err(e)) => {
-            goodbye(client, e).await;
-            return None;
-        }
-        Ok(Ok(who)) => who,
-    };
-    match login(shared, client, &startup, who, peer).await {
-        Err(e) => {
-            goodbye(client, e).await;
-            None
-        }
-        Ok(s) => Some(s),
-    }
+    .await
+    .map_err(|_| SessionError::LoginTimeout(login_timeout))??;
+    login(shared, client, &startup, who, peer).await.map(Some)
 }
 
 /// The checks every client passes, then its password exchange with the proxy:
